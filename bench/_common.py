@@ -1,0 +1,36 @@
+"""Shared bits of the benchmarks: a cached shapes world and the machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def world(root: str, samples: int, sizes: str, shard_size: int = 1000, **kw) -> Path:
+    from vlmtool.world import make_world
+
+    out = Path(root) / f"world-{samples}-{sizes}-{shard_size}"
+    if not (out / "world.json").exists():
+        make_world(out, samples=samples, shard_size=shard_size, seed=0, sizes=sizes, progress=True, **kw)
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = ", " + torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"

@@ -1,0 +1,168 @@
+import io
+import os
+import tarfile
+
+import pytest
+
+from conftest import FIXTURES, json_out, run_cli
+from vlmtool.core.runtime import Dist, dist_info
+from vlmtool.core.samples import SampleError, decode_image, parse_record, read_shard
+from vlmtool.core.shards import ShardTarWriter, assign, atomic_path, expand_inputs, shard_refs
+from vlmtool.errors import UsageError
+from vlmtool.inspect_shards import run_inspect
+from vlmtool.world import make_world
+
+
+# ------------------------------------------------------------------ runtime
+
+
+def test_rank_from_torchrun_then_slurm_then_local():
+    assert dist_info({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "SLURM_PROCID": "3", "SLURM_NTASKS": "8"}) == Dist(1, 4, 1, "torchrun")
+    assert dist_info({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}) == Dist(3, 8, 1, "slurm")
+    assert dist_info({}) == Dist(0, 1, 0, "local")
+    with pytest.raises(UsageError):
+        dist_info({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+def test_auto_precision_is_fp32_on_cpu():
+    import torch
+
+    from vlmtool.core.runtime import resolve_device, resolve_precision
+
+    dev = resolve_device("cpu")
+    assert resolve_precision("auto", dev) is None
+    assert resolve_precision("bf16", dev) is torch.bfloat16
+    with pytest.raises(UsageError):
+        resolve_precision("fp8", dev)
+
+
+# ------------------------------------------------------------------ inputs and shards
+
+
+def test_inputs_from_braces_globs_dirs_and_stdin(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i:05d}.tar").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    want = [str(tmp_path / f"{i:05d}.tar") for i in range(3)]
+    assert expand_inputs([str(tmp_path / "{00000..00002}.tar")]) == want
+    assert expand_inputs([str(tmp_path / "*.tar")]) == want
+    assert expand_inputs([str(tmp_path)]) == want
+    assert expand_inputs(["-"], stdin=io.StringIO("\n".join(want[::-1]) + "\n\n")) == want[::-1]
+    assert expand_inputs([want[0], want[0], want[1]]) == want[:2]  # duplicates dropped
+    with pytest.raises(UsageError, match="does not exist"):
+        expand_inputs([str(tmp_path / "missing.tar")])
+    with pytest.raises(UsageError, match="matches no file"):
+        expand_inputs([str(tmp_path / "*.tgz")])
+
+
+def test_every_shard_goes_to_exactly_one_rank():
+    items = list(range(23))
+    for world in (1, 2, 3, 8, 30):
+        parts = [assign(items, r, world) for r in range(world)]
+        assert sorted(x for p in parts for x in p) == items
+
+
+def test_shard_names_are_unique():
+    refs = shard_refs(["a/00000.tar", "b/00000.tar", "b/00001.tar", "pipe:cat c/00002.tar"])
+    assert [r.name for r in refs] == ["00000-00000", "00001-00000", "00001", "00002"]
+
+
+def test_atomic_path_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_shard_writer_is_invisible_until_commit(tmp_path):
+    w = ShardTarWriter(tmp_path / "00000.tar")
+    w.write({"__key__": "k1", "txt": b"hello"})
+    assert not (tmp_path / "00000.tar").exists()
+    w.commit()
+    with tarfile.open(tmp_path / "00000.tar") as tf:
+        assert tf.getnames() == ["k1.txt"]
+
+
+# ------------------------------------------------------------------ samples and rejects
+
+
+def _jpeg(size=(32, 32)):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        ({"txt": b"a cat"}, "missing_image"),
+        ({"jpg": b"\x00" * 100, "txt": b"a cat"}, "corrupt_image"),
+        ({"jpg": _jpeg(), "txt": b" \n"}, "empty_caption"),
+        ({"jpg": _jpeg()}, "missing_caption"),
+        ({"jpg": _jpeg(), "txt": b"\xff\xfe"}, "bad_caption_encoding"),
+        ({"jpg": _jpeg(), "txt": b"x", "json": b"{nope"}, "bad_json"),
+        ({"jpg": _jpeg((200, 200)), "txt": b"x"}, "image_too_large"),
+    ],
+)
+def test_parse_record_rejects_by_reason(record, reason):
+    with pytest.raises(SampleError) as e:
+        parse_record({"__key__": "k", **record}, "s", max_pixels=10_000)
+    assert e.value.reason == reason
+
+
+def test_truncated_jpeg_is_reported_as_truncated():
+    data = _jpeg((256, 256))
+    with pytest.raises(SampleError) as e:
+        decode_image(data[: len(data) // 2])
+    assert e.value.reason == "truncated_image"
+    assert decode_image(data).size == (256, 256)
+    assert decode_image(data, draft=(32, 32)).size == (32, 32)  # JPEG draft: 1/8 scale
+
+
+def test_every_broken_kind_is_counted_and_the_rest_processed(faulty_world, tmp_path):
+    import orjson
+
+    world = orjson.loads((faulty_world / "world.json").read_bytes())
+    want = {k: v for k, v in world["counts"]["broken"].items() if v}
+    assert len(want) == 7, "the fixture world should hold every broken kind"
+    s = run_inspect([str(faulty_world)], str(tmp_path / "job"), workers=0, progress=False)
+    assert s["complete"] and s["samples"] == 60
+    assert s["rejected"] == want
+    assert s["ok"] == 60 - sum(want.values())
+    rejects = [orjson.loads(x) for x in (tmp_path / "job" / "rejects.jsonl").read_bytes().splitlines()]
+    assert len(rejects) == sum(want.values())
+    assert all(r["key"] and r["shard"] and r["reason"] in want for r in rejects)
+
+
+def test_broken_tar_keeps_the_samples_before_the_break(tmp_path):
+    make_world(tmp_path / "w", samples=30, shard_size=10, seed=1, broken_tar=True, sizes="small")
+    recs = list(read_shard(str(tmp_path / "w" / "00002.tar")))
+    assert 3 <= len(recs) < 10 and type(recs[-1]).__name__ == "BrokenTar"
+    s = run_inspect([str(tmp_path / "w")], str(tmp_path / "job"), workers=2, progress=False)
+    assert s["rejected"] == {"broken_tar": 1}
+    assert s["ok"] == 20 + len(recs) - 1
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(os.urandom(3000))
+    s = run_inspect([str(garbage)], None, progress=False)
+    assert s["samples"] == 1 and s["rejected"] == {"broken_tar": 1}
+
+
+def test_strict_fails_fast_with_a_clear_message(faulty_world, tmp_path):
+    p = run_cli("inspect", faulty_world, "--out", tmp_path / "j", "--strict", "--no-progress", check=False)
+    assert p.returncode == 1
+    assert "--strict" in p.stderr and "rejected" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_inspect_fixture_cli_json(tmp_path):
+    p = run_cli("inspect", str(FIXTURES / "shapes" / "{00000..00001}.tar"), "--json", "--no-progress")
+    s = json_out(p)
+    assert s["samples"] == 32 and s["ok"] + sum(s["rejected"].values()) == 32
+    assert s["fields"]["jpg"] == s["ok"]
+    assert p.stderr.strip() == "" or "Traceback" not in p.stderr

@@ -1,0 +1,3 @@
+"""vlmtool: data tooling for vision-language models."""
+
+__version__ = "0.1.0"

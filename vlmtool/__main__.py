@@ -1,0 +1,3 @@
+from vlmtool.cli import main
+
+main()

@@ -1,0 +1,264 @@
+"""The batched map every shard job runs: loader workers -> function on the device -> per-shard sink.
+
+Each DataLoader worker owns whole shards (shard i goes to worker i % workers), reads their
+records in order, parses and prepares each sample (decode, resize, tokenize: the CPU work) and
+collates batches that never span two shards. A rejected sample travels in its batch as a
+reject row, so sinks see every record of a shard in tar order. After a shard's last batch the
+worker sends a ShardEnd; the main process then commits that shard's outputs and its completion
+record. Because whole shards stay inside one worker, samples of different shards never mix up
+(the webdataset multi-worker trap) and a shard is either fully done or redone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from vlmtool.core.samples import DEFAULT_MAX_PIXELS, BrokenTar, Sample, SampleError, parse_record, read_shard
+from vlmtool.core.shards import JobDir, ShardRef
+from vlmtool.errors import JobFailed
+
+
+@dataclass
+class Reject:
+    shard: str
+    key: str | None
+    reason: str
+    detail: str = ""
+
+    def row(self) -> dict:
+        return {"shard": self.shard, "key": self.key, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class Batch:
+    shard: ShardRef
+    keys: list[str]  # keys of the prepared samples, in order
+    data: Any  # what Preparer.collate made of their payloads (None when there are none)
+    rejects: list[Reject] = field(default_factory=list)
+    order: list[tuple[str, int]] = field(default_factory=list)  # ("ok", i) / ("reject", j) in tar order
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class ShardEnd:
+    shard: ShardRef
+    samples: int  # records seen
+    seconds: float
+
+
+class Preparer(Protocol):
+    """The CPU side of a job, run inside loader workers. Must be picklable."""
+
+    def prepare(self, sample: Sample) -> Any: ...  # may raise SampleError
+
+    def collate(self, payloads: list) -> Any: ...
+
+
+class Sink(Protocol):
+    """The output side of a job for one shard, in the main process."""
+
+    def add(self, batch: Batch, results: Any) -> None: ...
+
+    def commit(self) -> dict: ...  # write outputs atomically; returns extra stats for the record
+
+    def abort(self) -> None: ...
+
+
+@dataclass
+class ReadOptions:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    need_image: bool = True
+    need_caption: bool = True
+
+
+class ShardStream:
+    """An iterable of Batch and ShardEnd messages over a list of shards (torch IterableDataset
+    protocol: DataLoader workers split it by worker id)."""
+
+    def __init__(self, shards: list[ShardRef], prep: Preparer, batch_size: int, read: ReadOptions):
+        self.shards = shards
+        self.prep = prep
+        self.batch_size = batch_size
+        self.read = read
+
+    def __iter__(self) -> Iterator[Batch | ShardEnd]:
+        info = None
+        if "torch" in sys.modules:  # inside a DataLoader worker torch is loaded; never import it just to ask
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+        shards = self.shards if info is None else self.shards[info.id :: info.num_workers]
+        for ref in shards:
+            yield from self.shard(ref)
+
+    def shard(self, ref: ShardRef) -> Iterator[Batch | ShardEnd]:
+        t0 = time.perf_counter()
+        seen = 0
+        keys: list[str] = []
+        payloads: list = []
+        rejects: list[Reject] = []
+        order: list[tuple[str, int]] = []
+
+        def flush() -> Batch:
+            data = self.prep.collate(payloads) if payloads else None
+            return Batch(ref, list(keys), data, list(rejects), list(order))
+
+        for rec in read_shard(ref.url):
+            seen += 1
+            if isinstance(rec, BrokenTar):
+                order.append(("reject", len(rejects)))
+                rejects.append(Reject(ref.name, rec.key, "broken_tar", rec.detail))
+                continue
+            key = rec.get("__key__")
+            try:
+                sample = parse_record(rec, ref.name, self.read.max_pixels, self.read.need_image, self.read.need_caption)
+                payload = self.prep.prepare(sample)
+            except SampleError as e:
+                order.append(("reject", len(rejects)))
+                rejects.append(Reject(ref.name, key, e.reason, e.detail))
+            else:
+                order.append(("ok", len(keys)))
+                keys.append(key)
+                payloads.append(payload)
+            if len(keys) >= self.batch_size:
+                yield flush()
+                keys.clear(), payloads.clear(), rejects.clear(), order.clear()
+        if keys or rejects:
+            yield flush()
+        yield ShardEnd(ref, seen, time.perf_counter() - t0)
+
+
+def _iter_messages(stream: ShardStream, workers: int, pin_memory: bool) -> Iterator[Batch | ShardEnd]:
+    if workers <= 0 or len(stream.shards) == 0:
+        yield from stream
+        return
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class _DS(IterableDataset):
+        def __iter__(self):
+            return iter(stream)
+
+    loader = DataLoader(
+        _DS(),
+        batch_size=None,  # batches are made per shard inside the workers
+        num_workers=min(workers, len(stream.shards)),
+        pin_memory=pin_memory,
+        prefetch_factor=4,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+@dataclass
+class RunStats:
+    samples: int = 0
+    ok: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    shards_done: int = 0
+    shards_skipped: int = 0
+    seconds: float = 0.0
+
+
+def run_shards(
+    job: JobDir,
+    prep: Preparer,
+    open_sink: Callable[[ShardRef], Sink],
+    compute: Callable[[Any], Any] | None = None,
+    *,
+    batch_size: int = 256,
+    workers: int = 0,
+    strict: bool = False,
+    read: ReadOptions | None = None,
+    progress: bool = True,
+    pin_memory: bool = False,
+    desc: str | None = None,
+    shards: list[ShardRef] | None = None,
+) -> RunStats:
+    """Run prep -> compute -> sink over this rank's unfinished shards, writing a completion
+    record per shard. `compute(batch.data)` returns per-sample results for the sink (None means
+    the collated data itself is the result)."""
+    from tqdm import tqdm
+
+    todo = job.pending() if shards is None else shards
+    stats = RunStats(shards_skipped=len(job.mine()) - len(todo) if shards is None else 0)
+    stream = ShardStream(todo, prep, batch_size, read or ReadOptions())
+    sinks: dict[str, Sink] = {}
+    counts: dict[str, tuple[int, Counter, list]] = {}
+    bar = tqdm(desc=desc or job.job, unit="sample", file=sys.stderr, disable=not progress or not todo, dynamic_ncols=True, mininterval=0.5)
+    t0 = time.perf_counter()
+    try:
+        for msg in _iter_messages(stream, workers, pin_memory):
+            name = msg.shard.name
+            if name not in sinks:
+                sinks[name] = open_sink(msg.shard)
+                counts[name] = (0, Counter(), [])
+            ok, rej, rows = counts[name]
+            if isinstance(msg, Batch):
+                if strict and msg.rejects:
+                    r = msg.rejects[0]
+                    raise JobFailed(f"--strict: sample {r.key!r} of shard {msg.shard.url} rejected: {r.reason}" + (f" ({r.detail})" if r.detail else ""))
+                results = None
+                if len(msg):
+                    results = compute(msg.data) if compute is not None else msg.data
+                sinks[name].add(msg, results)
+                for r in msg.rejects:
+                    rej[r.reason] += 1
+                    rows.append(r.row())
+                counts[name] = (ok + len(msg), rej, rows)
+                bar.update(len(msg) + len(msg.rejects))
+                if rej:
+                    bar.set_postfix(rejected=sum(c[1].total() for c in counts.values()), refresh=False)
+            else:
+                extra = sinks.pop(name).commit()
+                record = {"samples": msg.samples, "ok": ok, "rejected": dict(rej), "rejects": rows,
+                          "seconds": round(msg.seconds, 3), **extra}
+                job.write_record(msg.shard, record)
+                del counts[name]
+                stats.samples += msg.samples
+                stats.ok += ok
+                stats.rejected.update(rej)
+                stats.shards_done += 1
+    except BaseException:
+        for sink in sinks.values():
+            sink.abort()
+        raise
+    finally:
+        bar.close()
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def merge_totals(records: dict[str, dict]) -> dict:
+    """Samples, ok and rejects by reason over completion records."""
+    rejected: Counter = Counter()
+    for rec in records.values():
+        rejected.update(rec.get("rejected", {}))
+    return {
+        "shards": len(records),
+        "samples": sum(r.get("samples", 0) for r in records.values()),
+        "ok": sum(r.get("ok", 0) for r in records.values()),
+        "rejected": dict(sorted(rejected.items())),
+    }
+
+
+def finish(job: JobDir, run: RunStats, summarize: Callable[[dict[str, dict]], dict] | None = None, extra: dict | None = None) -> dict:
+    """The job's summary. The rank that sees every shard done writes manifest.json (and the
+    merged rejects.jsonl); other ranks report their own part."""
+    this_run = {"shards_done": run.shards_done, "shards_skipped": run.shards_skipped, "samples": run.samples,
+                "seconds": round(run.seconds, 3), "samples_per_s": round(run.samples / run.seconds, 1) if run.seconds > 0 else None}
+    base = {"job": job.job, "out": str(job.out), "rank": job.dist.rank, "world_size": job.dist.world_size}
+    if not job.all_done():
+        missing = sum(not job.is_done(s) for s in job.shards)
+        return {**base, "complete": False, "shards_missing": missing, "this_run": this_run,
+                "note": "other ranks still running: the last rank to finish writes manifest.json"}
+    records = job.records()
+    totals = merge_totals(records)
+    more = {**(summarize(records) if summarize else {}), **(extra or {})}
+    job.write_manifest(totals, more)
+    return {**base, "complete": True, **totals, **more, "this_run": this_run}

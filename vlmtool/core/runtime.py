@@ -1,0 +1,142 @@
+"""Where a job runs: rank and world size, device, precision, seeds.
+
+Rank and world come from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK) or, without them,
+from SLURM's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID); a plain run is rank 0 of 1. torch is
+imported only by the functions that need it, so light commands stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Mapping
+
+from vlmtool.errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launcher: str = "local"  # local | torchrun | slurm
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _int(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise UsageError(f"environment variable {name}={env[name]!r} is not an integer") from None
+
+
+def dist_info(env: Mapping[str, str] | None = None) -> Dist:
+    """Rank and world of this process, from torchrun first, then SLURM, else 0 of 1."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        d = Dist(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0, "torchrun")
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        d = Dist(
+            _int(env, "SLURM_PROCID"),
+            _int(env, "SLURM_NTASKS"),
+            _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+            "slurm",
+        )
+    else:
+        return Dist()
+    if d.world_size < 1 or not 0 <= d.rank < d.world_size:
+        raise UsageError(f"rank {d.rank} is outside world size {d.world_size} ({d.launcher} variables)")
+    return d
+
+
+def resolve_device(name: str = "auto", dist: Dist | None = None):
+    """A torch.device for `auto|cpu|cuda|mps`; under torchrun each rank takes cuda:LOCAL_RANK."""
+    import torch
+
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise UsageError(f"unknown device {name!r}: use one of {', '.join(DEVICES)}")
+    dist = dist or dist_info()
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but torch sees no CUDA device")
+        if name == "cuda":
+            name = f"cuda:{dist.local_rank % torch.cuda.device_count()}"
+        torch.cuda.set_device(torch.device(name))
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was asked for but MPS is not available")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device) -> "torch.dtype | None":
+    """The autocast dtype for a precision name, or None for plain fp32.
+
+    auto means bf16 on a CUDA device that supports it and fp32 elsewhere: on CPUs without native
+    bf16, bf16 autocast runs about 7x slower than fp32 (measured here, see DESIGN.md).
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device, dtype):
+    """An autocast context for dtype on device, or a no-op for fp32."""
+    import torch
+
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def precision_name(dtype) -> str:
+    return {None: "fp32"}.get(dtype, str(dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy comes with torch
+        pass
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def init_process_group(device) -> bool:
+    """Join torch.distributed when launched by torchrun with more than one rank.
+
+    Returns True when a process group is (now) initialised. gloo on CPU, nccl on CUDA.
+    """
+    import torch.distributed as td
+
+    d = dist_info()
+    if d.world_size == 1 or d.launcher != "torchrun":
+        return False
+    if not td.is_initialized():
+        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True

@@ -1,0 +1,301 @@
+"""Shards in and out: input specs, rank assignment, atomic files, completion records, manifest.
+
+A job directory holds the job's outputs, `_done/NAME.json` for each finished input shard (the
+record a rerun uses to skip it, written only after the shard's outputs are in place), and
+`manifest.json`, written by whichever rank sees every shard done. The discipline is datatrove's:
+a cluster run and a local run are the same code, and a killed run loses at most the shards in
+flight, which a rerun redoes from scratch.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import orjson
+from braceexpand import braceexpand
+
+from vlmtool import __version__
+from vlmtool.core.runtime import Dist, dist_info
+from vlmtool.errors import JobFailed, UsageError
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    index: int  # position in the job's full, ordered input list
+    url: str  # what webdataset's gopen opens: a path, pipe:..., http(s)://...
+    name: str  # output-safe stem, unique within the job
+
+
+def _is_shard(path: str) -> bool:
+    return path.endswith(SHARD_SUFFIXES)
+
+
+def expand_inputs(specs: Iterable[str], stdin: io.TextIOBase | None = None, suffixes=SHARD_SUFFIXES) -> list[str]:
+    """Expand brace patterns, globs, directories and `-` (one input per line on stdin).
+
+    Order is kept as given (directories and globs sorted), duplicates are dropped.
+    """
+    out: list[str] = []
+    for spec in specs:
+        if spec == "-":
+            lines = (stdin or sys.stdin).read().splitlines()
+            out.extend(expand_inputs([ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")], suffixes=suffixes))
+            continue
+        if spec.startswith(REMOTE_PREFIXES):
+            out.extend(braceexpand(spec))
+            continue
+        for item in braceexpand(spec):
+            if os.path.isdir(item):
+                found = sorted(str(p) for p in Path(item).iterdir() if p.is_file() and p.name.endswith(suffixes))
+                if not found:
+                    raise UsageError(f"directory {item} holds no {'/'.join(suffixes)} files")
+                out.extend(found)
+            elif glob.has_magic(item):
+                found = sorted(glob.glob(item))
+                if not found:
+                    raise UsageError(f"pattern {item!r} matches no file")
+                out.extend(found)
+            elif os.path.exists(item):
+                out.append(item)
+            else:
+                raise UsageError(f"input {item!r} does not exist")
+    seen: set[str] = set()
+    unique = [x for x in out if not (x in seen or seen.add(x))]
+    if not unique:
+        raise UsageError("no inputs given")
+    return unique
+
+
+def shard_refs(urls: list[str]) -> list[ShardRef]:
+    """Name each input by its file stem; where stems collide, prefix the input's position."""
+    stems = []
+    for u in urls:
+        base = u.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        for suf in SHARD_SUFFIXES:
+            if base.endswith(suf):
+                base = base[: -len(suf)]
+                break
+        stems.append("".join(c if c.isalnum() or c in "-_." else "_" for c in base) or "shard")
+    dup = {s for s in stems if stems.count(s) > 1}
+    return [ShardRef(i, u, f"{i:05d}-{s}" if s in dup else s) for i, (u, s) in enumerate(zip(urls, stems))]
+
+
+def assign(items: list, rank: int, world_size: int) -> list:
+    """This rank's share: round-robin over the ordered list, so shard i goes to rank i % world."""
+    return items[rank::world_size]
+
+
+# ---------------------------------------------------------------------------------- atomic files
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success fsync it and rename it into place.
+
+    On an exception the temporary file is removed and `final` is untouched, so a file under its
+    final name is always complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def dumps(obj: Any, indent: bool = False) -> bytes:
+    opts = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    if indent:
+        opts |= orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+    return orjson.dumps(obj, option=opts)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, dumps(obj, indent=True) + b"\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return orjson.loads(Path(path).read_bytes())
+
+
+class ShardTarWriter:
+    """Write one webdataset shard under a temporary name; `commit()` renames it into place.
+
+    Members are written by webdataset's TarWriter with a fixed mtime, so the same samples give
+    the same bytes. Values must already be bytes (original image bytes are copied as they are).
+    """
+
+    def __init__(self, final: str | os.PathLike):
+        import webdataset as wds
+
+        self.final = Path(final)
+        self._ctx = atomic_path(self.final)
+        self._tmp = self._ctx.__enter__()
+        self._file = open(self._tmp, "wb")
+        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0, user="", group="")
+        self.count = 0
+
+    def write(self, sample: dict) -> None:
+        self._tar.write(sample)
+        self.count += 1
+
+    def commit(self) -> Path:
+        self._tar.close()  # closes self._file too
+        self._ctx.__exit__(None, None, None)
+        return self.final
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+        finally:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+# ---------------------------------------------------------------------------------- job directory
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "vlmtool": __version__}
+    for dist in ("torch", "open_clip_torch", "webdataset", "pillow", "av", "numpy", "orjson", "httpx"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class JobDir:
+    """The output folder of one job: completion records per input shard and the manifest."""
+
+    def __init__(self, out: str | os.PathLike, job: str, args: dict, shards: list[ShardRef], dist: Dist | None = None):
+        self.out = Path(out)
+        self.job = job
+        self.args = args
+        self.shards = shards
+        self.dist = dist or dist_info()
+        self.done_dir = self.out / "_done"
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        self._check_same_job()
+
+    def _check_same_job(self) -> None:
+        """Refuse to mix two different jobs' records in one folder."""
+        meta = self.out / "_job.json"
+        mine = {"job": self.job, "inputs": [s.url for s in self.shards]}
+        if meta.exists():
+            theirs = read_json(meta)
+            if theirs.get("job") != self.job or theirs.get("inputs") != mine["inputs"]:
+                raise UsageError(
+                    f"{self.out} holds the output of a different {theirs.get('job')} job (other inputs): "
+                    "use a new --out folder, or delete this one to start over"
+                )
+        else:
+            write_json(meta, mine)  # ranks racing here write the same bytes
+
+    def record_path(self, ref: ShardRef) -> Path:
+        return self.done_dir / f"{ref.name}.json"
+
+    def is_done(self, ref: ShardRef) -> bool:
+        return self.record_path(ref).exists()
+
+    def mine(self) -> list[ShardRef]:
+        return assign(self.shards, self.dist.rank, self.dist.world_size)
+
+    def pending(self) -> list[ShardRef]:
+        return [s for s in self.mine() if not self.is_done(s)]
+
+    def write_record(self, ref: ShardRef, record: dict) -> None:
+        record = {"shard": ref.url, "name": ref.name, "index": ref.index, "rank": self.dist.rank,
+                  "world_size": self.dist.world_size, "finished_at": time.time(), **record}
+        write_json(self.record_path(ref), record)
+
+    def records(self) -> dict[str, dict]:
+        out = {}
+        for ref in self.shards:
+            p = self.record_path(ref)
+            if p.exists():
+                out[ref.name] = read_json(p)
+        return out
+
+    def all_done(self) -> bool:
+        return all(self.is_done(s) for s in self.shards)
+
+    def wait_all(self, timeout: float | None = None, poll: float = 0.5) -> None:
+        """Block until every shard of the job has its record (a barrier through the filesystem,
+        so it works the same under torchrun, SLURM arrays and separate launches)."""
+        start = time.monotonic()
+        while not self.all_done():
+            if timeout is not None and time.monotonic() - start > timeout:
+                missing = [s.name for s in self.shards if not self.is_done(s)]
+                raise JobFailed(
+                    f"waited {timeout:.0f}s for other ranks; shards still missing: {', '.join(missing[:10])}"
+                    + (" ..." if len(missing) > 10 else "")
+                    + ". Rerun the job (with the same --out) to finish them."
+                )
+            time.sleep(poll)
+
+    def write_manifest(self, totals: dict, extra: dict | None = None) -> dict:
+        records = self.records()
+        shards = {name: {k: v for k, v in rec.items() if k != "rejects"} for name, rec in records.items()}
+        manifest = {
+            "job": self.job,
+            "args": self.args,
+            "versions": package_versions(),
+            "inputs": [s.url for s in self.shards],
+            "world_size": self.dist.world_size,
+            "launcher": self.dist.launcher,
+            "complete": len(records) == len(self.shards),
+            "totals": totals,
+            "shards": shards,
+            **(extra or {}),
+        }
+        write_json(self.out / "manifest.json", manifest)
+        # One rejects log for the whole job, in input order, rebuilt from the records.
+        lines = [dumps(r) for rec in records.values() for r in rec.get("rejects", [])]
+        atomic_write(self.out / "rejects.jsonl", b"".join(line + b"\n" for line in lines))
+        return manifest

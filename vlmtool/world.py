@@ -1,0 +1,354 @@
+"""The shapes world: a deterministic synthetic image-caption dataset in webdataset shards.
+
+Each image holds 1-4 shapes in named colours at known boxes; its caption names them and how
+they sit ("a red circle to the left of a blue square"); its JSON keeps the truth. Shapes
+co-occur with a known structure (each has a partner it often appears with, as forks and knives
+do in photos), so popular and adversarial negative questions mean something. Optional: a
+fraction of mismatched captions (truth kept in the JSON), a fraction of broken samples of every
+kind the core rejects, a truncated last shard, and short videos with known static and moving
+segments. Same seed, same bytes: every sample draws from its own generator seeded by
+(seed, index).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 135, 30),
+    "white": (250, 250, 250),
+    "black": (15, 15, 15),
+}
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
+# How common each shape is overall (the "popular" objects of POPE), and the partner each one
+# tends to appear with (the "adversarial" co-occurring object).
+POPULARITY = np.array([0.28, 0.22, 0.16, 0.14, 0.12, 0.08])
+PARTNER = {"circle": "square", "square": "circle", "triangle": "star", "star": "triangle", "diamond": "hexagon", "hexagon": "diamond"}
+PARTNER_PROB = 0.6
+N_OBJECTS_P = np.array([0.35, 0.35, 0.2, 0.1])  # 1, 2, 3, 4 objects
+
+SIZE_MIXES: dict[str, list[tuple[int, int, float]]] = {
+    # width, height, weight: square crops, the 336 px LLaVA size, full HD, tall and wide.
+    "varied": [(96, 96, 0.08), (224, 160, 0.1), (160, 224, 0.1), (256, 256, 0.2), (336, 336, 0.2), (640, 480, 0.16),
+               (1920, 1080, 0.04), (300, 900, 0.06), (1200, 300, 0.06)],
+    "small": [(64, 64, 0.3), (96, 96, 0.3), (128, 96, 0.15), (96, 128, 0.15), (160, 160, 0.1)],
+}
+BROKEN_KINDS = ("corrupt_image", "truncated_image", "image_too_large", "missing_image", "missing_caption",
+                "empty_caption", "bad_caption_encoding")
+
+
+@dataclass
+class Obj:
+    shape: str
+    color: str
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.bbox[0] + self.bbox[2]) / 2, (self.bbox[1] + self.bbox[3]) / 2
+
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    def with_article(self) -> str:
+        return ("an " if self.color[0] in "aeiou" else "a ") + self.name()
+
+    def to_json(self) -> dict:
+        return {"shape": self.shape, "color": self.color, "bbox": list(self.bbox)}
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *stream])
+
+
+def pick_shapes(rng: np.random.Generator) -> list[str]:
+    n = int(rng.choice(4, p=N_OBJECTS_P)) + 1
+    shapes: list[str] = []
+    while len(shapes) < n:
+        if shapes and rng.random() < PARTNER_PROB:
+            cand = PARTNER[shapes[int(rng.integers(len(shapes)))]]
+        else:
+            cand = SHAPES[int(rng.choice(len(SHAPES), p=POPULARITY))]
+        if cand not in shapes:
+            shapes.append(cand)
+    return shapes
+
+
+def layout(rng: np.random.Generator, width: int, height: int, shapes: list[str]) -> list[Obj]:
+    """Place shapes in non-overlapping boxes; a shape that finds no room is left out."""
+    objs: list[Obj] = []
+    colors = list(COLORS)
+    side = min(width, height)
+    for shape in shapes:
+        for _ in range(60):
+            s = int(side * rng.uniform(0.2, 0.38))
+            s = max(s, 8)
+            x0 = int(rng.integers(0, max(1, width - s)))
+            y0 = int(rng.integers(0, max(1, height - s)))
+            box = (x0, y0, x0 + s, y0 + s)
+            if all(box[2] <= o.bbox[0] or o.bbox[2] <= box[0] or box[3] <= o.bbox[1] or o.bbox[3] <= box[1] for o in objs):
+                used = {o.color for o in objs}
+                free = [c for c in colors if c not in used]
+                objs.append(Obj(shape, free[int(rng.integers(len(free)))], box))
+                break
+    return objs
+
+
+def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
+    x0, y0, x1, y1 = box
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    if shape == "triangle":
+        return [(cx, y0), (x1, y1), (x0, y1)]
+    if shape == "diamond":
+        return [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
+    if shape == "hexagon":
+        return [(cx + r * math.cos(math.pi / 3 * k), cy + r * math.sin(math.pi / 3 * k)) for k in range(6)]
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            rr = r if k % 2 == 0 else r * 0.45
+            a = -math.pi / 2 + math.pi / 5 * k
+            pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
+        return pts
+    raise ValueError(shape)
+
+
+def draw_objects(img, objs: list[Obj]) -> None:
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(img)
+    for o in objs:
+        fill = COLORS[o.color]
+        if o.shape == "circle":
+            d.ellipse(o.bbox, fill=fill)
+        elif o.shape == "square":
+            d.rectangle(o.bbox, fill=fill)
+        else:
+            d.polygon(_polygon(o.shape, o.bbox), fill=fill)
+
+
+def background(rng: np.random.Generator) -> tuple[int, int, int]:
+    base = int(rng.integers(110, 180))
+    return tuple(int(np.clip(base + rng.integers(-20, 21), 0, 255)) for _ in range(3))  # type: ignore[return-value]
+
+
+def relation(a: Obj, b: Obj) -> str:
+    (ax, ay), (bx, by) = a.center, b.center
+    if abs(ax - bx) >= abs(ay - by):
+        return "to the left of" if ax < bx else "to the right of"
+    return "above" if ay < by else "below"
+
+
+def caption_for(objs: list[Obj], rng: np.random.Generator) -> str:
+    names = [o.with_article() for o in objs]
+    if len(objs) == 1:
+        forms = ["{0}.", "A photo of {0}.", "{0} on a plain background.", "There is {0} in the picture."]
+        text = forms[int(rng.integers(len(forms)))].format(names[0])
+    else:
+        text = f"{names[0]} {relation(objs[0], objs[1])} {names[1]}"
+        rest = names[2:]
+        if rest:
+            text += ", with " + " and ".join(rest)
+        forms = ["{0}.", "A picture of {0}.", "In this image, {0}."]
+        text = forms[int(rng.integers(len(forms)))].format(text)
+    return text[0].upper() + text[1:]
+
+
+def render_scene(seed: int, index: int, sizes: str = "varied"):
+    """(image, objects, caption) of sample `index`: a pure function of (seed, index, sizes)."""
+    from PIL import Image
+
+    rng = _rng(seed, index, 0)
+    mix = SIZE_MIXES[sizes]
+    w, h, _ = mix[int(rng.choice(len(mix), p=np.array([m[2] for m in mix]) / sum(m[2] for m in mix)))]
+    img = Image.new("RGB", (w, h), background(rng))
+    objs = layout(rng, w, h, pick_shapes(rng))
+    draw_objects(img, objs)
+    return img, objs, caption_for(objs, rng)
+
+
+def _jpeg(img, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+_BOMB: bytes | None = None
+
+
+def bomb_png() -> bytes:
+    """A 12000x12000 PNG (144 Mpx, above PIL's 89 Mpx bomb threshold) of a few KB."""
+    global _BOMB
+    if _BOMB is None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("1", (12000, 12000)).save(buf, format="PNG", optimize=True)
+        _BOMB = buf.getvalue()
+    return _BOMB
+
+
+def make_sample(seed: int, index: int, *, mismatch: float = 0.0, broken: float = 0.0, sizes: str = "varied") -> dict:
+    """One webdataset record (bytes members) and its truth."""
+    img, objs, caption = render_scene(seed, index, sizes)
+    rng = _rng(seed, index, 1)
+    meta = {"index": index, "seed": seed, "width": img.width, "height": img.height,
+            "objects": [o.to_json() for o in objs], "caption_true": caption, "mismatched": False}
+    if mismatch and rng.random() < mismatch:
+        # Another scene's caption, redrawn until it names a different set of shapes.
+        k = 0
+        while True:
+            k += 1
+            other_rng = _rng(seed, index, 100 + k)
+            other = layout(other_rng, img.width, img.height, pick_shapes(other_rng))
+            if {o.shape for o in other} != {o.shape for o in objs} and other:
+                break
+        caption = caption_for(other, other_rng)
+        meta["mismatched"] = True
+    rec: dict = {"__key__": f"{index:09d}", "jpg": _jpeg(img), "txt": caption.encode()}
+    if broken and rng.random() < broken:
+        kind = BROKEN_KINDS[int(rng.integers(len(BROKEN_KINDS)))]
+        meta["broken"] = kind
+        if kind == "corrupt_image":
+            rec["jpg"] = rng.bytes(600)
+        elif kind == "truncated_image":
+            data = rec["jpg"]
+            sos = data.find(b"\xff\xda")  # start of scan: keep every header, cut the pixel data
+            rec["jpg"] = data[: sos + (len(data) - sos) // 2]
+        elif kind == "image_too_large":
+            del rec["jpg"]
+            rec["png"] = bomb_png()
+        elif kind == "missing_image":
+            del rec["jpg"]
+        elif kind == "missing_caption":
+            del rec["txt"]
+        elif kind == "empty_caption":
+            rec["txt"] = b"  \n"
+        elif kind == "bad_caption_encoding":
+            rec["txt"] = b"a red \xff\xfe circle \xc3\x28"
+    rec["json"] = orjson.dumps(meta)
+    return rec
+
+
+def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float = 10.0, size=(160, 120), segment_s: float = 2.5) -> dict:
+    """A short MPEG-4 video of shapes with alternating static and moving segments.
+
+    Returns the truth: fps, frames, size and the segments (start_s, end_s, kind).
+    """
+    import av
+    from PIL import Image
+
+    rng = _rng(seed, index, 7)
+    w, h = size
+    n_seg = max(1, int(round(seconds / segment_s)))
+    first_static = bool(rng.integers(2))
+    kinds = [("static" if (i % 2 == 0) == first_static else "moving") for i in range(n_seg)]
+    segments = [(round(i * segment_s, 6), round(min(seconds, (i + 1) * segment_s), 6), k) for i, k in enumerate(kinds)]
+    bg = background(rng)
+    objs = layout(rng, w, h, pick_shapes(rng)) or layout(rng, w, h, ["circle"])
+    mover = objs[0]
+    n_frames = int(round(seconds * fps))
+    pos = np.array(mover.bbox[:2], dtype=float)
+    vel = rng.uniform(-1, 1, size=2)
+    vel = vel / (np.linalg.norm(vel) + 1e-9) * max(w, h) / fps * 0.5  # crosses half the frame a second
+    s = mover.bbox[2] - mover.bbox[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.mp4")
+    with av.open(str(tmp), "w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.thread_count = 1  # one thread: same bytes every run
+        stream.codec_context.gop_size = n_frames  # one keyframe: no quality jumps in static stretches
+        stream.options = {"qscale": "3"}
+        for f in range(n_frames):
+            t = f / fps
+            kind = kinds[min(int(t // segment_s), n_seg - 1)]
+            if kind == "moving":
+                pos += vel
+                for ax, lim in ((0, w - s), (1, h - s)):
+                    if pos[ax] < 0 or pos[ax] > lim:
+                        vel[ax] = -vel[ax]
+                        pos[ax] = float(np.clip(pos[ax], 0, lim))
+            moved = Obj(mover.shape, mover.color, (int(pos[0]), int(pos[1]), int(pos[0]) + s, int(pos[1]) + s))
+            img = Image.new("RGB", (w, h), bg)
+            draw_objects(img, [moved, *objs[1:]])
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.replace(path)
+    return {"fps": fps, "frames": n_frames, "seconds": seconds, "width": w, "height": h,
+            "segments": [{"start": a, "end": b, "kind": k} for a, b, k in segments],
+            "objects": [o.to_json() for o in objs]}
+
+
+def make_world(
+    out: str | Path,
+    samples: int = 64,
+    shard_size: int = 16,
+    seed: int = 0,
+    mismatch: float = 0.0,
+    broken: float = 0.0,
+    broken_tar: bool = False,
+    videos: int = 0,
+    sizes: str = "varied",
+    progress: bool = False,
+) -> dict:
+    """Write `samples` records as shards OUT/{00000..}.tar (+ videos) and OUT/world.json."""
+    from tqdm import tqdm
+
+    from vlmtool.core.shards import ShardTarWriter, write_json
+    from vlmtool.errors import UsageError
+
+    if sizes not in SIZE_MIXES:
+        raise UsageError(f"unknown size mix {sizes!r}: use one of {', '.join(SIZE_MIXES)}")
+    if samples < 1 or shard_size < 1:
+        raise UsageError("--samples and --shard-size must be at least 1")
+    if not (0 <= mismatch <= 1 and 0 <= broken <= 1):
+        raise UsageError("--mismatch and --broken are fractions between 0 and 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_shards = math.ceil(samples / shard_size)
+    counts = {"mismatched": 0, "broken": {k: 0 for k in BROKEN_KINDS}}
+    shard_files = []
+    bar = tqdm(total=samples, desc="world", unit="sample", disable=not progress)
+    for s in range(n_shards):
+        writer = ShardTarWriter(out / f"{s:05d}.tar")
+        for i in range(s * shard_size, min(samples, (s + 1) * shard_size)):
+            rec = make_sample(seed, i, mismatch=mismatch, broken=broken, sizes=sizes)
+            meta = orjson.loads(rec["json"])
+            counts["mismatched"] += meta["mismatched"]
+            if "broken" in meta:
+                counts["broken"][meta["broken"]] += 1
+            writer.write(rec)
+            bar.update()
+        shard_files.append(str(writer.commit()))
+    bar.close()
+    truncated = None
+    if broken_tar:
+        last = Path(shard_files[-1])
+        data = last.read_bytes()
+        cut = int(len(data) * 0.6)
+        last.write_bytes(data[:cut])
+        truncated = {"shard": last.name, "kept_bytes": cut, "of_bytes": len(data)}
+    video_truth = {}
+    for v in range(videos):
+        p = out / "videos" / f"{v:05d}.mp4"
+        video_truth[p.name] = make_video(p, seed, v)
+        write_json(p.with_suffix(".json"), video_truth[p.name])
+    summary = {"out": str(out), "seed": seed, "samples": samples, "shards": n_shards, "shard_size": shard_size,
+               "sizes": sizes, "mismatch": mismatch, "broken": broken, "counts": counts,
+               "truncated_shard": truncated, "videos": sorted(video_truth)}
+    write_json(out / "world.json", summary)
+    return summary
