@@ -1,0 +1,63 @@
+"""Counts equal the reference implementations' (tests/budget_vectors/make_vectors.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmtool.budget import image_plan, image_tokens, video_tokens
+from vlmtool.errors import UsageError
+
+VECTORS = json.loads((Path(__file__).parent / "budget_vectors" / "vectors.json").read_text())["vectors"]
+
+
+def _cases():
+    for key, rows in VECTORS.items():
+        if key == "qwen2-vl:video":
+            continue
+        preset, _, opt = key.partition(":")
+        options = {}
+        if opt:
+            k, v = opt.split("=")
+            options[k] = {"true": True}.get(v, int(v) if v.isdigit() else v)
+        for row in rows:
+            if "tokens" in row or "error" in row:
+                yield pytest.param(preset, options, row, id=f"{key}-{row['size'][0]}x{row['size'][1]}")
+            if preset == "qwen2-vl":  # Qwen2.5-VL uses the same processor and checkpoint defaults
+                if "tokens" in row or "error" in row:
+                    yield pytest.param("qwen2.5-vl", options, row, id=f"qwen2.5-{key}-{row['size'][0]}x{row['size'][1]}")
+
+
+@pytest.mark.parametrize("preset, options, row", list(_cases()))
+def test_image_tokens_match_reference(preset, options, row):
+    w, h = row["size"]
+    options = {**options, **row.get("options", {})}
+    if "error" in row:
+        with pytest.raises(UsageError):
+            image_tokens(preset, w, h, **options)
+        return
+    plan = image_plan(preset, w, h, **options)
+    assert plan.tokens == row["tokens"]
+    assert sum(p.tokens for p in plan.parts) == plan.tokens  # the parts add up
+    if "billed" in row:
+        assert plan.billed == pytest.approx(row["billed"], abs=0.01)
+    if "grid_thw" in row:
+        assert list(plan.grid) == [row["grid_thw"][1] // 2, row["grid_thw"][2] // 2]
+    if "rows_cols" in row and row["rows_cols"][0]:
+        assert list(plan.grid) == row["rows_cols"]
+    if "patches" in row:  # LLaVA-NeXT: base image + grid tiles
+        assert 1 + plan.grid[0] * plan.grid[1] == row["patches"]
+
+
+@pytest.mark.parametrize("row", VECTORS["qwen2-vl:video"], ids=lambda r: f"{r['frames']}f-{r['size'][0]}x{r['size'][1]}")
+def test_qwen_video_tokens_match_reference(row):
+    w, h = row["size"]
+    assert video_tokens("qwen2-vl", row["frames"], w, h) == row["tokens"]
+
+
+def test_idefics_helper_and_processor_agree_where_both_ran():
+    for name in ("idefics3", "smolvlm", "smolvlm-256m"):
+        for row in VECTORS[name]:
+            if "rows_cols" in row and row["rows_cols"][0]:
+                n, r, c = row["helper_patches"]
+                assert [r, c] == row["rows_cols"], (name, row)

@@ -1,0 +1,592 @@
+"""Visual-token rules, one function per model family, each written from its reference.
+
+Every function takes the image's width and height (pixels) and keyword options with the
+published checkpoint's defaults, and returns a Plan: the placeholder tokens the model's
+processor inserts (`tokens`), the wrapper tokens around them (image start/end, newlines, tile
+markers; counted apart), and the parts (tiles, thumbnail, base image, newline tokens) whose
+tokens add up to `tokens`. Boxes are in the original image's pixel coordinates.
+
+This module imports neither torch nor numpy: a quick estimate answers at shell speed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from vlmtool.errors import UsageError
+
+
+@dataclass
+class Part:
+    name: str  # "base", "tile", "thumbnail", "newlines", "image", "crop", ...
+    tokens: int
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the original image
+    grid: tuple[int, int] | None = None  # (row, col) of a tile
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "tokens": self.tokens}
+        if self.box is not None:
+            d["box"] = list(self.box)
+        if self.grid is not None:
+            d["grid"] = list(self.grid)
+        return d
+
+
+@dataclass
+class Plan:
+    preset: str
+    width: int
+    height: int
+    tokens: int  # visual placeholder tokens
+    wrapper_tokens: int = 0  # image start/end, newline, tile-marker tokens around them
+    parts: list[Part] = field(default_factory=list)
+    grid: tuple[int, int] | None = None  # (rows, cols) of tiles, where the model tiles
+    resized: tuple[int, int] | None = None  # (width, height) the encoder sees, where one size applies
+    billed: float | None = None  # hosted APIs: tokens billed, where a multiplier applies
+    note: str = ""
+    options: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = {"model": self.preset, "width": self.width, "height": self.height, "tokens": self.tokens,
+             "wrapper_tokens": self.wrapper_tokens, "total_tokens": self.tokens + self.wrapper_tokens,
+             "grid": list(self.grid) if self.grid else None, "resized": list(self.resized) if self.resized else None,
+             "parts": [p.to_json() for p in self.parts], "options": self.options}
+        if self.billed is not None:
+            d["billed"] = self.billed
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+def _check_size(width: int, height: int) -> None:
+    if not (isinstance(width, int) and isinstance(height, int)) or width <= 0 or height <= 0:
+        raise UsageError(f"image size must be positive integers, got {width}x{height}")
+
+
+def _box(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tuple[int, int, int, int]:
+    return (max(0, round(x0)), max(0, round(y0)), min(w, round(x1)), min(h, round(y1)))
+
+
+def _split(total: int, n: int) -> list[tuple[int, int]]:
+    """Cut `total` cells into n near-equal consecutive ranges."""
+    edges = [total * i // n for i in range(n + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------- LLaVA
+
+
+def llava_15(width: int, height: int, image_size: int = 336, patch_size: int = 14) -> Plan:
+    """LLaVA-1.5: the image is padded (or resized) to one 336x336 square; CLIP ViT-L/14-336
+    gives (336/14)^2 = 576 patch tokens, CLS dropped (vision_feature_select_strategy=default).
+    Ref: transformers models/llava/processing_llava.py (num_image_tokens = (size // patch)^2 +
+    num_additional_image_tokens - 1); haotian-liu/LLaVA llava/mm_utils.py expand2square."""
+    _check_size(width, height)
+    n = (image_size // patch_size) ** 2
+    return Plan("llava-1.5", width, height, n, 0, [Part("image", n, (0, 0, width, height))], resized=(image_size, image_size))
+
+
+# LLaVA-NeXT 1.6 grid pinpoints (llava-hf/llava-v1.6-*-hf preprocessor_config.json,
+# transformers models/llava_next/image_processing_llava_next.py).
+LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+# LLaVA-OneVision anyres_max_9: (1..6)x(1..6) tiles of 384 (llava-hf/llava-onevision-qwen2-7b-ov-hf).
+LLAVA_OV_PINPOINTS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))
+
+
+def select_best_resolution(height: int, width: int, pinpoints) -> tuple[int, int]:
+    """(height, width) of the pinpoint that keeps the most of the image's resolution and wastes
+    the least. Ref: transformers image_processing_utils.py select_best_resolution (the same as
+    haotian-liu/LLaVA llava/mm_utils.py)."""
+    best, best_eff, best_waste = None, 0, float("inf")
+    for ph, pw in pinpoints:
+        scale = min(pw / width, ph / height)
+        dw, dh = int(width * scale), int(height * scale)
+        eff = min(dw * dh, width * height)
+        waste = pw * ph - eff
+        if eff > best_eff or (eff == best_eff and waste < best_waste):
+            best, best_eff, best_waste = (ph, pw), eff, waste
+    return best  # type: ignore[return-value]
+
+
+def _unpadded(height: int, width: int, cur_h: int, cur_w: int) -> tuple[int, int, int, int]:
+    """Feature rows/cols kept after removing the padding of the resized image, and the offsets
+    of the kept block. Ref: transformers models/llava_next/processing_llava_next.py
+    _get_unpadded_features."""
+    off_h = off_w = 0
+    if width / height > cur_w / cur_h:
+        new_h = int(round(height * (cur_w / width), 7))
+        pad = (cur_h - new_h) // 2
+        off_h = pad
+        cur_h -= pad * 2
+    else:
+        new_w = int(round(width * (cur_h / height), 7))
+        pad = (cur_w - new_w) // 2
+        off_w = pad
+        cur_w -= pad * 2
+    return cur_h, cur_w, off_h, off_w
+
+
+def _anyres(preset: str, width: int, height: int, pinpoints, tile: int, side: int, base: int, max_tiles_pool: int | None) -> Plan:
+    """LLaVA-NeXT / OneVision AnyRes: base image + unpadded tile features + one newline per row.
+
+    `side` is the feature grid side of one tile (24 for 336/14, 27 for 384/14); `base` the base
+    image's tokens. With `max_tiles_pool` (OneVision's anyres_max_N), a grid larger than 1.1x
+    N tiles' worth is bilinearly shrunk by the ratio (transformers processing_llava_onevision.py).
+    """
+    _check_size(width, height)
+    pinpoints = [tuple(p) for p in pinpoints]
+    best_h, best_w = select_best_resolution(height, width, pinpoints)
+    rows, cols = best_h // tile, best_w // tile
+    cur_h, cur_w, off_h, off_w = _unpadded(height, width, side * rows, side * cols)
+    feat_h, feat_w = cur_h, cur_w
+    pooled = False
+    if max_tiles_pool is not None:
+        ratio = math.sqrt(cur_h * cur_w / (max_tiles_pool * side**2))
+        if ratio > 1.1:
+            feat_h, feat_w = int(cur_h // ratio), int(cur_w // ratio)
+            pooled = True
+    unpadded = feat_h * feat_w
+    # Geometry: the image is scaled to fit (best_w, best_h), centred with padding, cut in tiles.
+    scale = min(best_w / width, best_h / height)
+    new_w, new_h = min(math.ceil(width * scale), best_w), min(math.ceil(height * scale), best_h)
+    pad_x, pad_y = (best_w - new_w) / 2, (best_h - new_h) / 2
+    parts = [Part("base", base, (0, 0, width, height))]
+    # Tokens of each tile: the kept feature cells inside it (after pooling, the kept grid is cut
+    # in near-equal ranges per tile so the tiles add up exactly).
+    if pooled:
+        row_ranges, col_ranges = _split(feat_h, rows), _split(feat_w, cols)
+        cells = lambda r, c: (row_ranges[r][1] - row_ranges[r][0]) * (col_ranges[c][1] - col_ranges[c][0])  # noqa: E731
+    else:
+        def cells(r: int, c: int) -> int:
+            rh = max(0, min((r + 1) * side, off_h + cur_h) - max(r * side, off_h))
+            cw = max(0, min((c + 1) * side, off_w + cur_w) - max(c * side, off_w))
+            return rh * cw
+    for r in range(rows):
+        for c in range(cols):
+            x0, y0 = (c * tile - pad_x) / scale, (r * tile - pad_y) / scale
+            x1, y1 = ((c + 1) * tile - pad_x) / scale, ((r + 1) * tile - pad_y) / scale
+            parts.append(Part("tile", cells(r, c), _box(x0, y0, x1, y1, width, height), (r, c)))
+    parts.append(Part("newlines", feat_h))
+    total = base + unpadded + feat_h
+    assert sum(p.tokens for p in parts) == total
+    note = f"grid features {feat_h}x{feat_w}" + (f" (pooled from {cur_h}x{cur_w})" if pooled else "")
+    return Plan(preset, width, height, total, 0, parts, grid=(rows, cols), resized=(best_w, best_h), note=note)
+
+
+def llava_next(width: int, height: int, grid_pinpoints=LLAVA_NEXT_PINPOINTS, tile_size: int = 336, patch_size: int = 14) -> Plan:
+    """LLaVA-NeXT (1.6) AnyRes: 576 base tokens + unpadded 24x24-per-tile features + a newline
+    token per feature row (image_newline embeddings are placeholders too). Ref: transformers
+    models/llava_next/processing_llava_next.py _get_number_of_features (CLS counted then
+    removed under vision_feature_select_strategy=default)."""
+    side = tile_size // patch_size
+    return _anyres("llava-next", width, height, grid_pinpoints, tile_size, side, side * side, None)
+
+
+def llava_onevision(width: int, height: int, grid_pinpoints=LLAVA_OV_PINPOINTS, tile_size: int = 384, patch_size: int = 14,
+                    max_tiles: int = 9) -> Plan:
+    """LLaVA-OneVision anyres_max_9: SigLIP 384/14 -> 27x27 = 729 base tokens (no CLS), AnyRes
+    tiles up to 6x6, the unpadded grid shrunk when it exceeds 1.1x 9 tiles' worth, a newline per
+    row. Ref: transformers models/llava_onevision/processing_llava_onevision.py
+    _get_number_of_features / _get_unpadded_features (vision_feature_select_strategy=full)."""
+    side = tile_size // patch_size
+    return _anyres("llava-onevision", width, height, grid_pinpoints, tile_size, side, side * side, max_tiles)
+
+
+# ---------------------------------------------------------------------------------- Qwen2-VL
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
+    """Ref: transformers models/qwen2_vl/image_processing_qwen2_vl.py smart_resize.
+
+    Differs from qwen-vl-utils (vision_process.py) for a side under factor/2: transformers
+    rounds it to 0 and then scales up through the min_pixels branch, qwen-vl-utils clamps it to
+    `factor`. Serving engines (vLLM, SGLang) use the transformers processor, so we follow it.
+    """
+    if max(height, width) / min(height, width) > 200:
+        raise UsageError(f"aspect ratio {max(height, width) / min(height, width):.0f} exceeds 200, which the Qwen2-VL processor rejects")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# Qwen/Qwen2-VL-7B-Instruct preprocessor_config.json: min_pixels 3136, max_pixels 12845056
+# (the library class default is 28*28*1280 = 1003520; the published checkpoint's is larger).
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 12_845_056
+
+
+def _qwen(preset: str, width: int, height: int, min_pixels: int, max_pixels: int, patch_size: int, merge_size: int) -> Plan:
+    _check_size(width, height)
+    rh, rw = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
+    gh, gw = rh // patch_size // merge_size, rw // patch_size // merge_size
+    n = gh * gw
+    # <|vision_start|> <|image_pad|>*n <|vision_end|>
+    return Plan(preset, width, height, n, 2, [Part("image", n, (0, 0, width, height))], grid=(gh, gw), resized=(rw, rh),
+                note=f"resized to {rw}x{rh}, {gh}x{gw} merged tokens")
+
+
+def qwen2_vl(width: int, height: int, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS, patch_size: int = 14, merge_size: int = 2) -> Plan:
+    """Qwen2-VL: smart resize to multiples of 28, ViT patch 14, 2x2 patch merge -> one token per
+    28x28 pixels. Ref: transformers models/qwen2_vl/image_processing_qwen2_vl.py
+    get_number_of_image_patches (patches / merge_size^2 tokens)."""
+    return _qwen("qwen2-vl", width, height, min_pixels, max_pixels, patch_size, merge_size)
+
+
+def qwen25_vl(width: int, height: int, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS, patch_size: int = 14, merge_size: int = 2) -> Plan:
+    """Qwen2.5-VL: the Qwen2-VL image processor and rule (Qwen/Qwen2.5-VL-7B-Instruct
+    preprocessor_config.json: min_pixels 3136, max_pixels 12845056, patch 14, merge 2)."""
+    return _qwen("qwen2.5-vl", width, height, min_pixels, max_pixels, patch_size, merge_size)
+
+
+# Video: transformers models/qwen2_vl/video_processing_qwen2_vl.py class defaults, the same as
+# qwen-vl-utils VIDEO_MIN_PIXELS / VIDEO_MAX_PIXELS: 128*28*28 and 768*28*28 per frame.
+QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28
+QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28
+
+
+def qwen_video_tokens(num_frames: int, width: int, height: int, min_pixels: int = QWEN_VIDEO_MIN_PIXELS,
+                      max_pixels: int = QWEN_VIDEO_MAX_PIXELS, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2) -> int:
+    """Frames are padded to a multiple of the temporal patch (2), each pair of frames is one
+    grid. Ref: transformers video_processing_qwen2_vl.py get_num_of_video_patches."""
+    rh, rw = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
+    grid_t = (num_frames + -num_frames % temporal_patch_size) // temporal_patch_size
+    return grid_t * (rh // patch_size) * (rw // patch_size) // (merge_size * merge_size)
+
+
+# ---------------------------------------------------------------------------------- InternVL
+
+
+def tiled_canvas(height: int, width: int, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+    """(cols, rows) of the tiling whose aspect ratio is closest to the image's; ties go to more
+    tiles while the image area exceeds half the tiles' area. Ref: OpenGVLab/InternVL
+    internvl_chat/internvl/train/dataset.py find_closest_aspect_ratio; transformers
+    models/got_ocr2/image_processing_got_ocr2.py get_optimal_tiled_canvas."""
+    # (cols, rows) by tile count, in transformers' get_all_supported_aspect_ratios order
+    ratios = sorted(((w, h) for w in range(1, max_tiles + 1) for h in range(1, max_tiles + 1) if min_tiles <= w * h <= max_tiles),
+                    key=lambda r: r[0] * r[1])
+    aspect = width / height
+    area = width * height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in ratios:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def internvl(width: int, height: int, tile_size: int = 448, min_tiles: int = 1, max_tiles: int = 12, use_thumbnail: bool = True,
+             tokens_per_tile: int = 256) -> Plan:
+    """InternVL 2/2.5 dynamic resolution: the image is resized to cols x rows tiles of 448 px
+    (1 to 12 tiles), plus a 448 px thumbnail of the whole image when there is more than one
+    tile; each tile is 256 tokens (448/14 = 32, pixel shuffle 0.5 -> 16x16). Wrapped in
+    <img></img>. Ref: OpenGVLab/InternVL internvl_chat/internvl/train/dataset.py
+    dynamic_preprocess; transformers models/internvl/processing_internvl.py
+    (image_seq_length 256) and got_ocr2 get_number_of_image_patches."""
+    _check_size(width, height)
+    if min_tiles < 1 or max_tiles < min_tiles:
+        raise UsageError("InternVL needs 1 <= min_tiles <= max_tiles")
+    cols, rows = tiled_canvas(height, width, tile_size, min_tiles, max_tiles)
+    parts = []
+    for r in range(rows):
+        for c in range(cols):
+            box = _box(c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows, width, height)
+            parts.append(Part("tile", tokens_per_tile, box, (r, c)))
+    if use_thumbnail and cols * rows > 1:
+        parts.append(Part("thumbnail", tokens_per_tile, (0, 0, width, height)))
+    n = sum(p.tokens for p in parts)
+    return Plan("internvl2.5", width, height, n, 2, parts, grid=(rows, cols), resized=(cols * tile_size, rows * tile_size))
+
+
+# ---------------------------------------------------------------------------------- Idefics3 / SmolVLM
+
+IDEFICS3_MAX_IMAGE_SIZE = 4096  # transformers models/idefics3/image_processing_idefics3.py MAX_IMAGE_SIZE
+
+
+def _rescale_to_max_len(height: int, width: int, max_len: int) -> tuple[int, int]:
+    """Ref: transformers idefics3 _resize_output_size_rescale_to_max_len (longest edge to
+    max_len, upscaling too; the other side made even)."""
+    aspect = width / height
+    if width >= height:
+        width = max_len
+        height = int(width / aspect)
+        if height % 2 != 0:
+            height += 1
+    else:
+        height = max_len
+        width = int(height * aspect)
+        if width % 2 != 0:
+            width += 1
+    return max(height, 1), max(width, 1)
+
+
+def _scale_below_upper_bound(height: int, width: int, max_len: int) -> tuple[int, int]:
+    """Ref: transformers idefics3 _resize_output_size_scale_below_upper_bound."""
+    aspect = width / height
+    if width >= height and width > max_len:
+        width = max_len
+        height = int(width / aspect)
+    elif height > width and height > max_len:
+        height = max_len
+        width = int(height * aspect)
+    return max(height, 1), max(width, 1)
+
+
+def _idefics(preset: str, width: int, height: int, longest_edge: int, tile_size: int, image_seq_len: int, do_image_splitting: bool) -> Plan:
+    """Idefics3-style splitting. Ref: transformers models/idefics3/image_processing_idefics3.py
+    resize, resize_for_vision_encoder, split_images; processing_idefics3.py
+    _prompt_split_image / _prompt_single_image for the wrapper tokens."""
+    _check_size(width, height)
+    if not do_image_splitting:
+        return Plan(preset, width, height, image_seq_len, 3, [Part("image", image_seq_len, (0, 0, width, height))],
+                    resized=(tile_size, tile_size))
+    h, w = _rescale_to_max_len(height, width, longest_edge)
+    h, w = _scale_below_upper_bound(h, w, IDEFICS3_MAX_IMAGE_SIZE)
+    aspect = w / h
+    if w >= h:
+        w = math.ceil(w / tile_size) * tile_size
+        h = int(w / aspect)
+        h = math.ceil(h / tile_size) * tile_size
+    else:
+        h = math.ceil(h / tile_size) * tile_size
+        w = int(h * aspect)
+        w = math.ceil(w / tile_size) * tile_size
+    if h > tile_size or w > tile_size:
+        rows = (h - tile_size) // tile_size + 1
+        cols = (w - tile_size) // tile_size + 1
+        parts = [Part("tile", image_seq_len, _box(c * tile_size * width / w, r * tile_size * height / h,
+                                                   (c + 1) * tile_size * width / w, (r + 1) * tile_size * height / h, width, height), (r, c))
+                 for r in range(rows) for c in range(cols)]
+        parts.append(Part("global", image_seq_len, (0, 0, width, height)))
+        # per tile <fake_token_around_image><row_r_col_c>, a newline per row, then
+        # \n<fake_token_around_image><global-img> ... <fake_token_around_image>
+        wrappers = 2 * rows * cols + rows + 4
+        return Plan(preset, width, height, image_seq_len * (rows * cols + 1), wrappers, parts, grid=(rows, cols), resized=(w, h))
+    return Plan(preset, width, height, image_seq_len, 3, [Part("image", image_seq_len, (0, 0, width, height))], resized=(w, h))
+
+
+def idefics3(width: int, height: int, longest_edge: int = 4 * 364, tile_size: int = 364, image_seq_len: int = 169,
+             do_image_splitting: bool = True) -> Plan:
+    """Idefics3 (HuggingFaceM4/Idefics3-8B-Llama3): longest edge to 1456, tiles of 364 px of 169
+    tokens each (SigLIP 364/14 = 26, 2x2 pixel shuffle: 676 / 4 = 169) plus the global image."""
+    return _idefics("idefics3", width, height, longest_edge, tile_size, image_seq_len, do_image_splitting)
+
+
+def smolvlm(width: int, height: int, longest_edge: int = 4 * 384, tile_size: int = 384, image_seq_len: int = 81,
+            do_image_splitting: bool = True) -> Plan:
+    """SmolVLM (HuggingFaceTB/SmolVLM-Instruct): the Idefics3 rule with 384 px tiles of 81
+    tokens (SigLIP 384/14 = 27, 3x3 pixel shuffle: 729 / 9), longest edge 1536."""
+    return _idefics("smolvlm", width, height, longest_edge, tile_size, image_seq_len, do_image_splitting)
+
+
+def smolvlm_256m(width: int, height: int, longest_edge: int = 4 * 512, tile_size: int = 512, image_seq_len: int = 64,
+                 do_image_splitting: bool = True) -> Plan:
+    """SmolVLM-256M (HuggingFaceTB/SmolVLM-256M-Instruct): SigLIP base 512/16 = 32, 4x4 pixel
+    shuffle -> 64 tokens a 512 px tile, longest edge 2048."""
+    return _idefics("smolvlm-256m", width, height, longest_edge, tile_size, image_seq_len, do_image_splitting)
+
+
+# ---------------------------------------------------------------------------------- Gemma 3
+
+
+def pan_and_scan_crops(width: int, height: int, min_crop_size: int = 256, max_num_crops: int = 4, min_ratio_to_activate: float = 1.2) -> tuple[int, int]:
+    """(cols, rows) of Gemma 3's pan-and-scan crops, (0, 0) when it does not apply.
+    Ref: transformers models/gemma3/image_processing_gemma3.py pan_and_scan."""
+    if width >= height:
+        if width / height < min_ratio_to_activate:
+            return 0, 0
+        nw = int(math.floor(width / height + 0.5))
+        nw = min(int(math.floor(width / min_crop_size)), nw)
+        nw = min(max_num_crops, max(2, nw))
+        nh = 1
+    else:
+        if height / width < min_ratio_to_activate:
+            return 0, 0
+        nh = int(math.floor(height / width + 0.5))
+        nh = min(int(math.floor(height / min_crop_size)), nh)
+        nh = min(max_num_crops, max(2, nh))
+        nw = 1
+    cw, ch = int(math.ceil(width / nw)), int(math.ceil(height / nh))
+    if min(cw, ch) < min_crop_size:
+        return 0, 0
+    return nw, nh
+
+
+def gemma3(width: int, height: int, image_size: int = 896, tokens_per_image: int = 256, do_pan_and_scan: bool = False,
+           pan_and_scan_min_crop_size: int = 256, pan_and_scan_max_num_crops: int = 4, pan_and_scan_min_ratio_to_activate: float = 1.2) -> Plan:
+    """Gemma 3: SigLIP at 896x896, pooled to 256 tokens per image; with pan-and-scan (off by
+    default) each crop adds 256 more. Wrapped as \\n\\n<start_of_image>...<end_of_image>\\n\\n.
+    Ref: transformers models/gemma3/processing_gemma3.py (image_seq_length 256,
+    full_image_sequence), image_processing_gemma3.py pan_and_scan; google/gemma-3-4b-it
+    preprocessor_config.json."""
+    _check_size(width, height)
+    parts = [Part("image", tokens_per_image, (0, 0, width, height))]
+    cols = rows = 0
+    if do_pan_and_scan:
+        cols, rows = pan_and_scan_crops(width, height, pan_and_scan_min_crop_size, pan_and_scan_max_num_crops, pan_and_scan_min_ratio_to_activate)
+        cw, ch = math.ceil(width / cols) if cols else 0, math.ceil(height / rows) if rows else 0
+        for r in range(rows):
+            for c in range(cols):
+                parts.append(Part("crop", tokens_per_image, (c * cw, r * ch, min(width, (c + 1) * cw), min(height, (r + 1) * ch)), (r, c)))
+    n = tokens_per_image * len(parts)
+    note = "pan-and-scan also adds a short text prefix (tokenizer-dependent, not counted)" if cols else ""
+    return Plan("gemma3", width, height, n, 4 * len(parts), parts, grid=(rows, cols) if cols else None,
+                resized=(image_size, image_size), note=note)
+
+
+# ---------------------------------------------------------------------------------- hosted APIs
+
+
+def _openai_tiles(preset: str, width: int, height: int, detail: str, base: int, per_tile: int) -> Plan:
+    """OpenAI GPT-4o family: detail=low is the base tokens; detail=high scales the image to fit
+    2048x2048, then (only downward) so its shortest side is 768, and adds per_tile tokens for
+    each 512 px tile. Ref: platform.openai.com/docs/guides/images-vision, "Calculating costs"
+    (examples: 1024x1024 -> 765, 2048x4096 -> 1105 for gpt-4o)."""
+    _check_size(width, height)
+    if detail not in ("low", "high", "auto"):
+        raise UsageError("detail must be low, high or auto")
+    if detail == "low":
+        return Plan(preset, width, height, base, 0, [Part("base", base, (0, 0, width, height))], resized=(512, 512), options={"detail": detail})
+    w, h = float(width), float(height)
+    if max(w, h) > 2048:
+        s = 2048 / max(w, h)
+        w, h = w * s, h * s
+    if min(w, h) > 768:
+        s = 768 / min(w, h)
+        w, h = w * s, h * s
+    w, h = int(w), int(h)
+    cols, rows = math.ceil(w / 512), math.ceil(h / 512)
+    sx, sy = width / w, height / h
+    parts = [Part("base", base, (0, 0, width, height))]
+    parts += [Part("tile", per_tile, _box(c * 512 * sx, r * 512 * sy, (c + 1) * 512 * sx, (r + 1) * 512 * sy, width, height), (r, c))
+              for r in range(rows) for c in range(cols)]
+    return Plan(preset, width, height, base + per_tile * rows * cols, 0, parts, grid=(rows, cols), resized=(w, h),
+                options={"detail": detail}, note="detail=auto is billed as high" if detail == "auto" else "")
+
+
+def gpt_4o(width: int, height: int, detail: str = "high") -> Plan:
+    """GPT-4o: 85 base tokens + 170 per 512 px tile."""
+    return _openai_tiles("gpt-4o", width, height, detail, 85, 170)
+
+
+def gpt_4o_mini(width: int, height: int, detail: str = "high") -> Plan:
+    """GPT-4o mini: 2833 base tokens + 5667 per tile (same dollars as gpt-4o at its lower rate)."""
+    return _openai_tiles("gpt-4o-mini", width, height, detail, 2833, 5667)
+
+
+def gpt_41_mini(width: int, height: int, multiplier: float = 1.62, max_patches: int = 1536, patch: int = 32) -> Plan:
+    """GPT-4.1 mini (and nano/o4-mini with their multipliers 2.46/1.72): 32 px patches covering
+    the image, at most 1536; a larger image is scaled down to fit (the scale shrunk further so
+    whole patches cover it); billed tokens = patches x multiplier. Ref:
+    platform.openai.com/docs/guides/images-vision "Calculating costs" (1024x1024 -> 1024
+    patches; 1800x2400 -> 1452 patches)."""
+    _check_size(width, height)
+    patches = math.ceil(width / patch) * math.ceil(height / patch)
+    w, h = float(width), float(height)
+    if patches > max_patches:
+        r = math.sqrt(patch * patch * max_patches / (width * height))
+        r *= min(math.floor(width * r / patch) / (width * r / patch), math.floor(height * r / patch) / (height * r / patch))
+        w, h = width * r, height * r
+        patches = math.ceil(w / patch) * math.ceil(h / patch)
+    patches = min(patches, max_patches)
+    billed = patches * multiplier
+    return Plan("gpt-4.1-mini", width, height, patches, 0, [Part("patches", patches, (0, 0, width, height))],
+                grid=(math.ceil(h / patch), math.ceil(w / patch)), resized=(int(w), int(h)), billed=round(billed, 2),
+                note=f"billed as {round(billed, 2)} tokens ({patches} patches x {multiplier})")
+
+
+def claude(width: int, height: int, max_long_edge: int = 1568, max_tokens: int = 1600, pixels_per_token: int = 750) -> Plan:
+    """Anthropic Claude: tokens = width x height / 750 after scaling down (aspect kept) so the
+    long edge is at most 1568 px and the image at most ~1600 tokens (about 1.15 megapixels).
+    Anthropic's documentation gives this as an estimate. Ref: docs.anthropic.com
+    build-with-claude/vision, "Evaluate image size" / "Calculate image costs"."""
+    _check_size(width, height)
+    s = min(1.0, max_long_edge / max(width, height), math.sqrt(max_tokens * pixels_per_token / (width * height)))
+    w, h = max(1, int(width * s)), max(1, int(height * s))
+    n = math.ceil(w * h / pixels_per_token)
+    return Plan("claude", width, height, n, 0, [Part("image", n, (0, 0, width, height))], resized=(w, h), note="Anthropic's documented estimate")
+
+
+def gemini(width: int, height: int, small_side: int = 384, tile_size: int = 768, tokens_per_tile: int = 258) -> Plan:
+    """Google Gemini (2.x): an image with both sides <= 384 px is 258 tokens; a larger one is
+    cropped and scaled into 768x768 tiles of 258 tokens each. Google does not publish the exact
+    tiling, so tiles = ceil(w/768) x ceil(h/768) here is an estimate. Ref:
+    ai.google.dev/gemini-api/docs/tokens (multimodal tokens)."""
+    _check_size(width, height)
+    if width <= small_side and height <= small_side:
+        return Plan("gemini", width, height, tokens_per_tile, 0, [Part("image", tokens_per_tile, (0, 0, width, height))])
+    cols, rows = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    parts = [Part("tile", tokens_per_tile, _box(c * tile_size, r * tile_size, (c + 1) * tile_size, (r + 1) * tile_size, width, height), (r, c))
+             for r in range(rows) for c in range(cols)]
+    return Plan("gemini", width, height, tokens_per_tile * rows * cols, 0, parts, grid=(rows, cols), note="tiling is an estimate")
+
+
+# ---------------------------------------------------------------------------------- custom
+
+
+def custom(width: int, height: int, image_size: int = 336, patch_size: int = 14, merge: int = 1, tile_size: int = 0,
+           max_tiles: int = 1, thumbnail: bool = True, cls_token: bool = False) -> Plan:
+    """The generic rule N_img = N * P_t + P_0: N tiles of P_t tokens plus a thumbnail of P_0.
+
+    P = (image_size / patch_size)^2 / merge^2 tokens per encoded square (+1 with cls_token).
+    With tile_size > 0 the image is cut into a grid of tile_size squares (cols = ceil(w /
+    tile_size), rows likewise, scaled down to at most max_tiles tiles), each encoded at
+    image_size; with thumbnail the whole image is encoded once more (P_0 = P).
+    """
+    _check_size(width, height)
+    if image_size % patch_size:
+        raise UsageError("image_size must be a multiple of patch_size")
+    side = image_size // patch_size
+    if merge < 1 or side % merge:
+        raise UsageError("merge must divide image_size / patch_size")
+    p = (side // merge) ** 2 + (1 if cls_token else 0)
+    if tile_size <= 0:
+        return Plan("custom", width, height, p, 0, [Part("image", p, (0, 0, width, height))], resized=(image_size, image_size),
+                    note=f"N=0 tiles, P_0={p}")
+    cols, rows = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    if cols * rows > max_tiles:  # scale the grid down, keeping its shape, to at most max_tiles
+        s = math.sqrt(max_tiles / (cols * rows))
+        cols, rows = max(1, math.floor(cols * s)), max(1, math.floor(rows * s))
+        while cols * rows > max_tiles:
+            if cols >= rows:
+                cols -= 1
+            else:
+                rows -= 1
+    parts = [Part("tile", p, _box(c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows, width, height), (r, c))
+             for r in range(rows) for c in range(cols)]
+    if thumbnail:
+        parts.append(Part("thumbnail", p, (0, 0, width, height)))
+    n = p * len(parts)
+    return Plan("custom", width, height, n, 0, parts, grid=(rows, cols),
+                note=f"N={rows * cols} tiles x P_t={p} + P_0={p if thumbnail else 0}")
+
+
+PRESETS: dict[str, Callable[..., Plan]] = {
+    "llava-1.5": llava_15,
+    "llava-next": llava_next,
+    "llava-onevision": llava_onevision,
+    "qwen2-vl": qwen2_vl,
+    "qwen2.5-vl": qwen25_vl,
+    "internvl2.5": internvl,
+    "idefics3": idefics3,
+    "smolvlm": smolvlm,
+    "smolvlm-256m": smolvlm_256m,
+    "gemma3": gemma3,
+    "gpt-4o": gpt_4o,
+    "gpt-4o-mini": gpt_4o_mini,
+    "gpt-4.1-mini": gpt_41_mini,
+    "claude": claude,
+    "gemini": gemini,
+    "custom": custom,
+}

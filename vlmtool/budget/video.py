@@ -1,0 +1,187 @@
+"""Video frame budgets: tokens per frame, f_max = the most frames that fit a context budget, and
+which frames to take (uniform, capped at a sampling rate, or where the picture changes)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmtool.budget import video_tokens
+from vlmtool.errors import UsageError
+
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".gif")
+STRATEGIES = ("uniform", "fps", "content")
+
+
+@dataclass
+class VideoInfo:
+    path: str | None
+    width: int
+    height: int
+    fps: float
+    frames: int
+    duration: float
+
+    def to_json(self) -> dict:
+        return {"video": self.path, "width": self.width, "height": self.height, "fps": round(self.fps, 4), "frames": self.frames,
+                "duration": round(self.duration, 4)}
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Size, frame rate, frame count and duration from the container (no decoding)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise UsageError(f"{path}: no video stream")
+            s = c.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 0) or 0.0
+            if s.duration is not None and s.time_base is not None:
+                duration = float(s.duration * s.time_base)
+            elif c.duration is not None:
+                duration = c.duration / 1_000_000
+            else:
+                duration = 0.0
+            frames = int(s.frames or 0) or (int(round(duration * fps)) if fps else 0)
+            return VideoInfo(str(path), s.codec_context.width, s.codec_context.height, fps, frames, duration)
+    except UsageError:
+        raise
+    except Exception as e:  # av.error.InvalidDataError, FileNotFoundError, ...
+        raise UsageError(f"{path}: cannot read video ({type(e).__name__}: {e})") from None
+
+
+def frame_budget(preset: str, budget: int, width: int, height: int, reserved: int = 0, max_frames: int | None = None, **options) -> dict:
+    """f_max = the largest frame count whose tokens fit budget - reserved, found exactly from
+    video_tokens (for a linear rule that is floor((B - R) / P))."""
+    room = budget - reserved
+    one = video_tokens(preset, 1, width, height, **dict(options))
+    if room < one:
+        raise UsageError(f"a budget of {budget} tokens ({reserved} reserved for text) is smaller than one frame "
+                         f"({one} tokens for {preset} at {width}x{height})")
+    lo, hi = 1, 2
+    cap = max_frames if max_frames is not None else 10**7
+    while hi <= cap and video_tokens(preset, hi, width, height, **dict(options)) <= room:
+        lo, hi = hi, hi * 2
+    hi = min(hi, cap + 1)
+    while hi - lo > 1:  # video_tokens grows with frames: the last count that fits
+        mid = (lo + hi) // 2
+        if video_tokens(preset, mid, width, height, **dict(options)) <= room:
+            lo = mid
+        else:
+            hi = mid
+    f_max = lo
+    tokens = video_tokens(preset, f_max, width, height, **dict(options))
+    return {"model": preset, "budget": budget, "reserved": reserved, "tokens_per_frame": round(tokens / f_max, 3),
+            "first_frame_tokens": one, "f_max": f_max, "tokens": tokens}
+
+
+def change_curve(path: str | Path, size: int = 64, max_rate: float = 8.0, threshold: float = 12.0) -> tuple[list[float], list[float]]:
+    """(timestamps, change) for the decoded frames, at most `max_rate` a second: the fraction of
+    pixels of tiny grayscale copies that changed by more than `threshold` grey levels since the
+    previous analysed frame. The threshold ignores compression noise, which is faint but spread
+    over the whole picture, and keeps real motion, which is strong where it happens."""
+    import av
+    import numpy as np
+
+    times, change = [], []
+    prev = None
+    last_t = -1e9
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        for frame in c.decode(s):
+            t = float(frame.time) if frame.time is not None else len(times) / max(float(s.average_rate or 1), 1e-9)
+            if t - last_t < 1.0 / max_rate - 1e-9:
+                continue
+            last_t = t
+            h = max(1, round(size * frame.height / max(frame.width, 1)))
+            small = frame.reformat(width=size, height=h, format="gray").to_ndarray().astype(np.float32)
+            change.append(0.0 if prev is None else float((np.abs(small - prev) > threshold).mean()))
+            times.append(t)
+            prev = small
+    if change:
+        change[0] = change[1] if len(change) > 1 else 0.0
+    return times, change
+
+
+def select_frames(info: VideoInfo, n: int, strategy: str = "uniform", sample_fps: float | None = None, path: str | Path | None = None) -> list[float]:
+    """Timestamps (seconds) of at most n frames.
+
+    uniform: centres of n equal spans. fps: at most `sample_fps` frames a second, spread
+    evenly. content: frames placed at equal steps of accumulated picture change, so a static
+    stretch gets few frames and a changing one many (a small floor keeps every stretch seen).
+    """
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown frame selection {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    d = info.duration
+    if info.frames:
+        n = min(n, info.frames)
+    if strategy == "fps":
+        if not sample_fps or sample_fps <= 0:
+            raise UsageError("--select fps needs --sample-fps > 0")
+        n = min(n, max(1, math.floor(d * sample_fps)))
+    if n <= 0 or d <= 0:
+        return []
+    if strategy in ("uniform", "fps"):
+        return [round((k + 0.5) * d / n, 4) for k in range(n)]
+    if path is None:
+        raise UsageError("--select content needs a video file to look at")
+    times, change = change_curve(path)
+    if not times:
+        return []
+    mean = sum(change) / len(change)
+    floor = 0.25 * mean + 1e-6  # every stretch keeps some coverage; change gets the rest
+    weights = [c + floor for c in change]
+    total = sum(weights)
+    cum, acc = [], 0.0
+    for w in weights:
+        acc += w
+        cum.append(acc)
+    picked: list[int] = []
+    j = 0
+    for k in range(min(n, len(times))):
+        q = (k + 0.5) / min(n, len(times)) * total
+        while j < len(cum) - 1 and cum[j] < q:
+            j += 1
+        picked.append(j)
+    # distinct frames: move a repeat to the nearest unused neighbour
+    used: set[int] = set()
+    out = []
+    for i in picked:
+        step = 0
+        while True:
+            for cand in (i + step, i - step):
+                if 0 <= cand < len(times) and cand not in used:
+                    used.add(cand)
+                    out.append(cand)
+                    break
+            else:
+                step += 1
+                continue
+            break
+    return [round(times[i], 4) for i in sorted(out)]
+
+
+def plan_video(preset: str, info: VideoInfo, budget: int | None = None, reserved: int = 0, strategy: str = "uniform",
+               sample_fps: float | None = None, num_frames: int | None = None, **options) -> dict:
+    """The whole frame plan for one video: P, f_max, the chosen timestamps and the totals."""
+    pool = int(options.get("temporal_pool", 1) or 1)
+    if budget is None and num_frames is None:
+        num_frames = info.frames
+    if budget is not None:
+        fb = frame_budget(preset, budget, info.width, info.height, reserved, **options)
+        n = fb["f_max"]
+    else:
+        fb = {"model": preset, "budget": None, "reserved": reserved}
+        n = int(num_frames or 0)
+    if num_frames is not None:
+        n = min(n, num_frames)
+    path = info.path if strategy == "content" else None
+    ts = select_frames(info, n, strategy, sample_fps, path)
+    tokens = video_tokens(preset, len(ts), info.width, info.height, **dict(options))
+    out = {**info.to_json(), **fb, "strategy": strategy, "temporal_pool": pool, "selected": len(ts), "timestamps": ts, "tokens": tokens}
+    if budget is not None:
+        assert tokens <= budget - reserved
+    return out
