@@ -213,13 +213,15 @@ def package_versions() -> dict[str, str]:
 class JobDir:
     """The output folder of one job: completion records per input shard and the manifest."""
 
-    def __init__(self, out: str | os.PathLike, job: str, args: dict, shards: list[ShardRef], dist: Dist | None = None):
+    def __init__(self, out: str | os.PathLike, job: str, args: dict, shards: list[ShardRef], dist: Dist | None = None,
+                 stage: str | None = None):
         self.out = Path(out)
         self.job = job
         self.args = args
         self.shards = shards
         self.dist = dist or dist_info()
-        self.done_dir = self.out / "_done"
+        self.stage = stage  # a job of several passes keeps one record folder per pass
+        self.done_dir = self.out / "_done" / stage if stage else self.out / "_done"
         self.done_dir.mkdir(parents=True, exist_ok=True)
         self._check_same_job()
 

@@ -1,0 +1,97 @@
+"""Image-caption preparation for CLIP, run in loader workers.
+
+fast (default): JPEG draft decoding at the smallest DCT scale that still covers the target,
+then one resize of the centre crop straight to the model's size, kept as uint8; normalizing
+happens on the device, batched. exact: open_clip's own eval transform (torchvision Resize,
+CenterCrop, ToTensor, Normalize) on the fully decoded image. bench/filter.py measures the speed
+of both and the score deviation between them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from vlmtool.clip.model import Preprocess
+from vlmtool.core.samples import Sample, SampleError
+
+INTERP = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
+
+
+@dataclass
+class PreFilter:
+    """Cheap checks before the model; a failing sample is rejected as filter:<check>."""
+
+    min_side: int = 0
+    max_aspect: float = 0.0  # 0: off
+    min_words: int = 0
+    min_chars: int = 0
+
+    def check(self, s: Sample) -> None:
+        if self.min_side and min(s.width, s.height) < self.min_side:
+            raise SampleError("filter:min_side", f"{s.width}x{s.height} < {self.min_side}")
+        if self.max_aspect and max(s.width, s.height) / max(1, min(s.width, s.height)) > self.max_aspect:
+            raise SampleError("filter:aspect", f"{s.width}x{s.height} > {self.max_aspect}:1")
+        cap = s.caption or ""
+        if self.min_words and len(cap.split()) < self.min_words:
+            raise SampleError("filter:caption_words", f"{len(cap.split())} words")
+        if self.min_chars and len(cap) < self.min_chars:
+            raise SampleError("filter:caption_chars", f"{len(cap)} chars")
+
+
+def fast_pixels(s: Sample, pp: Preprocess):
+    """uint8 [S, S, 3]: shortest side to S, centre crop, one resize from a draft-decoded image."""
+    import numpy as np
+    from PIL import Image
+
+    S = pp.size
+    w, h = s.width, s.height
+    scale = S / min(w, h)
+    draft = (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
+    im = s.load_image(draft=draft)  # JPEG: decodes at 1/2, 1/4 or 1/8 scale when that still covers S
+    w2, h2 = im.size
+    m = min(w2, h2)
+    box = ((w2 - m) / 2, (h2 - m) / 2, (w2 + m) / 2, (h2 + m) / 2)
+    im = im.resize((S, S), Image.Resampling(INTERP.get(pp.interpolation, 3)), box=box)
+    return np.asarray(im, dtype=np.uint8)
+
+
+class ClipPrep:
+    """Preparer for the batch core: (pixels, tokens) per sample; collate stacks them."""
+
+    def __init__(self, pp: Preprocess, tokenizer, mode: str = "fast", transform=None, prefilter: PreFilter | None = None):
+        if mode not in ("fast", "exact"):
+            raise ValueError(mode)
+        self.pp, self.tokenizer, self.mode, self.transform = pp, tokenizer, mode, transform
+        self.prefilter = prefilter or PreFilter()
+
+    def prepare(self, s: Sample):
+        self.prefilter.check(s)
+        if self.mode == "fast":
+            px = fast_pixels(s, self.pp)
+        else:
+            px = self.transform(s.load_image()).numpy()  # float32 [3, S, S], normalized
+        return px, s.caption
+
+    def collate(self, payloads: list):
+        import numpy as np
+        import torch
+
+        px = torch.from_numpy(np.stack([p[0] for p in payloads]))
+        tokens = self.tokenizer([p[1] for p in payloads])
+        return px, tokens
+
+
+def to_model_input(px, pp: Preprocess, device, mean_std_cache: dict = {}):  # noqa: B006 - a per-process cache
+    """uint8 [B, S, S, 3] -> normalized float [B, 3, S, S] on device; float input passes through."""
+    import torch
+
+    x = px.to(device, non_blocking=True)
+    if x.dtype != torch.uint8:
+        return x.float()
+    key = (str(device), pp.mean, pp.std)
+    if key not in mean_std_cache:
+        mean_std_cache[key] = (torch.tensor(pp.mean, device=device).view(1, 3, 1, 1) * 255,
+                               torch.tensor(pp.std, device=device).view(1, 3, 1, 1) * 255)
+    mean, std = mean_std_cache[key]
+    return (x.permute(0, 3, 1, 2).float() - mean) / std

@@ -1,0 +1,302 @@
+"""`vlmtool filter`: CLIP-score image-caption shards and keep the pairs that match.
+
+Two passes over the job folder, each resumable per shard:
+1. score: loader workers decode and preprocess (cheap pre-filters first), the model scores
+   every pair (cosine of the normalized embeddings) in batches on the device; each shard's
+   rows go to `_scores/SHARD.jsonl` in tar order, rejected samples with their reason.
+2. select: once every shard is scored (a barrier through the job folder, so ranks and separate
+   launches agree), the threshold is `--min-score`, or the score that keeps `--keep-fraction`
+   of all valid samples over all shards and ranks (ties broken by shard and position). Each
+   shard is re-read without the model and the kept records are copied, original bytes and
+   keys, to `shards/SHARD.tar`.
+The rank that finishes last writes `scores.jsonl` (one row per sample seen: key, shard, score,
+kept, reason), `report.json` (kept fraction, histogram, modality gap; `--plot` adds
+report.png) and `manifest.json`. Model, pretrained, preprocessing and precision are recorded
+with the scores: CLIP scores are only comparable when all four match.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from vlmtool.core.batches import Batch, ReadOptions, merge_totals, run_shards
+from vlmtool.core.samples import BrokenTar, read_shard
+from vlmtool.core.shards import JobDir, ShardRef, ShardTarWriter, atomic_path, atomic_write, dumps, expand_inputs, shard_refs, write_json
+from vlmtool.errors import UsageError
+
+HIST_BINS = 200  # fixed bins over [-1, 1]: per-shard histograms add up exactly
+
+
+class ScoreSink:
+    def __init__(self, job: JobDir, ref: ShardRef, dim: int):
+        import numpy as np
+
+        self.path = job.out / "_scores" / f"{ref.name}.jsonl"
+        self.ref = ref
+        self.rows: list[bytes] = []
+        self.hist = np.zeros(HIST_BINS, dtype=np.int64)
+        self.img_sum = np.zeros(dim, dtype=np.float64)
+        self.txt_sum = np.zeros(dim, dtype=np.float64)
+        self.scored = 0
+
+    def add(self, batch: Batch, results) -> None:
+        import numpy as np
+
+        scores = None
+        if results is not None:
+            scores, img_sum, txt_sum = results
+            self.img_sum += img_sum
+            self.txt_sum += txt_sum
+            self.scored += len(scores)
+            idx = np.clip(((scores + 1) / 2 * HIST_BINS).astype(int), 0, HIST_BINS - 1)
+            np.add.at(self.hist, idx, 1)
+        for kind, i in batch.order:
+            if kind == "ok":
+                self.rows.append(dumps({"key": batch.keys[i], "shard": self.ref.name, "score": float(scores[i]), "reason": None}))
+            else:
+                r = batch.rejects[i]
+                self.rows.append(dumps({"key": r.key, "shard": self.ref.name, "score": None, "reason": r.reason}))
+
+    def commit(self) -> dict:
+        atomic_write(self.path, b"".join(r + b"\n" for r in self.rows))
+        return {"scored": self.scored, "hist": self.hist.tolist(), "img_sum": self.img_sum.tolist(), "txt_sum": self.txt_sum.tolist()}
+
+    def abort(self) -> None:
+        pass
+
+
+def _scorer(loaded, device, dtype):
+    """compute(batch) -> (scores, sum of image embeddings, sum of text embeddings)."""
+    import torch
+
+    from vlmtool.clip.preprocess import to_model_input
+    from vlmtool.core.runtime import autocast
+
+    model = loaded.model
+
+    def compute(data):
+        px, tokens = data
+        with torch.inference_mode(), autocast(device, dtype):
+            x = to_model_input(px, loaded.preprocess, device)
+            fi = model.encode_image(x, normalize=True).float()
+            ft = model.encode_text(tokens.to(device, non_blocking=True), normalize=True).float()
+            s = (fi * ft).sum(-1)
+        return s.cpu().numpy(), fi.sum(0).double().cpu().numpy(), ft.sum(0).double().cpu().numpy()
+
+    return compute
+
+
+def _read_rows(job: JobDir, ref: ShardRef) -> list[dict]:
+    return [orjson.loads(line) for line in (job.out / "_scores" / f"{ref.name}.jsonl").read_bytes().splitlines()]
+
+
+def select_keep(job: JobDir, min_score: float | None, keep_fraction: float | None) -> tuple[float | None, dict[str, set[int]], int]:
+    """Which rows of which shard are kept: by threshold, or the global top fraction of valid
+    samples (ties broken by shard order, then position). Returns (threshold, kept rows by shard
+    name, number of valid samples)."""
+    import numpy as np
+
+    scores, shard_idx, row_idx = [], [], []
+    for ref in job.shards:
+        for i, row in enumerate(_read_rows(job, ref)):
+            if row["score"] is not None:
+                scores.append(row["score"])
+                shard_idx.append(ref.index)
+                row_idx.append(i)
+    n = len(scores)
+    s = np.asarray(scores, dtype=np.float64)
+    names = {r.index: r.name for r in job.shards}
+    kept: dict[str, set[int]] = {r.name: set() for r in job.shards}
+    if min_score is not None:
+        sel = np.nonzero(s >= min_score)[0]
+        threshold = min_score
+    else:
+        k = int(round(keep_fraction * n))
+        order = np.lexsort((np.asarray(row_idx), np.asarray(shard_idx), -s))  # score desc, then shard, then position
+        sel = order[:k]
+        threshold = float(s[order[k - 1]]) if k else None
+    for j in sel:
+        kept[names[shard_idx[j]]].add(row_idx[j])
+    return threshold, kept, n
+
+
+def _select_shard(job: JobDir, ref: ShardRef, kept_rows: set[int], threshold: float | None) -> dict:
+    """Copy the kept records of one input shard, original bytes, to shards/NAME.tar."""
+    rows = _read_rows(job, ref)
+    writer = ShardTarWriter(job.out / "shards" / f"{ref.name}.tar")
+    out_rows = []
+    try:
+        i = 0
+        for rec in read_shard(ref.url):
+            if i >= len(rows):
+                raise UsageError(f"{ref.url} changed since it was scored (more records now): rerun in a new --out folder")
+            row = rows[i]
+            if isinstance(rec, BrokenTar):
+                pass
+            elif rec.get("__key__") != row["key"]:
+                raise UsageError(f"{ref.url} changed since it was scored ({rec.get('__key__')} != {row['key']}): rerun in a new --out folder")
+            elif i in kept_rows:
+                writer.write({k: v for k, v in rec.items() if not k.startswith("__")} | {"__key__": rec["__key__"]})
+            keep = i in kept_rows
+            reason = row["reason"] if row["score"] is None else (None if keep else "below_threshold")
+            out_rows.append(dumps({"key": row["key"], "shard": row["shard"], "score": row["score"], "kept": keep, "reason": reason}))
+            i += 1
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    atomic_write(job.out / "_rows" / f"{ref.name}.jsonl", b"".join(r + b"\n" for r in out_rows))
+    return {"kept": writer.count, "rows": len(out_rows)}
+
+
+def _report(job: JobDir, score_records: dict, select_records: dict, threshold, loaded_desc: dict, plot: bool) -> dict:
+    import numpy as np
+
+    hist = np.zeros(HIST_BINS, dtype=np.int64)
+    img = txt = None
+    scored = 0
+    for rec in score_records.values():
+        hist += np.asarray(rec["hist"])
+        scored += rec["scored"]
+        img = np.asarray(rec["img_sum"]) if img is None else img + np.asarray(rec["img_sum"])
+        txt = np.asarray(rec["txt_sum"]) if txt is None else txt + np.asarray(rec["txt_sum"])
+    kept = sum(r["kept"] for r in select_records.values())
+    gap = float(np.linalg.norm(img / scored - txt / scored)) if scored else None
+    nz = np.nonzero(hist)[0]
+    edges = np.linspace(-1, 1, HIST_BINS + 1)
+    histogram = [{"from": round(float(edges[i]), 3), "to": round(float(edges[i + 1]), 3), "count": int(hist[i])}
+                 for i in range(nz.min(), nz.max() + 1)] if len(nz) else []
+    report = {"scored": scored, "kept": kept, "kept_fraction": round(kept / scored, 6) if scored else None,
+              "threshold": threshold, "modality_gap": round(gap, 6) if gap is not None else None,
+              "histogram": histogram, **loaded_desc}
+    write_json(job.out / "report.json", report)
+    if plot and histogram:
+        _plot(job.out / "report.png", histogram, threshold)
+    return report
+
+
+def _plot(path: Path, histogram: list[dict], threshold) -> None:
+    from PIL import Image, ImageDraw
+
+    W, H, pad = 800, 400, 40
+    im = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(im)
+    lo, hi = histogram[0]["from"], histogram[-1]["to"]
+    top = max(b["count"] for b in histogram) or 1
+    x = lambda v: pad + (v - lo) / (hi - lo or 1) * (W - 2 * pad)  # noqa: E731
+    for b in histogram:
+        h = b["count"] / top * (H - 2 * pad)
+        d.rectangle((x(b["from"]), H - pad - h, max(x(b["from"]) + 1, x(b["to"]) - 1), H - pad), fill=(60, 110, 200))
+    if threshold is not None and lo <= threshold <= hi:
+        d.line((x(threshold), pad / 2, x(threshold), H - pad), fill=(220, 40, 40), width=2)
+        d.text((x(threshold) + 4, pad / 2), f"threshold {threshold:.4f}", fill=(220, 40, 40))
+    d.line((pad, H - pad, W - pad, H - pad), fill="black")
+    d.text((pad, H - pad + 8), f"{lo:.2f}", fill="black")
+    d.text((W - pad - 30, H - pad + 8), f"{hi:.2f}", fill="black")
+    d.text((pad, 8), "CLIP score histogram", fill="black")
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+def run_filter(inputs: list[str], out: str, *, model: str | None = None, pretrained: str | None = None,
+               min_score: float | None = None, keep_fraction: float | None = None, batch_size: int = 256, workers: int = 2,
+               device: str = "auto", precision: str = "auto", preprocess: str = "fast", min_side: int = 0,
+               max_aspect: float = 0.0, min_words: int = 0, min_chars: int = 0, strict: bool = False,
+               max_pixels: int | None = None, plot: bool = False, wait_timeout: float | None = None, progress: bool = True) -> dict:
+    from vlmtool.clip.model import load_clip
+    from vlmtool.clip.preprocess import ClipPrep, PreFilter
+    from vlmtool.core.runtime import dist_info, resolve_device, resolve_precision
+
+    if (min_score is None) == (keep_fraction is None):
+        raise UsageError("give exactly one of --min-score X or --keep-fraction F")
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise UsageError("--keep-fraction must be in (0, 1]")
+    if preprocess not in ("fast", "exact"):
+        raise UsageError("--preprocess is fast or exact")
+    t0 = time.perf_counter()
+    dist = dist_info()
+    refs = shard_refs(expand_inputs(inputs))
+    dev = resolve_device(device, dist)
+    dtype = resolve_precision(precision, dev)
+    from vlmtool.core.runtime import precision_name
+
+    args = {"inputs": inputs, "model": model, "pretrained": pretrained, "min_score": min_score, "keep_fraction": keep_fraction,
+            "batch_size": batch_size, "preprocess": preprocess, "precision": precision_name(dtype), "min_side": min_side,
+            "max_aspect": max_aspect, "min_words": min_words, "min_chars": min_chars, "max_pixels": max_pixels}
+    score_job = JobDir(out, "filter", args, refs, dist, stage="score")
+    select_job = JobDir(out, "filter", args, refs, dist, stage="select")
+    _check_same_settings(score_job, args)
+
+    loaded = None
+    desc = None
+    if score_job.pending():
+        loaded = load_clip(model, pretrained, device=dev)
+        desc = {**loaded.describe(), "precision": precision_name(dtype), "preprocess_mode": preprocess}
+        dim = int(loaded.model.text_projection.shape[1]) if getattr(loaded.model, "text_projection", None) is not None else None
+        prep = ClipPrep(loaded.preprocess, loaded.tokenizer, preprocess, loaded.transform,
+                        PreFilter(min_side, max_aspect, min_words, min_chars))
+        compute = _scorer(loaded, dev, dtype)
+        if dim is None:  # towers without a projection matrix: ask the model
+            dim = int(compute(prep.collate([(_blank(loaded.preprocess.size, preprocess, loaded), "a")]))[1].shape[0])
+        read = ReadOptions(**({"max_pixels": max_pixels} if max_pixels else {}))
+        run = run_shards(score_job, prep, lambda ref: ScoreSink(score_job, ref, dim), compute, batch_size=batch_size,
+                         workers=workers, strict=strict, read=read, progress=progress, pin_memory=dev.type == "cuda", desc="filter: score")
+        write_json(score_job.out / "_done" / f"model-{dist.rank}.json", desc)
+    else:
+        run = None
+    # ---- barrier: the threshold needs every shard's scores
+    if not score_job.all_done():
+        print(f"[filter] rank {dist.rank}: waiting for the other ranks' scores", file=sys.stderr)
+    score_job.wait_all(timeout=wait_timeout)
+    threshold, kept, n_valid = select_keep(score_job, min_score, keep_fraction)
+    for ref in select_job.pending():
+        select_job.write_record(ref, _select_shard(select_job, ref, kept[ref.name], threshold))
+    summary = {"job": "filter", "out": str(out), "rank": dist.rank, "world_size": dist.world_size, "threshold": threshold,
+               "valid": n_valid, "this_run": {"scored": run.ok if run else 0, "seconds": round(time.perf_counter() - t0, 3),
+                                             "samples_per_s": round(run.samples / run.seconds, 1) if run and run.seconds else None}}
+    if not select_job.all_done():
+        return {**summary, "complete": False, "note": "other ranks still selecting: the last one writes scores.jsonl and the report"}
+    # ---- the last rank: one scores.jsonl in input order, the report, the manifest
+    parts = [(select_job.out / "_rows" / f"{ref.name}.jsonl").read_bytes() for ref in refs]
+    atomic_write(select_job.out / "scores.jsonl", b"".join(parts))
+    score_records = score_job.records()
+    desc = desc or _model_desc(score_job)
+    report = _report(select_job, score_records, select_job.records(), threshold, desc, plot)
+    totals = merge_totals(score_records)
+    score_job.write_manifest(totals, {"report": {k: v for k, v in report.items() if k != "histogram"},
+                                      "select": select_job.records()})
+    return {**summary, "complete": True, **totals, "kept": report["kept"], "kept_fraction": report["kept_fraction"],
+            "modality_gap": report["modality_gap"], **desc}
+
+
+def _blank(size: int, mode: str, loaded):
+    import numpy as np
+
+    if mode == "fast":
+        return np.zeros((size, size, 3), dtype=np.uint8)
+    return np.zeros((3, size, size), dtype=np.float32)
+
+
+def _model_desc(job: JobDir) -> dict:
+    for p in sorted((job.out / "_done").glob("model-*.json")):
+        return orjson.loads(p.read_bytes())
+    return {}
+
+
+def _check_same_settings(job: JobDir, args: dict) -> None:
+    """A rerun in the same folder must score the same way, or the scores would mix."""
+    p = job.out / "_filter_args.json"
+    if p.exists():
+        old = orjson.loads(p.read_bytes())
+        keys = ("model", "pretrained", "preprocess", "precision", "batch_size", "min_side", "max_aspect", "min_words", "min_chars",
+                "min_score", "keep_fraction", "max_pixels")
+        diff = [k for k in keys if old.get(k) != args.get(k)]
+        if diff:
+            raise UsageError(f"{job.out} was filtered with other settings ({', '.join(diff)}): use a new --out folder")
+    else:
+        write_json(p, args)
+
