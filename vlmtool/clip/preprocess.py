@@ -39,20 +39,36 @@ class PreFilter:
             raise SampleError("filter:caption_chars", f"{len(cap)} chars")
 
 
+DRAFT_MARGIN = 4  # decode at a DCT scale that still leaves 4x the pixels the final resize needs (bench/filter.py: score deviation)
+
+
+def crop_box(w: int, h: int, size: int) -> tuple[float, float, float, float]:
+    """The source box that torchvision's Resize(size) then CenterCrop(size) keep, in the source
+    image's coordinates (the same integer rounding as torchvision's resize and crop)."""
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+
+
 def fast_pixels(s: Sample, pp: Preprocess):
-    """uint8 [S, S, 3]: shortest side to S, centre crop, one resize from a draft-decoded image."""
+    """uint8 [S, S, 3]: torchvision's shortest-side resize and centre crop as one PIL resize of
+    the crop box, from a JPEG decoded at a reduced DCT scale where the image is large enough."""
     import numpy as np
     from PIL import Image
 
     S = pp.size
     w, h = s.width, s.height
     scale = S / min(w, h)
-    draft = (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
-    im = s.load_image(draft=draft)  # JPEG: decodes at 1/2, 1/4 or 1/8 scale when that still covers S
+    draft = (max(1, math.ceil(w * scale * DRAFT_MARGIN)), max(1, math.ceil(h * scale * DRAFT_MARGIN)))
+    im = s.load_image(draft=draft)  # JPEG: decodes at 1/2, 1/4 or 1/8 scale when that still covers `draft`
     w2, h2 = im.size
-    m = min(w2, h2)
-    box = ((w2 - m) / 2, (h2 - m) / 2, (w2 + m) / 2, (h2 + m) / 2)
-    im = im.resize((S, S), Image.Resampling(INTERP.get(pp.interpolation, 3)), box=box)
+    x0, y0, x1, y1 = crop_box(w, h, S)
+    fx, fy = w2 / w, h2 / h
+    im = im.resize((S, S), Image.Resampling(INTERP.get(pp.interpolation, 3)), box=(x0 * fx, y0 * fy, x1 * fx, y1 * fy))
     return np.asarray(im, dtype=np.uint8)
 
 

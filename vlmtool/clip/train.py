@@ -54,7 +54,7 @@ class TrainStream:
                         yield ("reject", "broken_tar")
                         continue
                     try:
-                        item = self.prep.prepare(parse_record(rec, ref.name))
+                        item = ("sample", *self.prep.prepare(parse_record(rec, ref.name)))
                     except SampleError as e:
                         yield ("reject", e.reason)
                         continue
@@ -149,14 +149,15 @@ def run_clip_train(inputs: list[str], out: str, *, model: str = "tiny-clip", pre
         px, caps = [], []
         while len(px) < batch_size:
             item = next(loader)
-            if item[0] == "reject":
+            kind = item[0]
+            if kind == "sample":
+                px.append(item[1])
+                caps.append(item[2])
+            elif kind == "reject":
                 rejected[item[1]] = rejected.get(item[1], 0) + 1
-            elif item[0] == "epoch":
+            else:  # "epoch"
                 epochs += 1
-            else:
-                px.append(item[0])
-                caps.append(item[1])
-        images, tokens = prep.collate(list(zip(px, caps)))
+        images, tokens = prep.collate([(p.numpy() if hasattr(p, "numpy") else p, c) for p, c in zip(px, caps)])
         from vlmtool.clip.preprocess import to_model_input
 
         x = to_model_input(images, loaded.preprocess, dev)
@@ -174,9 +175,9 @@ def run_clip_train(inputs: list[str], out: str, *, model: str = "tiny-clip", pre
         with torch.no_grad():  # CLIP clamps the learned temperature: logit scale <= 100
             net.logit_scale.clamp_(0, math.log(100))
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update()
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", T=f"{1 / float(scale):.4f}", refresh=False)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", T=f"{1 / float(scale.detach()):.4f}", refresh=False)
         timed_out = time_limit is not None and time.perf_counter() - t0 > time_limit
         if dist.is_main and (step % save_every == 0 or step == steps or timed_out):
             save_model(out_p, net, loaded, step, args)

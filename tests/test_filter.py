@@ -1,0 +1,176 @@
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from conftest import FIXTURES, json_out, run_cli, sha256_of, world_truth
+
+
+def _rows(job):
+    return [orjson.loads(line) for line in (job / "scores.jsonl").read_bytes().splitlines()]
+
+
+def _auroc(pos, neg):
+    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float((p > n).mean() + 0.5 * (p == n).mean())
+
+
+def test_clip_train_learns_to_tell_matched_from_mismatched(trained_clip, heldout_world, tmp_path):
+    model_dir, summary = trained_clip
+    assert summary["loss_last"] < summary["loss_first"] / 2
+    assert summary["seconds"] < 180  # the budget: 3 minutes on 2 CPU cores
+    job = tmp_path / "f"
+    s = json_out(run_cli("filter", heldout_world, "--out", job, "--pretrained", model_dir, "--keep-fraction", "0.7",
+                         "--json", "--no-progress", "--plot"))
+    truth = world_truth(heldout_world)
+    rows = [r for r in _rows(job) if r["score"] is not None]
+    pos = [r["score"] for r in rows if not truth[r["key"]]["mismatched"]]
+    neg = [r["score"] for r in rows if truth[r["key"]]["mismatched"]]
+    assert _auroc(pos, neg) >= 0.95
+    removed = [r for r in rows if not r["kept"]]
+    tp = sum(truth[r["key"]]["mismatched"] for r in removed)
+    precision, recall = tp / len(removed), tp / len(neg)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+    assert s["kept"] == round(0.7 * s["ok"])
+    assert (job / "report.png").exists() and s["modality_gap"] > 0
+    report = orjson.loads((job / "report.json").read_bytes())
+    assert sum(b["count"] for b in report["histogram"]) == s["ok"]
+    for k in ("model", "pretrained", "preprocess", "precision"):
+        assert report[k] is not None
+
+
+def test_scores_equal_open_clip_encode(trained_clip, tmp_path):
+    import torch
+    from PIL import Image
+
+    from vlmtool.clip.model import load_clip
+
+    model_dir, _ = trained_clip
+    job = tmp_path / "f"
+    run_cli("filter", FIXTURES / "shapes", "--out", job, "--pretrained", model_dir, "--min-score", "0", "--preprocess", "exact", "--no-progress")
+    loaded = load_clip(None, str(model_dir))
+    import io
+
+    checked = 0
+    for shard in sorted((FIXTURES / "shapes").glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            members = {}
+            for m in tf:
+                key, ext = m.name.split(".", 1)
+                members.setdefault(key, {})[ext] = tf.extractfile(m).read()
+        for row in (r for r in _rows(job) if r["shard"] == shard.stem and r["score"] is not None):
+            rec = members[row["key"]]
+            img = Image.open(io.BytesIO(rec["jpg"])).convert("RGB")
+            with torch.no_grad():
+                fi = loaded.model.encode_image(loaded.transform(img)[None], normalize=True)
+                ft = loaded.model.encode_text(loaded.tokenizer([rec["txt"].decode().strip()]), normalize=True)
+            assert row["score"] == pytest.approx(float((fi * ft).sum()), abs=1e-5)
+            checked += 1
+    assert checked >= 15
+
+
+def test_fast_preprocessing_stays_within_0005_of_exact(trained_clip, tmp_path):
+    from vlmtool.world import make_world
+
+    model_dir, _ = trained_clip
+    w = make_world(tmp_path / "w", samples=120, shard_size=60, seed=7, sizes="varied")["out"]
+    scores = {}
+    for mode in ("fast", "exact"):
+        run_cli("filter", w, "--out", tmp_path / mode, "--pretrained", model_dir, "--min-score", "0", "--preprocess", mode, "--no-progress")
+        scores[mode] = [r["score"] for r in _rows(tmp_path / mode)]
+    dev = max(abs(a - b) for a, b in zip(scores["fast"], scores["exact"]))
+    assert dev <= 0.005
+
+
+def test_keep_fraction_half_across_two_torchrun_ranks(trained_clip, heldout_world, tmp_path):
+    model_dir, _ = trained_clip
+    one = json_out(run_cli("filter", heldout_world, "--out", tmp_path / "one", "--pretrained", model_dir, "--keep-fraction", "0.5",
+                           "--json", "--no-progress", "--workers", "1"))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541", "-m", "vlmtool",
+                        "filter", str(heldout_world), "--out", str(tmp_path / "two"), "--pretrained", str(model_dir),
+                        "--keep-fraction", "0.5", "--json", "--no-progress", "--workers", "1", "--wait-timeout", "120"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = _rows(tmp_path / "two")
+    valid = sum(r["score"] is not None for r in rows)
+    kept = [r for r in rows if r["kept"]]
+    assert len(kept) == round(valid / 2) == one["kept"]
+    kept_in_shards = set()
+    for t in sorted((tmp_path / "two" / "shards").glob("*.tar")):
+        with tarfile.open(t) as tf:
+            kept_in_shards |= {m.name.split(".")[0] for m in tf}
+    assert kept_in_shards == {r["key"] for r in kept}
+    assert (tmp_path / "one" / "scores.jsonl").read_bytes() == (tmp_path / "two" / "scores.jsonl").read_bytes()
+    manifest = orjson.loads((tmp_path / "two" / "manifest.json").read_bytes())
+    assert {rec["rank"] for rec in manifest["shards"].values()} == {0, 1}
+
+
+def test_broken_samples_are_counted_skipped_and_listed(trained_clip, heldout_world, tmp_path):
+    model_dir, _ = trained_clip
+    s = json_out(run_cli("filter", heldout_world, "--out", tmp_path / "f", "--pretrained", model_dir, "--min-score", "0.5",
+                         "--json", "--no-progress", "--min-side", "70"))
+    truth = world_truth(heldout_world)
+    broken = {}
+    for t in truth.values():
+        if "broken" in t:
+            broken[t["broken"]] = broken.get(t["broken"], 0) + 1
+    small = sum(1 for t in truth.values() if "broken" not in t and min(t["width"], t["height"]) < 70)
+    missing_image = broken.pop("missing_image", 0)  # still a record: counted under its reason
+    rejected = dict(s["rejected"])
+    assert rejected.pop("filter:min_side") == small > 0
+    assert rejected == {**broken, **({"missing_image": missing_image} if missing_image else {})}
+    rows = _rows(tmp_path / "f")
+    assert len(rows) == s["samples"] == 400
+    assert all((r["score"] is None) == (r["reason"] not in (None, "below_threshold")) for r in rows)
+
+
+def test_kept_shards_hold_original_bytes_and_keys(trained_clip, tmp_path):
+    model_dir, _ = trained_clip
+    run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "f", "--pretrained", model_dir, "--min-score", "-1", "--no-progress")
+    for shard in sorted((FIXTURES / "shapes").glob("*.tar")):
+        with tarfile.open(shard) as a, tarfile.open(tmp_path / "f" / "shards" / shard.name) as b:
+            src = {m.name: a.extractfile(m).read() for m in a}
+            out = {m.name: b.extractfile(m).read() for m in b}
+        assert out and all(src[name] == data for name, data in out.items())
+
+
+def test_sigkill_then_rerun_gives_the_same_bytes(trained_clip, heldout_world, tmp_path):
+    model_dir, _ = trained_clip
+    args = ["--pretrained", str(model_dir), "--keep-fraction", "0.6", "--no-progress", "--workers", "1", "--batch-size", "16"]
+    run_cli("filter", heldout_world, "--out", tmp_path / "clean", *args)
+    inputs = "\n".join(f"pipe:sleep 0.4; cat {p}" for p in sorted(heldout_world.glob("*.tar")))
+    job = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "vlmtool", "filter", "-", "--out", str(job), *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc.stdin.write(inputs.encode())
+    proc.stdin.close()
+    deadline = time.time() + 120
+    while len(list((job / "_done" / "score").glob("*.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(list((job / "_done" / "score").glob("*.json"))) < 8
+    run_cli("filter", "-", "--out", job, *args, input=inputs)
+    assert (job / "scores.jsonl").read_bytes() == (tmp_path / "clean" / "scores.jsonl").read_bytes()
+    for t in sorted((tmp_path / "clean" / "shards").glob("*.tar")):
+        assert sha256_of(t) == sha256_of(job / "shards" / t.name)
+
+
+def test_missing_weights_and_bad_arguments_say_what_to_do(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1"}
+    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "a", "--model", "ViT-B-32", "--pretrained", "openai",
+                "--min-score", "0.28", env=env, check=False, timeout=120)
+    assert p.returncode == 2 and "could not be loaded" in p.stderr and "clip-train" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "b", "--model", "tiny-clip", check=False)
+    assert p.returncode == 2 and "exactly one of" in p.stderr
+    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "c", "--model", "no-such-arch", "--min-score", "0", check=False)
+    assert p.returncode == 2 and "unknown open_clip architecture" in p.stderr
+    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "d", "--model", "tiny-clip", "--pretrained", "/nope/x.pt",
+                "--min-score", "0", check=False)
+    assert p.returncode == 2 and "no such file" in p.stderr
