@@ -52,11 +52,13 @@ class Sample:
     width: int = 0
     height: int = 0
     record: dict = field(default_factory=dict, repr=False)  # the raw members, for copying out
+    header: object = field(default=None, repr=False)  # the PIL image opened for its size, not yet decoded
 
     def load_image(self, draft: tuple[int, int] | None = None, mode: str = "RGB"):
         """Decode the image fully. With `draft`, JPEGs decode at the smallest DCT scale that is
         still at least that size (PIL's draft mode), which is much cheaper for large images."""
-        return decode_image(self.image_bytes or b"", draft=draft, mode=mode)
+        opened, self.header = self.header, None  # a PIL image decodes once
+        return decode_image(self.image_bytes or b"", draft=draft, mode=mode, opened=opened)
 
 
 def _open_header(data: bytes, max_pixels: int):
@@ -78,9 +80,10 @@ def _open_header(data: bytes, max_pixels: int):
     return im
 
 
-def decode_image(data: bytes, draft: tuple[int, int] | None = None, mode: str = "RGB", max_pixels: int = 0):
-    """Bytes -> a loaded PIL image in `mode`, or SampleError(corrupt_image|truncated_image|...)."""
-    im = _open_header(data, max_pixels)
+def decode_image(data: bytes, draft: tuple[int, int] | None = None, mode: str = "RGB", max_pixels: int = 0, opened=None):
+    """Bytes -> a loaded PIL image in `mode`, or SampleError(corrupt_image|truncated_image|...).
+    `opened`: the same bytes already opened by PIL (header parsed), to skip parsing it again."""
+    im = opened if opened is not None else _open_header(data, max_pixels)
     try:
         if draft is not None and im.format == "JPEG":
             im.draft(mode, draft)
@@ -110,11 +113,13 @@ def parse_record(
     image_ext = next((e for e in IMAGE_EXTS if e in record), None)
     image = record.get(image_ext) if image_ext else None
     width = height = 0
+    header = None
     if image is None:
         if need_image:
             raise SampleError("missing_image", f"members: {sorted(k for k in record if not k.startswith('__'))}")
     else:
-        width, height = _open_header(image, max_pixels).size
+        header = _open_header(image, max_pixels)
+        width, height = header.size
 
     caption = None
     cap_ext = next((e for e in CAPTION_EXTS if e in record), None)
@@ -138,7 +143,7 @@ def parse_record(
             raise SampleError("bad_json", str(e)) from None
         if not isinstance(meta, dict):
             meta = {"value": meta}
-    return Sample(key, shard, image, image_ext, caption, meta, width, height, record)
+    return Sample(key, shard, image, image_ext, caption, meta, width, height, record, header)
 
 
 @dataclass
