@@ -131,20 +131,32 @@ def test_broken_samples_are_counted_skipped_and_listed(trained_clip, heldout_wor
 
 
 def test_kept_shards_hold_original_bytes_and_keys(trained_clip, tmp_path):
+    """Local tars are copied block for block; piped ones record by record: the same members."""
     model_dir, _ = trained_clip
-    run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "f", "--pretrained", model_dir, "--min-score", "-1", "--no-progress")
+    common = ["--pretrained", model_dir, "--keep-fraction", "0.5", "--no-progress"]
+    run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "f", *common)
+    piped = "\n".join(f"pipe:cat {p}" for p in sorted((FIXTURES / "shapes").glob("*.tar")))
+    run_cli("filter", "-", "--out", tmp_path / "p", *common, input=piped)
+    manifest = orjson.loads((tmp_path / "f" / "manifest.json").read_bytes())
+    assert {r["copy"] for r in manifest["select"].values()} == {"blocks"}
     for shard in sorted((FIXTURES / "shapes").glob("*.tar")):
-        with tarfile.open(shard) as a, tarfile.open(tmp_path / "f" / "shards" / shard.name) as b:
+        with tarfile.open(shard) as a:
             src = {m.name: a.extractfile(m).read() for m in a}
-            out = {m.name: b.extractfile(m).read() for m in b}
-        assert out and all(src[name] == data for name, data in out.items())
+        outs = []
+        for job in ("f", "p"):
+            with tarfile.open(tmp_path / job / "shards" / shard.name) as b:
+                outs.append({m.name: b.extractfile(m).read() for m in b})
+        assert outs[0] and outs[0] == outs[1]
+        assert all(src[name] == data for name, data in outs[0].items())
+        kept = {r["key"] for r in _rows(tmp_path / "f") if r["kept"] and r["shard"] == shard.stem}
+        assert {name.split(".")[0] for name in outs[0]} == kept
 
 
 def test_sigkill_then_rerun_gives_the_same_bytes(trained_clip, heldout_world, tmp_path):
     model_dir, _ = trained_clip
     args = ["--pretrained", str(model_dir), "--keep-fraction", "0.6", "--no-progress", "--workers", "1", "--batch-size", "16"]
-    run_cli("filter", heldout_world, "--out", tmp_path / "clean", *args)
     inputs = "\n".join(f"pipe:sleep 0.4; cat {p}" for p in sorted(heldout_world.glob("*.tar")))
+    run_cli("filter", "-", "--out", tmp_path / "clean", *args, input=inputs)
     job = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "vlmtool", "filter", "-", "--out", str(job), *args], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -124,33 +124,73 @@ def select_keep(job: JobDir, min_score: float | None, keep_fraction: float | Non
     return threshold, kept, n
 
 
-def _select_shard(job: JobDir, ref: ShardRef, kept_rows: set[int], threshold: float | None) -> dict:
-    """Copy the kept records of one input shard, original bytes, to shards/NAME.tar."""
-    rows = _read_rows(job, ref)
-    writer = ShardTarWriter(job.out / "shards" / f"{ref.name}.tar")
-    out_rows = []
+def _records_by_range(path: str, rows: list[dict]):
+    """The byte range of each record of a local plain tar, matched to the score rows; None when
+    the fast path does not apply (remote input, pax headers, a broken tar, other grouping)."""
+    import os
+
+    from webdataset.tariterators import base_plus_ext
+
+    from vlmtool.core.tarscan import Fallback, open_map, scan
+
+    if not os.path.isfile(path):
+        return None
     try:
-        i = 0
-        for rec in read_shard(ref.url):
-            if i >= len(rows):
-                raise UsageError(f"{ref.url} changed since it was scored (more records now): rerun in a new --out folder")
-            row = rows[i]
-            if isinstance(rec, BrokenTar):
-                pass
-            elif rec.get("__key__") != row["key"]:
-                raise UsageError(f"{ref.url} changed since it was scored ({rec.get('__key__')} != {row['key']}): rerun in a new --out folder")
-            elif i in kept_rows:
-                writer.write({k: v for k, v in rec.items() if not k.startswith("__")} | {"__key__": rec["__key__"]})
-            keep = i in kept_rows
-            reason = row["reason"] if row["score"] is None else (None if keep else "below_threshold")
-            out_rows.append(dumps({"key": row["key"], "shard": row["shard"], "score": row["score"], "kept": keep, "reason": reason}))
-            i += 1
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+        mm = open_map(path)
+        members = scan(mm)
+    except (Fallback, OSError):
+        return None
+    ranges: list[tuple[str, int, int]] = []
+    for m in members:
+        prefix, _ = base_plus_ext(m.name)
+        if prefix is None or m.name.rsplit("/", 1)[-1].startswith("__"):  # names webdataset skips or groups apart
+            mm.close()
+            return None
+        if ranges and ranges[-1][0] == prefix:
+            ranges[-1] = (prefix, ranges[-1][1], m.end)
+        else:
+            ranges.append((prefix, m.header, m.end))
+    if [r[0] for r in ranges] != [row["key"] for row in rows]:
+        mm.close()
+        return None
+    return mm, ranges
+
+
+def _select_shard(job: JobDir, ref: ShardRef, kept_rows: set[int], threshold: float | None) -> dict:
+    """Copy the kept records of one input shard, original bytes, to shards/NAME.tar, and write
+    its final rows (score, kept, reason)."""
+    rows = _read_rows(job, ref)
+    final = job.out / "shards" / f"{ref.name}.tar"
+    fast = _records_by_range(ref.url, rows)
+    if fast is not None:  # whole records copied block for block: their headers and bytes as they were
+        mm, ranges = fast
+        try:
+            with atomic_path(final) as tmp, open(tmp, "wb") as f:
+                for i, (_, start, end) in enumerate(ranges):
+                    if i in kept_rows:
+                        f.write(mm[start:end])
+                f.write(bytes(1024))  # end of archive: two zero blocks
+        finally:
+            mm.close()
+        copy = "blocks"
+    else:  # remote or unusual tars: read records with webdataset, write them with its TarWriter
+        writer = ShardTarWriter(final)
+        try:
+            for i, rec in enumerate(read_shard(ref.url)):
+                if i >= len(rows) or (not isinstance(rec, BrokenTar) and rec.get("__key__") != rows[i]["key"]):
+                    raise UsageError(f"{ref.url} changed since it was scored: rerun in a new --out folder")
+                if i in kept_rows and not isinstance(rec, BrokenTar):
+                    writer.write({k: v for k, v in rec.items() if not k.startswith("__")} | {"__key__": rec["__key__"]})
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        copy = "records"
+    out_rows = [dumps({"key": row["key"], "shard": row["shard"], "score": row["score"], "kept": i in kept_rows,
+                       "reason": row["reason"] if row["score"] is None else (None if i in kept_rows else "below_threshold")})
+                for i, row in enumerate(rows)]
     atomic_write(job.out / "_rows" / f"{ref.name}.jsonl", b"".join(r + b"\n" for r in out_rows))
-    return {"kept": writer.count, "rows": len(out_rows)}
+    return {"kept": len(kept_rows), "rows": len(rows), "copy": copy}
 
 
 def _report(job: JobDir, score_records: dict, select_records: dict, threshold, loaded_desc: dict, plot: bool) -> dict:
