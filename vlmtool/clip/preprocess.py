@@ -40,6 +40,7 @@ class PreFilter:
 
 
 DRAFT_MARGIN = 4  # decode at a DCT scale that still leaves 4x the pixels the final resize needs (bench/filter.py: score deviation)
+REDUCING_GAP = 3.0  # PIL: box-reduce by an integer factor first while 3x the output size remains
 
 
 def crop_box(w: int, h: int, size: int) -> tuple[float, float, float, float]:
@@ -68,7 +69,8 @@ def fast_pixels(s: Sample, pp: Preprocess):
     w2, h2 = im.size
     x0, y0, x1, y1 = crop_box(w, h, S)
     fx, fy = w2 / w, h2 / h
-    im = im.resize((S, S), Image.Resampling(INTERP.get(pp.interpolation, 3)), box=(x0 * fx, y0 * fy, x1 * fx, y1 * fy))
+    im = im.resize((S, S), Image.Resampling(INTERP.get(pp.interpolation, 3)), box=(x0 * fx, y0 * fy, x1 * fx, y1 * fy),
+                   reducing_gap=REDUCING_GAP)
     return np.asarray(im, dtype=np.uint8)
 
 

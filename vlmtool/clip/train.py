@@ -194,7 +194,7 @@ def run_clip_train(inputs: list[str], out: str, *, model: str = "tiny-clip", pre
     summary = {"job": "clip-train", "out": str(out_p), "steps": step, "target_steps": steps, "stopped_early": stopped_early,
                "epochs_seen": epochs, "loss_first": round(losses[0], 4) if losses else None,
                "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None,
-               "temperature": round(1 / float(net.logit_scale.exp()), 5), "rejected": rejected, "rank": dist.rank,
+               "temperature": round(1 / float(net.logit_scale.detach().exp()), 5), "rejected": rejected, "rank": dist.rank,
                "world_size": dist.world_size, "seconds": round(time.perf_counter() - t0, 2)}
     if dist.is_main:
         (out_p / "train_log.jsonl").open("ab").write(dumps(summary) + b"\n")

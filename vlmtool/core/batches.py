@@ -151,8 +151,23 @@ def _iter_messages(stream: ShardStream, workers: int, pin_memory: bool) -> Itera
         pin_memory=pin_memory,
         prefetch_factor=4,
         persistent_workers=False,
+        worker_init_fn=_worker_init,
     )
     yield from loader
+
+
+def _worker_init(worker_id: int) -> None:
+    """Loader workers: one thread each, and a lower CPU priority than the process that runs the
+    model, so that where they share cores the model is never the one kept waiting."""
+    import os
+
+    try:
+        os.nice(int(os.environ.get("VLMTOOL_WORKER_NICE", "10")))
+    except (OSError, AttributeError, ValueError):  # pragma: no cover - platforms without nice
+        pass
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @dataclass
