@@ -1,0 +1,200 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import orjson
+import pytest
+
+from conftest import FIXTURES, json_out, run_cli
+from fake_openai import FakeOpenAI
+from vlmtool.synth.job import run_synth
+from vlmtool.synth.teachers import RateLimiter, parse_turns
+from vlmtool.synth.validate import Rejected, mentioned, validate
+from vlmtool.world import make_world
+
+
+def _lines(path):
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthw")
+    make_world(out, samples=40, shard_size=10, seed=21, sizes="small", broken=0.1)
+    return out
+
+
+def _expected_requests(world, tasks=4):
+    truth = {}
+    import tarfile
+
+    for t in sorted(world.glob("*.tar")):
+        with tarfile.open(t) as tf:
+            for m in tf:
+                if m.name.endswith(".json"):
+                    truth[m.name[:9]] = orjson.loads(tf.extractfile(m).read())
+    good = [k for k, v in truth.items() if "broken" not in v]
+    return good, len(good) * tasks
+
+
+def test_captions_teacher_writes_llava_and_messages(tmp_path):
+    s = json_out(run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "a", "--json", "--no-progress"))
+    rows = _lines(tmp_path / "a" / "instructions.jsonl")
+    assert s["complete"] and len(rows) == s["instructions"] == s["requests"] - sum(s["rejected"].values())
+    assert set(s["by_task"]) == {"conversation", "detail", "reasoning", "negative"}
+    for r in rows:
+        conv = r["conversations"]
+        assert conv[0]["from"] == "human" and conv[0]["value"].startswith("<image>\n")
+        assert [c["from"] for c in conv] == ["human", "gpt"] * (len(conv) // 2)
+        assert r["image"] == f"{r['shard'].rsplit('/', 1)[-1][:-4]}/{r['key']}.jpg"
+    assert len({r["id"] for r in rows}) == len(rows)
+    world = orjson.loads((FIXTURES / "shapes" / "world.json").read_bytes())
+    assert s["samples_rejected"] == {k: v for k, v in world["counts"]["broken"].items() if v}
+    negs = [r for r in rows if r["task"] == "negative"]
+    assert negs and all(r["conversations"][1]["value"].startswith("No,") for r in negs)
+    m = json_out(run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "b", "--format", "messages", "--tasks",
+                         "conversation=1,negative=1", "--per-sample", "1", "--json", "--no-progress"))
+    mrows = _lines(tmp_path / "b" / "instructions.jsonl")
+    assert len(mrows) == m["instructions"] <= 24 and set(m["by_task"]) <= {"conversation", "negative"}
+    assert mrows[0]["messages"][0]["role"] == "user" and mrows[0]["messages"][0]["content"][0] == {"type": "image"}
+
+
+def test_faults_on_first_try_still_give_exactly_one_result_each(small_world, tmp_path):
+    good, n_req = _expected_requests(small_world)
+    with FakeOpenAI(fail_once=0.2, timeout_sleep=1.0, api_key="sk-test-123") as srv:
+        os.environ["VLMTOOL_TEST_KEY"] = "sk-test-123"
+        try:
+            s = run_synth([str(small_world)], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake", concurrency=8,
+                          timeout=0.5, max_retries=4, backoff=0.01, api_key_env="VLMTOOL_TEST_KEY", progress=False)
+        finally:
+            del os.environ["VLMTOOL_TEST_KEY"]
+        outcomes = Counter(o for _, _, o in srv.log)
+        attempts = srv.attempts
+    rows = _lines(tmp_path / "o" / "instructions.jsonl")
+    assert s["complete"] and s["requests"] == n_req == len(rows) == len({r["id"] for r in rows})
+    assert {(r["key"], r["task"]) for r in rows} == {(k, t) for k in good for t in ("conversation", "detail", "reasoning", "negative")}
+    faulted = sum(v for k, v in outcomes.items() if k != "ok")
+    assert set(outcomes) - {"ok"} == {"429", "500", "timeout", "drop", "malformed"}  # every fault kind was met
+    assert 0.1 * n_req < faulted < 0.3 * n_req
+    assert s["retries"] == faulted and max(attempts.values()) == 2
+    assert s["prompt_tokens"] > 0 and s["completion_tokens"] > 0 and s["image_tokens"] > 0
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "o").rglob("*") if p.is_file())
+    assert b"sk-test-123" not in blob  # the key was sent, never written
+
+
+def test_requests_that_always_fail_are_recorded_not_lost(small_world, tmp_path):
+    good, n_req = _expected_requests(small_world)
+    with FakeOpenAI(fail_always=0.1, faults=("500",)) as srv:
+        s = run_synth([str(small_world)], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake", concurrency=8,
+                      max_retries=2, backoff=0.001, progress=False)
+    failed = s["failed"].get("server_error", 0)
+    assert failed > 0 and s["ok"] + failed == n_req
+    log = [r for p in (tmp_path / "o" / "log").glob("*.jsonl") for r in _lines(p)]
+    assert sum(r["status"] == "failed" for r in log) == failed and all(r["errors"] == ["server_error"] * 3 for r in log if r["status"] == "failed")
+    with FakeOpenAI() as srv:  # the server recovered: --retry-failed sends only the failed ones
+        s2 = run_synth([str(small_world)], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake", retry_failed=True,
+                       progress=False)
+        assert len(srv.log) == failed
+    assert s2["ok"] == n_req and s2["failed"] == {}
+
+
+def test_sigkill_then_rerun_no_duplicates_no_gaps_no_resend(small_world, tmp_path):
+    good, n_req = _expected_requests(small_world)
+    out = tmp_path / "o"
+    with FakeOpenAI(latency=0.05) as srv:
+        cmd = [sys.executable, "-m", "vlmtool", "synth", str(small_world), "--out", str(out), "--teacher", "openai", "--base-url",
+               srv.url, "--model", "fake", "--concurrency", "2", "--no-progress"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            logs = list((out / "log").glob("*.jsonl")) if (out / "log").exists() else []
+            if logs and logs[0].read_bytes().count(b"\n") >= 30:
+                break
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        written = {orjson.loads(x)["id"] for p in (out / "log").glob("*.jsonl") for x in p.read_bytes().splitlines() if x.endswith(b"}")}
+        assert 30 <= len(written) < n_req
+        before = len(srv.log)
+        s = json_out(run_cli("synth", small_world, "--out", out, "--teacher", "openai", "--base-url", srv.url, "--model", "fake",
+                             "--json", "--no-progress"))
+        resent = {rid for rid, _, _ in srv.log[before:]}
+    assert not (resent & written)  # nothing already written was asked for again
+    rows = _lines(out / "instructions.jsonl")
+    assert s["requests"] == n_req == len(rows) == len({r["id"] for r in rows})
+
+
+def test_grounding_rejects_absent_objects_and_keeps_present_ones():
+    present = ["circle", "square"]
+    vocab = ["circle", "square", "star", "triangle"]
+    ok = validate([{"question": "q", "answer": "A red circle sits left of a blue square."}], "detail", present, vocab)
+    assert ok
+    with pytest.raises(Rejected) as e:
+        validate([{"question": "q", "answer": "A red circle and a yellow star are shown."}], "detail", present, vocab)
+    assert e.value.reason == "hallucination" and "star" in e.value.detail
+    assert mentioned("There is no star here. Two squares sit below.", vocab) == {"square"}
+    neg = validate([{"question": "Is there a star?", "answer": "No, there is no star in the image."}], "negative", present, vocab, absent="star")
+    assert neg
+    with pytest.raises(Rejected) as e:
+        validate([{"question": "Is there a star?", "answer": "Yes, a star is there."}], "negative", present, vocab, absent="star")
+    assert e.value.reason == "not_negative"
+    for bad, reason in [("", "empty"), ("I'm sorry, I cannot help with that image.", "refusal"),
+                        ("the the the the the the the the the the the the the the", "degenerate"),
+                        ("The image shows a red circle on the left and a blue square that is", "truncated")]:
+        with pytest.raises(Rejected) as e:
+            validate([{"question": "q", "answer": bad}], "detail", present, vocab)
+        assert e.value.reason == reason
+
+
+def test_hallucinating_teacher_is_caught_end_to_end(small_world, tmp_path):
+    with FakeOpenAI(hallucinate=0.5) as srv:
+        s = run_synth([str(small_world)], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake",
+                      tasks="detail", progress=False)
+    rows = _lines(tmp_path / "o" / "instructions.jsonl")
+    assert s["hallucinations"] > 0 and s["ok"] == len(rows)
+    assert all("hexagon" not in r["conversations"][1]["value"] or "hexagon" in r["conversations"][1]["value"].split(".")[0] for r in rows)
+
+
+def test_servers_without_json_schema_and_loose_replies_still_work(small_world, tmp_path):
+    with FakeOpenAI(reject_response_format=True) as srv:
+        s = run_synth([str(small_world)], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake",
+                      tasks="negative", progress=False)
+    assert s["ok"] == s["requests"] > 0
+    assert parse_turns('Sure! ```json\n{"turns": [{"question": "q", "answer": "a."}]}\n```', "conversation") == [{"question": "q", "answer": "a."}]
+    assert parse_turns('Here you go: {"question": "q", "answer": "b."} hope it helps', "reasoning") == [{"question": "q", "answer": "b."}]
+    assert parse_turns("A plain description.", "detail")[0]["answer"] == "A plain description."
+    assert parse_turns("not json at all", "conversation") is None
+
+
+def test_retry_after_is_honoured(small_world, tmp_path):
+    with FakeOpenAI(fail_once=1.0, faults=("429",), retry_after="0.3") as srv:
+        run_synth([str(small_world / "00000.tar")], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake",
+                  tasks="negative", progress=False)
+        times = {}
+        for rid, t, _ in srv.log:
+            times.setdefault(rid, []).append(t)
+    gaps = [b - a for a, b in (v for v in times.values() if len(v) == 2)]
+    assert gaps and min(gaps) >= 0.29
+
+
+def test_rate_limiter_spaces_requests():
+    import asyncio
+
+    async def go():
+        lim = RateLimiter(requests_per_s=20)
+        t0 = time.monotonic()
+        for _ in range(30):
+            await lim.acquire()
+        return time.monotonic() - t0
+
+    assert asyncio.run(go()) >= (30 - 20) / 20 * 0.9
+
+
+def test_bad_arguments(tmp_path):
+    p = run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "a", "--teacher", "openai", check=False)
+    assert p.returncode == 2 and "--base-url" in p.stderr
+    p = run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "b", "--tasks", "poetry", check=False)
+    assert p.returncode == 2 and "unknown task" in p.stderr

@@ -1,0 +1,146 @@
+"""Instruction tasks (LLaVA-Instruct's conversation, detail and reasoning, plus negative
+"is there an X?" questions), their prompts, and the requests one sample turns into."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlmtool.errors import UsageError
+
+TASKS = ("conversation", "detail", "reasoning", "negative")
+PROMPT_DIR = Path(__file__).parent / "prompts"
+NEGATIVE_MODES = ("adversarial", "popular", "random")
+
+
+def load_prompts(override: str | None = None) -> dict[str, str]:
+    """The package's prompt files, each replaceable by a file of the same name in `override`."""
+    prompts = {}
+    for name in ("system", *TASKS):
+        path = Path(override) / f"{name}.txt" if override and (Path(override) / f"{name}.txt").exists() else PROMPT_DIR / f"{name}.txt"
+        prompts[name] = path.read_text(encoding="utf-8").strip()
+    if override and not Path(override).is_dir():
+        raise UsageError(f"--prompts {override}: not a folder of prompt files ({', '.join(p + '.txt' for p in prompts)})")
+    return prompts
+
+
+def parse_tasks(spec: str) -> dict[str, float]:
+    """`conversation,detail` (every sample gets each) or `conversation=2,negative=1` (weights)."""
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, w = part.partition("=")
+        if name not in TASKS:
+            raise UsageError(f"unknown task {name!r}: use {', '.join(TASKS)}")
+        try:
+            out[name] = float(w) if w else 0.0
+        except ValueError:
+            raise UsageError(f"task weight {part!r} is not a number") from None
+        if out[name] < 0:
+            raise UsageError(f"task weight {part!r} is negative")
+    if not out:
+        raise UsageError("--tasks names no task")
+    return out
+
+
+def _unit(*parts: str) -> float:
+    h = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def tasks_for(key: str, weights: dict[str, float], per_sample: int) -> list[str]:
+    """Every listed task, or (with weights) `per_sample` tasks drawn by weight without
+    replacement, deterministically from the sample key."""
+    if all(w == 0 for w in weights.values()):
+        return list(weights)
+    pool = {t: w for t, w in weights.items() if w > 0}
+    chosen: list[str] = []
+    while pool and len(chosen) < per_sample:
+        total = sum(pool.values())
+        u = _unit(key, str(len(chosen))) * total
+        acc = 0.0
+        for t, w in pool.items():
+            acc += w
+            if u < acc:
+                break
+        chosen.append(t)
+        del pool[t]
+    return [t for t in TASKS if t in chosen]
+
+
+def object_names(meta: dict) -> list[str] | None:
+    """Object labels from the sample's metadata (shapes world: colour + shape), or None."""
+    objs = meta.get("objects")
+    if not isinstance(objs, list):
+        return None
+    names = []
+    for o in objs:
+        if isinstance(o, dict):
+            label = o.get("shape") or o.get("label") or o.get("name") or o.get("category")
+            if label:
+                names.append(str(label))
+        elif isinstance(o, str):
+            names.append(o)
+    return names
+
+
+def describe_objects(meta: dict) -> str:
+    objs = meta.get("objects")
+    if not isinstance(objs, list) or not objs:
+        return "unknown"
+    parts = []
+    for o in objs:
+        if isinstance(o, dict):
+            label = " ".join(str(o[k]) for k in ("color", "shape") if k in o) or str(o.get("label") or o.get("name") or "object")
+            if "bbox" in o:
+                label += f" at {o['bbox']}"
+            parts.append(label)
+        else:
+            parts.append(str(o))
+    return "; ".join(parts)
+
+
+def absent_object(key: str, present: list[str], vocabulary: list[str], mode: str, popularity: dict[str, float] | None = None,
+                  partners: dict[str, str] | None = None) -> str | None:
+    """An object the image does not hold, chosen as POPE does: random, popular (frequent in the
+    data), or adversarial (one that often co-occurs with what is there)."""
+    absent = [v for v in vocabulary if v not in present]
+    if not absent:
+        return None
+    if mode == "adversarial" and partners:
+        cands = [partners[p] for p in present if partners.get(p) in absent]
+        if cands:
+            return sorted(set(cands))[int(_unit(key, "adv") * len(set(cands)))]
+    if mode in ("popular", "adversarial") and popularity:
+        return max(absent, key=lambda v: (popularity.get(v, 0.0), v))
+    return absent[int(_unit(key, "neg") * len(absent))]
+
+
+@dataclass
+class Request:
+    key: str  # hash of (sample, task, prompt, teacher, model): the exactly-once identity
+    sample_key: str
+    shard: str  # shard name
+    shard_url: str
+    task: str
+    prompt: str
+    system: str
+    image_bytes: bytes | None
+    image_ext: str | None
+    caption: str | None
+    meta: dict = field(default_factory=dict)
+    question: str | None = None  # negative task: the question asked
+    absent: str | None = None  # negative task: the object asked about
+    image_tokens: int = 0
+
+
+def request_key(sample_key: str, shard_url: str, task: str, prompt: str, teacher: str, model: str) -> str:
+    h = hashlib.sha256("\x1f".join((shard_url, sample_key, task, prompt, teacher, model)).encode())
+    return h.hexdigest()[:24]
+
+
+def article(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word

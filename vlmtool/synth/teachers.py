@@ -1,0 +1,305 @@
+"""Teachers behind one small interface: `await teacher.generate(request) -> Result`.
+
+- captions: offline, writes pairs from the caption and the object metadata, the way the first
+  LLaVA data was made from captions and boxes (deterministic; the default for tests and demo).
+- openai: any OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama, llama.cpp,
+  LiteLLM, hosted APIs) over httpx: images as base64 data URLs, a concurrency limit, a
+  per-request timeout, retries with exponential backoff and full jitter on 429, 5xx, timeouts
+  and dropped connections (Retry-After honoured), optional rate limits (requests/s,
+  tokens/min), structured output through response_format where the server takes it and a
+  tolerant parser where it does not. The API key comes from an environment variable and is
+  never logged or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from vlmtool.synth.tasks import Request, article
+
+TURNS_SCHEMA = {
+    "type": "object",
+    "properties": {"turns": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+        "required": ["question", "answer"], "additionalProperties": False}}},
+    "required": ["turns"], "additionalProperties": False,
+}
+MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
+DEFAULT_QUESTION = {"detail": "Describe the image in detail.", "reasoning": "What can you infer from this image?"}
+
+
+@dataclass
+class Result:
+    turns: list[dict] | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    failed: str | None = None  # the last error's reason when every attempt failed
+    errors: list[str] = field(default_factory=list)  # reasons of the attempts that failed
+    unparsable: str | None = None
+
+
+# ---------------------------------------------------------------------------------- parsing
+
+
+def parse_turns(content: str, task: str, question: str | None = None) -> list[dict] | None:
+    """Turns from a reply: strict JSON, JSON in a code fence or inside prose, or (for one-turn
+    tasks) the plain text as the answer."""
+    text = (content or "").strip()
+    candidates = [text]
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fence:
+        candidates.append(fence.group(1).strip())
+    if "{" in text and "}" in text:
+        candidates.append(text[text.index("{") : text.rindex("}") + 1])
+    for c in candidates:
+        try:
+            obj = orjson.loads(c)
+        except orjson.JSONDecodeError:
+            continue
+        turns = _turns_from(obj, question or DEFAULT_QUESTION.get(task))
+        if turns is not None:
+            return turns
+    if task in ("detail", "negative", "reasoning") and text and not text.startswith(("{", "[")):
+        return [{"question": question or DEFAULT_QUESTION.get(task, "Describe the image."), "answer": text}]
+    return None
+
+
+def _turns_from(obj, default_q: str | None) -> list[dict] | None:
+    if isinstance(obj, dict) and isinstance(obj.get("turns"), list):
+        obj = obj["turns"]
+    if isinstance(obj, dict) and "answer" in obj:
+        obj = [obj]
+    if isinstance(obj, list) and obj and all(isinstance(t, dict) and "answer" in t for t in obj):
+        return [{"question": str(t.get("question") or default_q or ""), "answer": str(t["answer"])} for t in obj]
+    return None
+
+
+# ---------------------------------------------------------------------------------- captions teacher
+
+
+def _region(o: dict, w: int, h: int) -> str:
+    x0, y0, x1, y1 = o["bbox"]
+    cx, cy = (x0 + x1) / 2 / max(w, 1), (y0 + y1) / 2 / max(h, 1)
+    v = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
+    hz = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "centre"
+    return "in the centre" if (v, hz) == ("middle", "centre") else f"in the {v} {hz}" if v != "middle" else f"on the {hz}"
+
+
+def _rel(a: dict, b: dict) -> str:
+    ax, ay = (a["bbox"][0] + a["bbox"][2]) / 2, (a["bbox"][1] + a["bbox"][3]) / 2
+    bx, by = (b["bbox"][0] + b["bbox"][2]) / 2, (b["bbox"][1] + b["bbox"][3]) / 2
+    if abs(ax - bx) >= abs(ay - by):
+        return "to the left of" if ax < bx else "to the right of"
+    return "above" if ay < by else "below"
+
+
+def _name(o: dict) -> str:
+    return " ".join(str(o[k]) for k in ("color", "shape") if k in o) or str(o.get("label") or o.get("name") or "object")
+
+
+class CaptionsTeacher:
+    """Pairs written from the caption and the ground-truth objects (no model, no network)."""
+
+    name = "captions"
+
+    def __init__(self, model: str = "captions-v1"):
+        self.model = model
+
+    async def generate(self, req: Request) -> Result:
+        return Result(turns=self.turns(req), finish_reason="stop")
+
+    def turns(self, req: Request) -> list[dict]:
+        meta = req.meta or {}
+        objs = [o for o in meta.get("objects", []) if isinstance(o, dict) and "bbox" in o]
+        w, h = meta.get("width", 1), meta.get("height", 1)
+        caption = (req.caption or "").strip()
+        names = [_name(o) for o in objs]
+        listing = ", ".join(article(n) for n in names[:-1]) + (f" and {article(names[-1])}" if len(names) > 1 else article(names[0])) if names else ""
+        if req.task == "negative":
+            shows = f" The image shows {listing}." if listing else (f" It shows: {caption}" if caption else "")
+            return [{"question": req.question, "answer": f"No, there is no {req.absent} in the image.{shows}"}]
+        if not objs:  # no boxes: stay with what the caption says
+            if req.task == "detail":
+                return [{"question": "Describe the image in detail.", "answer": caption if caption.endswith(".") else caption + "."}]
+            return [{"question": "What does the image show?", "answer": caption if caption.endswith(".") else caption + "."}]
+        n = len(objs)
+        if req.task == "conversation":
+            turns = [{"question": "What objects can you see in the image?",
+                      "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."}]
+            if n > 1:
+                turns.append({"question": f"Where is the {names[0]} relative to the {names[1]}?",
+                              "answer": f"The {names[0]} is {_rel(objs[0], objs[1])} the {names[1]}."})
+            turns.append({"question": f"What colour is the {objs[0].get('shape', 'first object')}?",
+                          "answer": f"It is {objs[0].get('color', 'not a single colour')}."})
+            return turns
+        if req.task == "detail":
+            parts = [f"The image shows {listing} on a plain background."]
+            for o, nm in zip(objs, names):
+                side = o["bbox"][2] - o["bbox"][0]
+                size = "large" if side > 0.3 * min(w, h) else "small" if side < 0.22 * min(w, h) else "medium-sized"
+                parts.append(f"The {nm} is {size} and sits {_region(o, w, h)}.")
+            for a, b, na, nb in zip(objs, objs[1:], names, names[1:]):
+                parts.append(f"The {na} is {_rel(a, b)} the {nb}.")
+            return [{"question": "Describe the image in detail.", "answer": " ".join(parts)}]
+        # reasoning: which object is nearest the top, and what follows
+        top = min(range(n), key=lambda i: objs[i]["bbox"][1])
+        if n == 1:
+            answer = f"There is only one object, {article(names[0])}, so it is also the one nearest the top of the image."
+        else:
+            others = [names[i] for i in range(n) if i != top]
+            answer = (f"Comparing how high each object sits, the {names[top]} has the smallest distance to the top edge, "
+                      f"while the {' and the '.join(others)} {'sit' if len(others) > 1 else 'sits'} lower. "
+                      f"So the {names[top]} is nearest the top, and its colour is {objs[top].get('color', 'unknown')}.")
+        return [{"question": "Which object is nearest the top of the image, and what colour is it?", "answer": answer}]
+
+
+# ---------------------------------------------------------------------------------- OpenAI-compatible
+
+
+class RateLimiter:
+    """Token buckets for requests/s and tokens/min (either may be off)."""
+
+    def __init__(self, requests_per_s: float | None = None, tokens_per_min: float | None = None):
+        self.rps, self.tpm = requests_per_s, tokens_per_min
+        self.req_level = requests_per_s or 0.0
+        self.tok_level = tokens_per_min or 0.0
+        self.last = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def acquire(self, tokens: float = 0.0) -> None:
+        if not self.rps and not self.tpm:
+            return
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                dt, self.last = now - self.last, now
+                if self.rps:
+                    self.req_level = min(self.rps, self.req_level + dt * self.rps)
+                if self.tpm:
+                    self.tok_level = min(self.tpm, self.tok_level + dt * self.tpm / 60)
+                need_r = 0.0 if not self.rps or self.req_level >= 1 else (1 - self.req_level) / self.rps
+                want = min(tokens, self.tpm or 0)
+                need_t = 0.0 if not self.tpm or self.tok_level >= want else (want - self.tok_level) / (self.tpm / 60)
+                if need_r <= 0 and need_t <= 0:
+                    if self.rps:
+                        self.req_level -= 1
+                    if self.tpm:
+                        self.tok_level -= want
+                    return
+                await asyncio.sleep(max(need_r, need_t))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class OpenAITeacher:
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 32, timeout: float = 60.0,
+                 max_retries: int = 5, backoff: float = 0.5, backoff_cap: float = 30.0, max_tokens: int = 512,
+                 temperature: float = 0.2, structured: bool = True, requests_per_s: float | None = None,
+                 tokens_per_min: float | None = None, seed: int = 0):
+        import httpx
+
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.timeout, self.max_retries, self.backoff, self.backoff_cap = timeout, max_retries, backoff, backoff_cap
+        self.max_tokens, self.temperature = max_tokens, temperature
+        self.structured = structured
+        self.limiter = RateLimiter(requests_per_s, tokens_per_min)
+        self.rng = random.Random(seed)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
+                                        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def body(self, req: Request) -> dict:
+        content: list[dict] = [{"type": "text", "text": req.prompt}]
+        if req.image_bytes:
+            url = f"data:{MIME.get(req.image_ext or 'jpg', 'image/jpeg')};base64,{base64.b64encode(req.image_bytes).decode()}"
+            content.insert(0, {"type": "image_url", "image_url": {"url": url}})
+        body = {"model": self.model, "messages": [{"role": "system", "content": req.system}, {"role": "user", "content": content}],
+                "max_tokens": self.max_tokens, "temperature": self.temperature}
+        if self.structured:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "turns", "strict": True, "schema": TURNS_SCHEMA}}
+        return body
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.backoff_cap)
+        return self.rng.uniform(0, min(self.backoff_cap, self.backoff * 2**attempt))  # full jitter
+
+    async def generate(self, req: Request) -> Result:
+        import httpx
+
+        res = Result()
+        attempt = 0
+        while True:
+            body = self.body(req)
+            await self.limiter.acquire(req.image_tokens + len(req.prompt) / 4 + self.max_tokens)
+            retry_after = None
+            try:
+                r = await self.client.post("/chat/completions", content=orjson.dumps(body),
+                                           headers={"Content-Type": "application/json", "X-Vlmtool-Request": req.key})
+            except httpx.TimeoutException:
+                reason = "timeout"
+            except httpx.TransportError:  # refused, reset, closed before a response
+                reason = "connection"
+            else:
+                if r.status_code == 200:
+                    try:
+                        data = orjson.loads(r.content)
+                        choice = data["choices"][0]
+                        text = choice["message"]["content"] or ""
+                    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+                        reason = "malformed_response"
+                    else:
+                        usage = data.get("usage") or {}
+                        res.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+                        res.completion_tokens += int(usage.get("completion_tokens") or 0)
+                        res.finish_reason = choice.get("finish_reason")
+                        res.turns = parse_turns(text, req.task, req.question)
+                        if res.turns is None:
+                            res.unparsable = text[:200]
+                        return res
+                elif r.status_code == 400 and "response_format" in body and b"response_format" in r.content:
+                    self.structured = False  # this server does not take json_schema: ask for JSON in the prompt alone
+                    continue
+                elif r.status_code == 429:
+                    reason, retry_after = "rate_limited", retry_after_seconds(r.headers.get("retry-after"))
+                elif r.status_code >= 500:
+                    reason, retry_after = "server_error", retry_after_seconds(r.headers.get("retry-after"))
+                else:  # other 4xx: retrying will not help
+                    res.failed = f"http_{r.status_code}"
+                    res.errors.append(res.failed)
+                    return res
+            res.errors.append(reason)
+            if attempt >= self.max_retries:
+                res.failed = reason
+                return res
+            await asyncio.sleep(self._delay(attempt, retry_after))
+            attempt += 1
+            res.retries += 1
