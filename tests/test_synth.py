@@ -198,3 +198,12 @@ def test_bad_arguments(tmp_path):
     assert p.returncode == 2 and "--base-url" in p.stderr
     p = run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "b", "--tasks", "poetry", check=False)
     assert p.returncode == 2 and "unknown task" in p.stderr
+
+
+def test_slurm_ranks_split_shards_and_the_last_one_writes_the_output(small_world, tmp_path):
+    one = json_out(run_cli("synth", small_world, "--out", tmp_path / "one", "--json", "--no-progress"))
+    outs = [json_out(run_cli("synth", small_world, "--out", tmp_path / "two", "--json", "--no-progress",
+                             env={"SLURM_PROCID": str(r), "SLURM_NTASKS": "2"})) for r in (0, 1)]
+    assert [o["complete"] for o in outs] == [False, True]
+    assert (tmp_path / "two" / "instructions.jsonl").read_bytes() == (tmp_path / "one" / "instructions.jsonl").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "two" / "log").glob("*.jsonl")) == ["requests-00000.jsonl", "requests-00001.jsonl"]

@@ -8,6 +8,7 @@ Heavy modules (torch, open_clip, av) are imported inside the commands that use t
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -346,10 +347,14 @@ def filter_cmd(
     """Score image-caption pairs with CLIP and keep those that match (threshold or global top fraction)."""
     from vlmtool.filter import run_filter
 
-    emit(run_filter(inputs, out, model=model, pretrained=pretrained, min_score=min_score, keep_fraction=keep_fraction,
-                    batch_size=batch_size, workers=workers, device=device, precision=precision, preprocess=preprocess,
-                    min_side=min_side, max_aspect=max_aspect, min_words=min_words, min_chars=min_chars, strict=strict,
-                    max_pixels=max_pixels, plot=plot, wait_timeout=wait_timeout, progress=progress), as_json)
+    summary = run_filter(inputs, out, model=model, pretrained=pretrained, min_score=min_score, keep_fraction=keep_fraction,
+                         batch_size=batch_size, workers=workers, device=device, precision=precision, preprocess=preprocess,
+                         min_side=min_side, max_aspect=max_aspect, min_words=min_words, min_chars=min_chars, strict=strict,
+                         max_pixels=max_pixels, plot=plot, wait_timeout=wait_timeout, progress=progress)
+    emit(summary, as_json)
+    report = Path(out) / "report.txt"
+    if not as_json and summary.get("complete") and report.exists():
+        print("score histogram:\n" + report.read_text(), file=sys.stderr)
 
 
 @app.command("synth")

@@ -214,9 +214,28 @@ def _report(job: JobDir, score_records: dict, select_records: dict, threshold, l
               "threshold": threshold, "modality_gap": round(gap, 6) if gap is not None else None,
               "histogram": histogram, **loaded_desc}
     write_json(job.out / "report.json", report)
+    atomic_write(job.out / "report.txt", text_histogram(histogram, threshold).encode())
     if plot and histogram:
         _plot(job.out / "report.png", histogram, threshold)
     return report
+
+
+def text_histogram(histogram: list[dict], threshold, rows: int = 20, width: int = 50) -> str:
+    """The score histogram as text: `rows` bins over the scores' range, bars scaled to `width`."""
+    if not histogram:
+        return "no scores\n"
+    lo, hi = histogram[0]["from"], histogram[-1]["to"]
+    step = (hi - lo) / rows
+    counts = [0] * rows
+    for b in histogram:
+        counts[min(rows - 1, int((b["from"] - lo) / step + 1e-9))] += b["count"]
+    top = max(counts) or 1
+    lines = []
+    for i, c in enumerate(counts):
+        a, b = lo + i * step, lo + (i + 1) * step
+        mark = " <- threshold" if threshold is not None and a <= threshold < b else ""
+        lines.append(f"{a:7.3f} .. {b:7.3f} | {'#' * round(c / top * width):<{width}} {c}{mark}")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(path: Path, histogram: list[dict], threshold) -> None:

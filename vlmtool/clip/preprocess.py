@@ -71,7 +71,7 @@ def fast_pixels(s: Sample, pp: Preprocess):
     fx, fy = w2 / w, h2 / h
     im = im.resize((S, S), Image.Resampling(INTERP.get(pp.interpolation, 3)), box=(x0 * fx, y0 * fy, x1 * fx, y1 * fy),
                    reducing_gap=REDUCING_GAP)
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
 
 class ClipPrep:
