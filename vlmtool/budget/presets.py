@@ -555,14 +555,10 @@ def custom(width: int, height: int, image_size: int = 336, patch_size: int = 14,
         return Plan("custom", width, height, p, 0, [Part("image", p, (0, 0, width, height))], resized=(image_size, image_size),
                     note=f"N=0 tiles, P_0={p}")
     cols, rows = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    if cols * rows > max_tiles:  # scale the grid down, keeping its shape, to at most max_tiles
-        s = math.sqrt(max_tiles / (cols * rows))
-        cols, rows = max(1, math.floor(cols * s)), max(1, math.floor(rows * s))
-        while cols * rows > max_tiles:
-            if cols >= rows:
-                cols -= 1
-            else:
-                rows -= 1
+    if cols * rows > max_tiles:  # the largest grid within max_tiles, closest to the image's shape
+        aspect = width / height
+        cols, rows = max(((c, r) for c in range(1, cols + 1) for r in range(1, rows + 1) if c * r <= max_tiles),
+                         key=lambda g: (g[0] * g[1], -abs(math.log(g[0] / g[1] / aspect))))
     parts = [Part("tile", p, _box(c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows, width, height), (r, c))
              for r in range(rows) for c in range(cols)]
     if thumbnail:
