@@ -55,7 +55,7 @@ def _from_tar(path: str) -> Iterator[Item]:
     from vlmtool.budget.headers import Fallback, fast_size, tar_members
 
     try:
-        members = tar_members(path)  # fast path: plain ustar over a memory map
+        members = tar_members(path, IMAGE_SUFFIXES)  # fast path: plain ustar over a memory map, image members only
         first = next(members, None)
     except (Fallback, OSError):
         yield from _from_tar_slow(path)
@@ -63,8 +63,6 @@ def _from_tar(path: str) -> Iterator[Item]:
     if first is None:
         return
     for name, data in _chain(first, members):
-        if not name.endswith(IMAGE_SUFFIXES) and not name.lower().endswith(IMAGE_SUFFIXES):
-            continue
         size = fast_size(data)
         if size is not None:
             yield Item(path + ":" + name, size[0], size[1])
@@ -208,12 +206,13 @@ def budget_dataset(inputs: list[str], presets: list[str], options: dict[str, dic
                 row = {"source": item.source, "model": p, "width": item.width, "height": item.height, "tokens": None, "error": str(e)}
                 if len(bad) < 1000:
                     bad.append(row)
-            else:
-                stats[p].counts.append(plan.tokens)
-                row = {"source": item.source, "model": p, "width": item.width, "height": item.height, "tokens": plan.tokens,
-                       "wrapper_tokens": plan.wrapper_tokens}
+                if rows_out is not None:
+                    rows_out.write(dumps(row) + b"\n")
+                continue
+            stats[p].counts.append(plan.tokens)
             if rows_out is not None:
-                rows_out.write(dumps(row) + b"\n")
+                rows_out.write(dumps({"source": item.source, "model": p, "width": item.width, "height": item.height,
+                                      "tokens": plan.tokens, "wrapper_tokens": plan.wrapper_tokens}) + b"\n")
     bar.update(n_items % 256)
     bar.close()
     return {"items": n_items, "models": {p: stats[p].summary() for p in presets}, "errors": bad[:50], "errors_total": len(bad)}

@@ -47,8 +47,9 @@ def open_map(path: str) -> mmap.mmap:
             raise Fallback("empty") from None
 
 
-def scan(mm) -> list[Member]:
-    """The regular-file members of a plain ustar tar, in order; Fallback for anything else."""
+def scan(mm, suffixes: tuple[bytes, ...] | None = None) -> list[Member]:
+    """The regular-file members of a plain ustar tar, in order (only names ending with one of
+    `suffixes`, lower-cased, when given); Fallback for anything else."""
     members: list[Member] = []
     pos, size = 0, len(mm)
     while pos + 512 <= size:
@@ -71,20 +72,21 @@ def scan(mm) -> list[Member]:
             raise Fallback("truncated")
         if typeflag != 0x35:  # "5": a directory
             name = mm[pos : pos + 100].split(b"\0", 1)[0]
-            if mm[pos + 345] and mm[pos + 257 : pos + 263] == b"ustar\0":
-                name = mm[pos + 345 : pos + 500].split(b"\0", 1)[0] + b"/" + name
-            members.append(Member(name.decode("utf-8", "surrogateescape"), pos, start, length))
+            if suffixes is None or name.lower().endswith(suffixes):
+                if mm[pos + 345] and mm[pos + 257 : pos + 263] == b"ustar\0":
+                    name = mm[pos + 345 : pos + 500].split(b"\0", 1)[0] + b"/" + name
+                members.append(Member(name.decode("utf-8", "surrogateescape"), pos, start, length))
         pos = start + (length + 511) // 512 * 512
     if pos < size:
         raise Fallback("truncated header")
     return members
 
 
-def tar_members(path: str) -> Iterator[tuple[str, memoryview]]:
-    """(name, data) of each regular file, without copying the data; Fallback (before anything
-    is yielded) when the fast path cannot read the file."""
+def tar_members(path: str, suffixes: tuple[str, ...] | None = None) -> Iterator[tuple[str, memoryview]]:
+    """(name, data) of each regular file (whose name ends with one of `suffixes`), without
+    copying the data; Fallback (before anything is yielded) when the fast path cannot read it."""
     mm = open_map(path)
-    members = scan(mm)
+    members = scan(mm, tuple(x.encode() for x in suffixes) if suffixes else None)
     view = memoryview(mm)
     try:
         for m in members:
