@@ -94,14 +94,16 @@ def _read_rows(job: JobDir, ref: ShardRef) -> list[dict]:
     return [orjson.loads(line) for line in (job.out / "_scores" / f"{ref.name}.jsonl").read_bytes().splitlines()]
 
 
-def select_keep(job: JobDir, min_score: float | None, keep_fraction: float | None) -> tuple[float | None, dict[str, set[int]], int]:
+def select_keep(job: JobDir, min_score: float | None, keep_fraction: float | None,
+                shards: list[ShardRef] | None = None) -> tuple[float | None, dict[str, set[int]], int]:
     """Which rows of which shard are kept: by threshold, or the global top fraction of valid
     samples (ties broken by shard order, then position). Returns (threshold, kept rows by shard
-    name, number of valid samples)."""
+    name, number of valid samples among the shards read). A threshold needs only the `shards`
+    a rank selects; a global fraction reads every shard's scores."""
     import numpy as np
 
     scores, shard_idx, row_idx = [], [], []
-    for ref in job.shards:
+    for ref in (shards if shards is not None and min_score is not None else job.shards):
         for i, row in enumerate(_read_rows(job, ref)):
             if row["score"] is not None:
                 scores.append(row["score"])
@@ -311,11 +313,12 @@ def run_filter(inputs: list[str], out: str, *, model: str | None = None, pretrai
     if not score_job.all_done():
         print(f"[filter] rank {dist.rank}: waiting for the other ranks' scores", file=sys.stderr)
     score_job.wait_all(timeout=wait_timeout)
-    threshold, kept, n_valid = select_keep(score_job, min_score, keep_fraction)
-    for ref in select_job.pending():
+    todo = select_job.pending()
+    threshold, kept, _ = select_keep(score_job, min_score, keep_fraction, todo)
+    for ref in todo:
         select_job.write_record(ref, _select_shard(select_job, ref, kept[ref.name], threshold))
     summary = {"job": "filter", "out": str(out), "rank": dist.rank, "world_size": dist.world_size, "threshold": threshold,
-               "valid": n_valid, "this_run": {"scored": run.ok if run else 0, "seconds": round(time.perf_counter() - t0, 3),
+               "this_run": {"scored": run.ok if run else 0, "seconds": round(time.perf_counter() - t0, 3),
                                              "samples_per_s": round(run.samples / run.seconds, 1) if run and run.seconds else None}}
     if not select_job.all_done():
         return {**summary, "complete": False, "note": "other ranks still selecting: the last one writes scores.jsonl and the report"}
