@@ -48,7 +48,7 @@ def main() -> None:
     import torch
 
     from vlmtool.clip.model import load_clip
-    from vlmtool.clip.preprocess import ClipPrep, to_model_input
+    from vlmtool.clip.preprocess import ClipPrep
     from vlmtool.core.batches import ShardStream, ReadOptions, _iter_messages
     from vlmtool.core.runtime import autocast, resolve_device, resolve_precision
     from vlmtool.core.samples import parse_record, read_shard

@@ -8,7 +8,8 @@ from PIL import Image
 
 from conftest import FIXTURES
 from vlmtool.budget.dataset import iter_items
-from vlmtool.budget.headers import Fallback, fast_size, tar_members
+from vlmtool.budget.headers import fast_size
+from vlmtool.core.tarscan import Fallback, tar_members
 
 
 def _encode(size, fmt, **kw):

@@ -201,7 +201,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_slurm_ranks_split_shards_and_the_last_one_writes_the_output(small_world, tmp_path):
-    one = json_out(run_cli("synth", small_world, "--out", tmp_path / "one", "--json", "--no-progress"))
+    json_out(run_cli("synth", small_world, "--out", tmp_path / "one", "--json", "--no-progress"))
     outs = [json_out(run_cli("synth", small_world, "--out", tmp_path / "two", "--json", "--no-progress",
                              env={"SLURM_PROCID": str(r), "SLURM_NTASKS": "2"})) for r in (0, 1)]
     assert [o["complete"] for o in outs] == [False, True]

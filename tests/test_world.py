@@ -22,7 +22,7 @@ def _records(path):
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     a = make_world(tmp_path / "a", samples=20, shard_size=8, seed=5, mismatch=0.3, broken=0.2, sizes="small")
     b = make_world(tmp_path / "b", samples=20, shard_size=8, seed=5, mismatch=0.3, broken=0.2, sizes="small")
-    c = make_world(tmp_path / "c", samples=20, shard_size=8, seed=6, mismatch=0.3, broken=0.2, sizes="small")
+    make_world(tmp_path / "c", samples=20, shard_size=8, seed=6, mismatch=0.3, broken=0.2, sizes="small")
     assert a["shards"] == b["shards"] == 3
     for name in ("00000.tar", "00001.tar", "00002.tar"):
         assert sha256_of(tmp_path / "a" / name) == sha256_of(tmp_path / "b" / name)

@@ -229,7 +229,8 @@ def budget_cmd(
         return
 
     # ---- quick estimates and single-image plans
-    if sizes or (len(images) == 1 and not images[0].lower().endswith(".tar") and not __import__("os").path.isdir(images[0])) and images[0] != "-":
+    one_image = len(images) == 1 and images[0] != "-" and not images[0].lower().endswith(".tar") and not Path(images[0]).is_dir()
+    if sizes or one_image:
         from vlmtool.budget.dataset import header_size
 
         targets = [(f"{w}x{h}", w, h, None) for w, h in sizes]
@@ -267,7 +268,7 @@ def budget_cmd(
         return
 
     # ---- datasets
-    from vlmtool.budget.dataset import budget_dataset, kv_cache_bytes  # noqa: F401
+    from vlmtool.budget.dataset import budget_dataset
 
     summary = budget_dataset(images, presets, img_opts, rows_out=out if rows else None, progress=progress)
     for m, st in summary["models"].items():

@@ -8,6 +8,7 @@ is a row with its error, never a crash.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import sys
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from vlmtool.budget import _freeze, _plan, image_plan  # noqa: F401
+from vlmtool.budget import _freeze, _plan
 from vlmtool.budget.video import VIDEO_EXTS
 from vlmtool.errors import UsageError, VlmtoolError
 
@@ -52,7 +53,8 @@ def header_size(fp) -> tuple[int, int]:
 
 
 def _from_tar(path: str) -> Iterator[Item]:
-    from vlmtool.budget.headers import Fallback, fast_size, tar_members
+    from vlmtool.budget.headers import fast_size
+    from vlmtool.core.tarscan import Fallback, tar_members
 
     try:
         members = tar_members(path, IMAGE_SUFFIXES)  # fast path: plain ustar over a memory map, image members only
@@ -62,7 +64,7 @@ def _from_tar(path: str) -> Iterator[Item]:
         return
     if first is None:
         return
-    for name, data in _chain(first, members):
+    for name, data in itertools.chain([first], members):
         size = fast_size(data)
         if size is not None:
             yield Item(path + ":" + name, size[0], size[1])
@@ -71,11 +73,6 @@ def _from_tar(path: str) -> Iterator[Item]:
             yield Item(f"{path}:{name}", *header_size(io.BytesIO(data)))
         except Exception as e:
             yield Item(f"{path}:{name}", error=str(e))
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _from_tar_slow(path: str) -> Iterator[Item]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import struct
 
-from vlmtool.core.tarscan import Fallback, tar_members  # noqa: F401  (re-exported for callers)
-
 # JPEG start-of-frame markers (ITU T.81 table B.1): SOF0-SOF15 except DHT (C4), JPG (C8), DAC (CC).
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 from vlmtool.clip.model import load_clip
-from vlmtool.clip.preprocess import ClipPrep
-from vlmtool.core.batches import ReadOptions
+from vlmtool.clip.preprocess import ClipPrep, to_model_input
 from vlmtool.core.runtime import autocast, dist_info, init_process_group, resolve_device, resolve_precision, seed_everything
 from vlmtool.core.samples import BrokenTar, SampleError, parse_record, read_shard
 from vlmtool.core.shards import ShardRef, atomic_path, dumps, expand_inputs, shard_refs, write_json
@@ -158,8 +157,6 @@ def run_clip_train(inputs: list[str], out: str, *, model: str = "tiny-clip", pre
             else:  # "epoch"
                 epochs += 1
         images, tokens = prep.collate([(p.numpy() if hasattr(p, "numpy") else p, c) for p, c in zip(px, caps)])
-        from vlmtool.clip.preprocess import to_model_input
-
         x = to_model_input(images, loaded.preprocess, dev)
         tokens = tokens.to(dev)
         cur_lr = lr * (step + 1) / warmup if step < warmup else 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))

@@ -12,7 +12,10 @@ import random
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    import torch
 
 from vlmtool.errors import UsageError
 
@@ -83,7 +86,7 @@ def resolve_device(name: str = "auto", dist: Dist | None = None):
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device) -> "torch.dtype | None":
+def resolve_precision(precision: str, device) -> torch.dtype | None:
     """The autocast dtype for a precision name, or None for plain fp32.
 
     auto means bf16 on a CUDA device that supports it and fp32 elsewhere: on CPUs without native
