@@ -1,0 +1,28 @@
+"""The vlmtool command line: one small module per subcommand, each calling one job.
+
+stdout carries data only (the --json summary, JSONL rows, the table a command was asked for);
+bars and logs go to stderr. A user error prints one line and exits 2 (usage) or 1 (job failed).
+Heavy modules (torch, open_clip, av) are imported inside the commands that use them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Each module registers its commands; the import order is the order of `vlmtool --help`.
+from vlmtool.cli import world, inspect, clip, synth, budget, demo  # noqa: F401, I001
+from vlmtool.cli._app import app
+from vlmtool.errors import UsageError, VlmtoolError
+
+def main() -> None:
+    try:
+        app(prog_name="vlmtool")
+    except VlmtoolError as e:
+        print(f"vlmtool: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:  # `vlmtool ... | head`
+        sys.stderr.close()
+        sys.exit(0)
+
+
+__all__ = ["app", "main", "UsageError"]
