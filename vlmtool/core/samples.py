@@ -160,7 +160,6 @@ def read_shard(url: str) -> Iterator[dict | BrokenTar]:
     The record being assembled when the tar broke is reported inside the BrokenTar (its members
     may be incomplete), never yielded as if it were whole.
     """
-    from webdataset.gopen import gopen
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     errors: list[Exception] = []
@@ -179,7 +178,9 @@ def read_shard(url: str) -> Iterator[dict | BrokenTar]:
 
     pending: dict | None = None
     try:
-        stream = gopen(url, "rb")
+        from vlmtool.core.shards import open_input
+
+        stream = open_input(url)
     except Exception as e:
         yield BrokenTar(None, f"cannot open: {type(e).__name__}: {e}")
         return

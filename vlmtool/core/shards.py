@@ -49,35 +49,66 @@ def _is_shard(path: str) -> bool:
     return path.endswith(SHARD_SUFFIXES)
 
 
+def is_stream(name: str) -> bool:
+    """A `pipe:` command or a URL that is not a local file. A name that exists on disk is always a
+    file, wherever it came from (a file may well be called `pipe:x.tar` or `https:x.tar`)."""
+    return name.startswith(REMOTE_PREFIXES) and not os.path.lexists(name)
+
+
+def open_input(name: str, stream_ok: bool = True):
+    """Open an input for binary reading: a local file as a file, and only an explicit `pipe:` or
+    URL spec (see is_stream) through webdataset's gopen. The one place the project opens inputs."""
+    if is_stream(name):
+        if not stream_ok:
+            raise UsageError(f"input {name!r} is a stream, and only local files are read here")
+        from webdataset.gopen import gopen
+
+        return gopen(name, "rb")
+    return open(name, "rb")
+
+
+def _expand_one(spec: str, suffixes: tuple[str, ...]) -> list[str]:
+    if os.path.lexists(spec):  # an existing name is taken literally: no braces, no glob, no shell
+        if os.path.isdir(spec):
+            found = sorted(str(p) for p in Path(spec).iterdir() if p.is_file() and p.name.endswith(suffixes))
+            if not found:
+                raise UsageError(f"directory {spec} holds no {'/'.join(suffixes)} files")
+            return found
+        return [spec]
+    if spec.startswith(REMOTE_PREFIXES):
+        return list(braceexpand(spec))
+    out: list[str] = []
+    for item in braceexpand(spec):
+        if os.path.lexists(item):
+            out.extend(_expand_one(item, suffixes) if os.path.isdir(item) else [item])
+        elif glob.has_magic(item):
+            found = sorted(glob.glob(item))
+            if not found:
+                raise UsageError(f"pattern {item!r} matches no file")
+            out.extend(f for f in found if not os.path.isdir(f))
+        else:
+            raise UsageError(f"input {item!r} does not exist")
+    return out
+
+
 def expand_inputs(specs: Iterable[str], stdin: io.TextIOBase | None = None, suffixes=SHARD_SUFFIXES) -> list[str]:
     """Expand brace patterns, globs, directories and `-` (one input per line on stdin).
 
-    Order is kept as given (directories and globs sorted), duplicates are dropped.
+    Names found in a directory or by a glob are files, never streams; a name that exists is taken
+    as it is. Only a `pipe:`/URL spec given as an argument or a stdin line, and not an existing
+    file, is a stream (see is_stream). Order is kept as given (directories and globs sorted),
+    duplicates are dropped.
     """
     out: list[str] = []
     for spec in specs:
         if spec == "-":
             lines = (stdin or sys.stdin).read().splitlines()
-            out.extend(expand_inputs([ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")], suffixes=suffixes))
+            for ln in lines:
+                ln = ln.strip()
+                if ln and not ln.startswith("#"):
+                    out.extend(_expand_one(ln, suffixes))
             continue
-        if spec.startswith(REMOTE_PREFIXES):
-            out.extend(braceexpand(spec))
-            continue
-        for item in braceexpand(spec):
-            if os.path.isdir(item):
-                found = sorted(str(p) for p in Path(item).iterdir() if p.is_file() and p.name.endswith(suffixes))
-                if not found:
-                    raise UsageError(f"directory {item} holds no {'/'.join(suffixes)} files")
-                out.extend(found)
-            elif glob.has_magic(item):
-                found = sorted(glob.glob(item))
-                if not found:
-                    raise UsageError(f"pattern {item!r} matches no file")
-                out.extend(found)
-            elif os.path.exists(item):
-                out.append(item)
-            else:
-                raise UsageError(f"input {item!r} does not exist")
+        out.extend(_expand_one(spec, suffixes))
     seen: set[str] = set()
     unique = [x for x in out if not (x in seen or seen.add(x))]
     if not unique:
