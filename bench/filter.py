@@ -51,7 +51,9 @@ def main() -> None:
     from vlmtool.clip.preprocess import ClipPrep
     from vlmtool.core.batches import ShardStream, ReadOptions, _iter_messages
     from vlmtool.core.runtime import autocast, resolve_device, resolve_precision
-    from vlmtool.core.samples import parse_record, read_shard
+    from vlmtool.core.records import tar_records
+    from vlmtool.core.samples import parse_record
+    from vlmtool.core.shards import shard_refs
     from vlmtool.core.shards import shard_refs
     from vlmtool.filter import run_filter
 
@@ -114,8 +116,8 @@ def main() -> None:
 
     n_naive = min(n, 200)
     recs = []
-    for sh in shards:
-        for rec in read_shard(sh):
+    for sh in shard_refs(shards):
+        for rec in tar_records(sh):
             if isinstance(rec, dict):
                 recs.append(rec)
             if len(recs) >= n_naive:

@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 
 from vlmtool.core.batches import Batch, ReadOptions, merge_totals, run_shards
-from vlmtool.core.samples import BrokenTar, read_shard
+from vlmtool.core.records import Reject, tar_records
 from vlmtool.core.shards import JobDir, ShardRef, ShardTarWriter, atomic_path, atomic_write, dumps, expand_inputs, shard_refs, write_json
 from vlmtool.errors import UsageError
 
@@ -178,10 +178,10 @@ def _select_shard(job: JobDir, ref: ShardRef, kept_rows: set[int], threshold: fl
     else:  # remote or unusual tars: read records with webdataset, write them with its TarWriter
         writer = ShardTarWriter(final)
         try:
-            for i, rec in enumerate(read_shard(ref.url)):
-                if i >= len(rows) or (not isinstance(rec, BrokenTar) and rec.get("__key__") != rows[i]["key"]):
+            for i, rec in enumerate(tar_records(ref)):
+                if i >= len(rows) or (not isinstance(rec, Reject) and rec.get("__key__") != rows[i]["key"]):
                     raise UsageError(f"{ref.url} changed since it was scored: rerun in a new --out folder")
-                if i in kept_rows and not isinstance(rec, BrokenTar):
+                if i in kept_rows and not isinstance(rec, Reject):
                     writer.write({k: v for k, v in rec.items() if not k.startswith("__")} | {"__key__": rec["__key__"]})
             writer.commit()
         except BaseException:

@@ -20,7 +20,8 @@ from pathlib import Path
 from vlmtool.clip.model import load_clip
 from vlmtool.clip.preprocess import ClipPrep, to_model_input
 from vlmtool.core.runtime import autocast, dist_info, init_process_group, resolve_device, resolve_precision, seed_everything
-from vlmtool.core.samples import BrokenTar, SampleError, parse_record, read_shard
+from vlmtool.core.records import Reject, iter_samples
+from vlmtool.core.samples import SampleError
 from vlmtool.core.shards import ShardRef, atomic_path, dumps, expand_inputs, shard_refs, write_json
 from vlmtool.errors import UsageError
 
@@ -48,12 +49,12 @@ class TrainStream:
             if not mine:  # more workers than this rank's shards: the others carry on
                 return
             for ref in mine:
-                for rec in read_shard(ref.url):
-                    if isinstance(rec, BrokenTar):
-                        yield ("reject", "broken_tar")
+                for s in iter_samples(ref):
+                    if isinstance(s, Reject):
+                        yield ("reject", s.reason)
                         continue
                     try:
-                        item = ("sample", *self.prep.prepare(parse_record(rec, ref.name)))
+                        item = ("sample", *self.prep.prepare(s))
                     except SampleError as e:
                         yield ("reject", e.reason)
                         continue

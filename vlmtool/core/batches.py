@@ -17,29 +17,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from vlmtool.core.samples import DEFAULT_MAX_PIXELS, BrokenTar, Sample, SampleError, parse_record, read_shard
+from vlmtool.core.records import ReadOptions, Reject, iter_samples
+from vlmtool.core.samples import Sample, SampleError
 from vlmtool.core.shards import JobDir, ShardRef
 from vlmtool.errors import JobFailed
 
-
-@dataclass
-class Reject:
-    shard: str
-    key: str | None
-    reason: str
-    detail: str = ""
-
-    def row(self) -> dict:
-        return {"shard": self.shard, "key": self.key, "reason": self.reason, "detail": self.detail}
+__all__ = ["Batch", "ShardEnd", "Preparer", "Sink", "ReadOptions", "Reject", "ShardStream", "loader", "run_shards", "finish"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Batch:
+    """Prepared samples of one shard, in tar order with its rejects. Immutable: a DataLoader
+    worker pickles it after it is yielded, so nothing in it may change afterwards."""
+
     shard: ShardRef
-    keys: list[str]  # keys of the prepared samples, in order
+    keys: tuple[str, ...]  # keys of the prepared samples, in order
     data: Any  # what Preparer.collate made of their payloads (None when there are none)
-    rejects: list[Reject] = field(default_factory=list)
-    order: list[tuple[str, int]] = field(default_factory=list)  # ("ok", i) / ("reject", j) in tar order
+    rejects: tuple[Reject, ...] = ()
+    order: tuple[tuple[str, int], ...] = ()  # ("ok", i) / ("reject", j) in tar order
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -70,22 +65,16 @@ class Sink(Protocol):
     def abort(self) -> None: ...
 
 
-@dataclass
-class ReadOptions:
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    need_image: bool = True
-    need_caption: bool = True
-
-
 class ShardStream:
     """An iterable of Batch and ShardEnd messages over a list of shards (torch IterableDataset
     protocol: DataLoader workers split it by worker id)."""
 
-    def __init__(self, shards: list[ShardRef], prep: Preparer, batch_size: int, read: ReadOptions):
+    def __init__(self, shards: list[ShardRef], prep: Preparer, batch_size: int, read: ReadOptions, objects_field: str | None = "objects"):
         self.shards = shards
         self.prep = prep
         self.batch_size = batch_size
         self.read = read
+        self.objects_field = objects_field
 
     def __iter__(self) -> Iterator[Batch | ShardEnd]:
         info = None
@@ -104,38 +93,36 @@ class ShardStream:
         payloads: list = []
         rejects: list[Reject] = []
         order: list[tuple[str, int]] = []
-
-        def flush() -> Batch:
-            data = self.prep.collate(payloads) if payloads else None
-            return Batch(ref, list(keys), data, list(rejects), list(order))
-
-        for rec in read_shard(ref.url):
+        for item in iter_samples(ref, self.read, self.objects_field):
             seen += 1
-            if isinstance(rec, BrokenTar):
+            if not isinstance(item, Reject):
+                try:
+                    payload = self.prep.prepare(item)
+                except SampleError as e:
+                    item = Reject(ref.name, item.key, e.reason, e.detail)
+            if isinstance(item, Reject):
                 order.append(("reject", len(rejects)))
-                rejects.append(Reject(ref.name, rec.key, "broken_tar", rec.detail))
-                continue
-            key = rec.get("__key__")
-            try:
-                sample = parse_record(rec, ref.name, self.read.max_pixels, self.read.need_image, self.read.need_caption)
-                payload = self.prep.prepare(sample)
-            except SampleError as e:
-                order.append(("reject", len(rejects)))
-                rejects.append(Reject(ref.name, key, e.reason, e.detail))
+                rejects.append(item)
             else:
                 order.append(("ok", len(keys)))
-                keys.append(key)
+                keys.append(item.key)
                 payloads.append(payload)
             if len(keys) >= self.batch_size:
-                yield flush()
-                keys.clear(), payloads.clear(), rejects.clear(), order.clear()
+                yield self._batch(ref, keys, payloads, rejects, order)
+                keys, payloads, rejects, order = [], [], [], []  # new lists: the batch keeps its own
         if keys or rejects:
-            yield flush()
+            yield self._batch(ref, keys, payloads, rejects, order)
         yield ShardEnd(ref, seen, time.perf_counter() - t0)
 
+    def _batch(self, ref, keys, payloads, rejects, order) -> Batch:
+        return Batch(ref, tuple(keys), self.prep.collate(payloads) if payloads else None, tuple(rejects), tuple(order))
 
-def _iter_messages(stream: ShardStream, workers: int, pin_memory: bool) -> Iterator[Batch | ShardEnd]:
-    if workers <= 0 or len(stream.shards) == 0:
+
+def loader(stream, workers: int, pin_memory: bool = False, prefetch: int = 4, shards: int | None = None) -> Iterator:
+    """Iterate `stream` (an iterable that splits itself by DataLoader worker id) in `workers`
+    loader processes, at most one per shard, or in this process with workers=0. The one
+    DataLoader wrapper of the project."""
+    if workers <= 0 or shards == 0:
         yield from stream
         return
     from torch.utils.data import DataLoader, IterableDataset
@@ -144,16 +131,8 @@ def _iter_messages(stream: ShardStream, workers: int, pin_memory: bool) -> Itera
         def __iter__(self):
             return iter(stream)
 
-    loader = DataLoader(
-        _DS(),
-        batch_size=None,  # batches are made per shard inside the workers
-        num_workers=min(workers, len(stream.shards)),
-        pin_memory=pin_memory,
-        prefetch_factor=4,
-        persistent_workers=False,
-        worker_init_fn=_worker_init,
-    )
-    yield from loader
+    yield from DataLoader(_DS(), batch_size=None, num_workers=min(workers, shards or workers), pin_memory=pin_memory,
+                          prefetch_factor=prefetch, persistent_workers=False, worker_init_fn=_worker_init)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -208,7 +187,7 @@ def run_shards(
     bar = tqdm(desc=desc or job.job, unit="sample", file=sys.stderr, disable=not progress or not todo, dynamic_ncols=True, mininterval=0.5)
     t0 = time.perf_counter()
     try:
-        for msg in _iter_messages(stream, workers, pin_memory):
+        for msg in loader(stream, workers, pin_memory, shards=len(todo)):
             name = msg.shard.name
             if name not in sinks:
                 sinks[name] = open_sink(msg.shard)

@@ -7,10 +7,9 @@ counts it, logs it (shard, key, reason, detail) and goes on, or stops under --st
 from __future__ import annotations
 
 import io
-import tarfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
@@ -28,7 +27,11 @@ REASONS = {
     "empty_caption": "the caption is empty or only whitespace",
     "bad_caption_encoding": "the caption is not valid UTF-8",
     "bad_json": "the json member is not valid JSON",
-    "broken_tar": "the tar file ends or breaks inside this record",
+    "bad_metadata": "a field of the json member has the wrong type (e.g. objects that are not a list of labels or boxes)",
+    "broken_tar": "the tar file ends or breaks inside this record, or cannot be opened or read at all",
+    "duplicate_member": "a member of the record is repeated (e.g. KEY.jpg twice in a row)",
+    "duplicate_key": "the record's key appears earlier in the same shard",
+    "member_too_large": "a member is larger than its cap (--max-image-bytes, --max-text-bytes, --max-member-bytes)",
     "filtered": "a pre-filter of the job excluded the sample",
 }
 
@@ -101,39 +104,30 @@ def decode_image(data: bytes, draft: tuple[int, int] | None = None, mode: str = 
     return im
 
 
-def parse_record(
-    record: dict,
-    shard: str,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    need_image: bool = True,
-    need_caption: bool = True,
-) -> Sample:
-    """Check a webdataset record's members and read the image header (no pixel decoding)."""
+def parse_record(record: dict, shard: str, max_pixels: int = DEFAULT_MAX_PIXELS, objects_field: str | None = "objects") -> Sample:
+    """Check a webdataset record's members and read the image header (no pixel decoding).
+    `objects_field`: the json field holding the sample's object labels, checked for its type."""
     key = record.get("__key__", "?")
     image_ext = next((e for e in IMAGE_EXTS if e in record), None)
     image = record.get(image_ext) if image_ext else None
     width = height = 0
     header = None
     if image is None:
-        if need_image:
-            raise SampleError("missing_image", f"members: {sorted(k for k in record if not k.startswith('__'))}")
-    else:
-        header = _open_header(image, max_pixels)
-        width, height = header.size
+        raise SampleError("missing_image", f"members: {sorted(k for k in record if not k.startswith('__'))[:20]}")
+    header = _open_header(image, max_pixels)
+    width, height = header.size
 
     caption = None
     cap_ext = next((e for e in CAPTION_EXTS if e in record), None)
     if cap_ext is None:
-        if need_caption:
-            raise SampleError("missing_caption")
-    else:
-        try:
-            caption = record[cap_ext].decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SampleError("bad_caption_encoding", str(e)) from None
-        if need_caption and not caption.strip():
-            raise SampleError("empty_caption")
-        caption = caption.strip()
+        raise SampleError("missing_caption")
+    try:
+        caption = record[cap_ext].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SampleError("bad_caption_encoding", str(e)) from None
+    if not caption.strip():
+        raise SampleError("empty_caption")
+    caption = caption.strip()
 
     meta: dict[str, Any] = {}
     if "json" in record:
@@ -143,56 +137,44 @@ def parse_record(
             raise SampleError("bad_json", str(e)) from None
         if not isinstance(meta, dict):
             meta = {"value": meta}
+        if objects_field and objects_field in meta:
+            check_objects(meta[objects_field], objects_field)
     return Sample(key, shard, image, image_ext, caption, meta, width, height, record, header)
 
 
-@dataclass
-class BrokenTar:
-    """Marks the point where a shard could not be read further."""
-
-    key: str | None
-    detail: str
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
 
 
-def read_shard(url: str) -> Iterator[dict | BrokenTar]:
-    """Yield the records of one tar shard in order; a read error ends the shard with BrokenTar.
+LABEL_KEYS = ("name", "label", "shape", "category")  # where an object dict keeps its label
 
-    The record being assembled when the tar broke is reported inside the BrokenTar (its members
-    may be incomplete), never yielded as if it were whole.
-    """
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    errors: list[Exception] = []
+def _label(o) -> str | None:
+    if isinstance(o, str):
+        return o
+    if isinstance(o, dict):
+        return next((o[k] for k in LABEL_KEYS if isinstance(o.get(k), str)), None)
+    return None
 
-    def stop(exn: Exception) -> bool:
-        errors.append(exn)
-        return False
 
-    def members(stream):
-        try:
-            for m in tar_file_iterator(stream, handler=stop):
-                m["__url__"] = url
-                yield m
-        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-            errors.append(e)
+def check_objects(objects, field: str = "objects") -> None:
+    """A sample's object list: labels, or dicts with a label (one of LABEL_KEYS) and optionally
+    a `bbox` of four finite numbers. Anything else is SampleError("bad_metadata")."""
+    if not isinstance(objects, list):
+        raise SampleError("bad_metadata", f"{field} is a {type(objects).__name__}, not a list")
+    for i, o in enumerate(objects):
+        if _label(o) is None or (isinstance(o, str) and not o.strip()):
+            raise SampleError("bad_metadata", f"{field}[{i}] is neither a label nor an object with a {'/'.join(LABEL_KEYS)}")
+        if isinstance(o, str):
+            continue
+        box = o.get("bbox")
+        if box is not None and not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise SampleError("bad_metadata", f"{field}[{i}].bbox is not four numbers")
 
-    pending: dict | None = None
-    try:
-        from vlmtool.core.shards import open_input
 
-        stream = open_input(url)
-    except Exception as e:
-        yield BrokenTar(None, f"cannot open: {type(e).__name__}: {e}")
-        return
-    try:
-        for rec in group_by_keys(members(stream), handler=stop):
-            if pending is not None:
-                yield pending
-            pending = rec
-        if errors:
-            key = pending["__key__"] if pending is not None else None
-            yield BrokenTar(key, f"{type(errors[0]).__name__}: {errors[0].args[0] if errors[0].args else errors[0]}")
-        elif pending is not None:
-            yield pending
-    finally:
-        stream.close()
+def object_labels(meta: dict, field: str = "objects") -> list[str] | None:
+    """The object labels of a checked sample, or None when it has no such field."""
+    objects = meta.get(field)
+    if objects is None:
+        return None
+    return [_label(o) for o in objects]

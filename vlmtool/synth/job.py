@@ -20,7 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from vlmtool.core.samples import BrokenTar, SampleError, parse_record, read_shard
+from vlmtool.core.records import ReadOptions, Reject, iter_samples
+from vlmtool.core.samples import SampleError
 from vlmtool.core.shards import JobDir, ShardRef, atomic_write, dumps, expand_inputs, shard_refs
 from vlmtool.errors import JobFailed, UsageError
 from vlmtool.synth.tasks import (TASKS, Request, absent_object, describe_objects, load_prompts, object_names, parse_tasks,
@@ -110,20 +111,18 @@ class _Run:
     def requests(self, ref: ShardRef, state: dict):
         from vlmtool.budget import image_tokens
 
-        for order, rec in enumerate(read_shard(ref.url)):
+        for order, s in enumerate(iter_samples(ref, ReadOptions(max_pixels=self.max_pixels))):
             state["samples"] += 1
-            if isinstance(rec, BrokenTar):
-                state["rejected"]["broken_tar"] += 1
-                state["rejects"].append({"shard": ref.name, "key": rec.key, "reason": "broken_tar", "detail": rec.detail})
-                continue
-            try:
-                s = parse_record(rec, ref.name, self.max_pixels)
-                s.load_image(draft=(1, 1))  # a teacher must not be sent a corrupt or truncated image
-            except SampleError as e:
+            if not isinstance(s, Reject):
+                try:
+                    s.load_image(draft=(1, 1))  # a teacher must not be sent a corrupt or truncated image
+                except SampleError as e:
+                    s = Reject(ref.name, s.key, e.reason, e.detail)
+            if isinstance(s, Reject):
                 if self.strict:
-                    raise JobFailed(f"--strict: sample {rec.get('__key__')!r} of {ref.url} rejected: {e}") from None
-                state["rejected"][e.reason] += 1
-                state["rejects"].append({"shard": ref.name, "key": rec.get("__key__"), "reason": e.reason, "detail": e.detail})
+                    raise JobFailed(f"--strict: sample {s.key!r} of {ref.url} rejected: {s.reason}" + (f" ({s.detail})" if s.detail else ""))
+                state["rejected"][s.reason] += 1
+                state["rejects"].append(s.row())
                 continue
             present = object_names(s.meta)
             try:

@@ -1,0 +1,184 @@
+"""The one record stream: a shard in, its records out, each one a Sample or a Reject with a reason.
+
+This is the only place the project reads shard tars and turns their faults into rejects; every
+job (inspect, filter, synth, clip-train, encode, train) consumes it. The contract, which
+docs/architecture.md spells out:
+- every record of a shard comes out exactly once, in tar order, as a Sample or a Reject;
+- a tar that breaks ends the shard with one `broken_tar` Reject naming the record that was being
+  read (or no key, when the break is in the header after a complete record), after every record
+  before the break;
+- a member repeated in a row, a key seen earlier in the shard, a member over its size cap are
+  rejects of that record, and reading goes on;
+- no member is read into memory past its cap (ReadOptions), whatever its header claims.
+Members are grouped into records by webdataset's own key rule (`base_plus_ext`: the name up to
+the first dot of its last path part is the key, the rest the lower-cased extension).
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+from vlmtool.core.samples import (CAPTION_EXTS, DEFAULT_MAX_PIXELS, IMAGE_EXTS, Sample, SampleError, parse_record)
+from vlmtool.core.shards import ShardRef, open_input
+
+MiB = 1 << 20
+TEXT_EXTS = CAPTION_EXTS + ("json",)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Caps on what a record may hold; each is a job option (the excess is a reject reason)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded pixels of an image (decompression bombs)
+    max_image_bytes: int = 64 * MiB  # an image member
+    max_text_bytes: int = 1 * MiB  # a caption or json member
+    max_member_bytes: int = 512 * MiB  # any other member (videos, audio, features)
+
+    def cap(self, ext: str) -> int:
+        if ext in IMAGE_EXTS:
+            return self.max_image_bytes
+        if ext in TEXT_EXTS:
+            return self.max_text_bytes
+        return self.max_member_bytes
+
+
+@dataclass(frozen=True)
+class Reject:
+    shard: str
+    key: str | None
+    reason: str
+    detail: str = ""
+
+    def row(self) -> dict:
+        return {"shard": self.shard, "key": self.key, "reason": self.reason, "detail": self.detail}
+
+
+class _Info(tarfile.TarInfo):
+    """Remembers why tarfile stopped: a zero block is the end of the archive; a header that is
+    cut short or garbage is a broken tar (tarfile itself treats both as a quiet end)."""
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.HeaderError as e:
+            tf.vlm_stop = e
+            raise
+
+
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+
+
+def _base_plus_ext(name: str) -> tuple[str | None, str | None]:
+    from webdataset.tariterators import base_plus_ext
+
+    return base_plus_ext(name)
+
+
+def tar_records(ref: ShardRef, read: ReadOptions = ReadOptions()) -> Iterator[dict | Reject]:
+    """The raw records of one shard ({"__key__", "__url__", EXT: bytes, ...}) in tar order, and
+    Rejects for records that cannot be whole (see the module's contract)."""
+    try:
+        f = open_input(ref.url)
+    except Exception as e:
+        yield Reject(ref.name, None, "broken_tar", f"cannot open: {type(e).__name__}: {e}")
+        return
+    try:
+        yield from _records(f, ref, read)
+    finally:
+        try:
+            f.close()
+        except Exception as e:  # a failing pipe: command reports here
+            yield Reject(ref.name, None, "broken_tar", f"the input stream failed: {type(e).__name__}: {e}")
+
+
+def _records(f, ref: ShardRef, read: ReadOptions) -> Iterator[dict | Reject]:
+    try:
+        tf = tarfile.open(fileobj=f, mode="r|*", tarinfo=_Info)
+    except _READ_ERRORS as e:
+        yield Reject(ref.name, None, "broken_tar", f"not a readable tar: {type(e).__name__}: {e}")
+        return
+    cur: dict | None = None  # the record being assembled
+    faults: list[tuple[str, str]] = []  # (reason, detail) of the record being assembled
+    seen: set[str] = set()
+    skipped: str | None = None  # a member whose data tarfile skips on the next header read
+
+    def close_record():
+        if cur is None:
+            return None
+        if faults:
+            return Reject(ref.name, cur["__key__"], *faults[0])
+        return cur
+
+    while True:
+        try:
+            info = tf.next()
+        except _READ_ERRORS as e:
+            key = cur["__key__"] if cur is not None and skipped else None
+            if key is None and cur is not None:
+                yield close_record()
+            yield Reject(ref.name, key, "broken_tar", _where(e, skipped, cur))
+            return
+        tf.members = []  # tarfile keeps every header it read; a shard's worth adds up
+        skipped = None
+        if info is None:
+            stop = getattr(tf, "vlm_stop", None)
+            if cur is not None:
+                yield close_record()
+            if stop is not None and not isinstance(stop, (tarfile.EOFHeaderError, tarfile.EmptyHeaderError)):
+                after = f" after record {cur['__key__']!r}" if cur is not None else ""
+                yield Reject(ref.name, None, "broken_tar", f"a tar header{after} is cut short or garbage ({type(stop).__name__})")
+            return
+        if not info.isreg():
+            continue  # directories, links: nothing to read (a link is never followed)
+        key, ext = _base_plus_ext(info.name)
+        if key is None or info.name.rsplit("/", 1)[-1].startswith("__"):
+            continue  # names webdataset skips as well
+        ext = ext.lower()
+        if cur is None or cur["__key__"] != key:
+            if cur is not None:
+                yield close_record()
+            cur, faults = {"__key__": key, "__url__": ref.url}, []
+            if key in seen:
+                faults.append(("duplicate_key", f"key {key!r} appears earlier in the shard"))
+            seen.add(key)
+        if ext in cur:
+            faults.append(("duplicate_member", f"member {info.name!r} repeated"))
+            skipped = info.name
+            continue
+        if info.size > read.cap(ext):
+            faults.append(("member_too_large", f"{info.name}: {info.size} bytes > cap {read.cap(ext)}"))
+            skipped = info.name
+            continue
+        try:
+            data = tf.extractfile(info).read()
+        except _READ_ERRORS as e:
+            yield Reject(ref.name, key, "broken_tar", f"{info.name}: {type(e).__name__}: {e}")
+            return
+        if len(data) != info.size:
+            yield Reject(ref.name, key, "broken_tar", f"{info.name}: the tar ends after {len(data)} of {info.size} bytes")
+            return
+        cur[ext] = data
+
+
+def _where(e: Exception, skipped: str | None, cur: dict | None) -> str:
+    if skipped:
+        return f"the tar ends inside {skipped!r} ({type(e).__name__}: {e})"
+    after = f" after record {cur['__key__']!r}" if cur is not None else ""
+    return f"the tar breaks{after}: {type(e).__name__}: {e}"
+
+
+def iter_samples(ref: ShardRef, read: ReadOptions = ReadOptions(), objects_field: str | None = "objects") -> Iterator[Sample | Reject]:
+    """Parsed samples of one shard (image header read, caption and metadata checked, no pixel
+    decoding) and Rejects, one per record, in tar order."""
+    for rec in tar_records(ref, read):
+        if isinstance(rec, Reject):
+            yield rec
+            continue
+        try:
+            yield parse_record(rec, ref.name, read.max_pixels, objects_field=objects_field)
+        except SampleError as e:
+            yield Reject(ref.name, rec["__key__"], e.reason, e.detail)
