@@ -49,20 +49,19 @@ def main() -> None:
 
     from vlmtool.clip.model import load_clip
     from vlmtool.clip.preprocess import ClipPrep
-    from vlmtool.core.batches import ShardStream, ReadOptions, _iter_messages
+    from vlmtool.core.batches import ReadOptions, ShardStream, loader
     from vlmtool.core.runtime import autocast, resolve_device, resolve_precision
     from vlmtool.core.records import tar_records
     from vlmtool.core.samples import parse_record
     from vlmtool.core.shards import shard_refs
-    from vlmtool.core.shards import shard_refs
-    from vlmtool.filter import run_filter
+    from vlmtool.filter import FilterOptions, run_filter
 
     torch.manual_seed(0)
     w = world(a.cache, a.samples, a.sizes, shard_size=max(100, a.samples // 8))
     shards = sorted(str(p) for p in w.glob("*.tar"))
     dev = resolve_device(a.device)
     dtype = resolve_precision(a.precision, dev)
-    loaded = load_clip(a.model, a.pretrained, device=dev)
+    loaded = load_clip(a.model, a.pretrained or "random", device=dev)
     model_dir = a.pretrained
     if model_dir is None:  # save the random weights so that the job loads the very same model
         from vlmtool.clip.train import save_model
@@ -94,19 +93,19 @@ def main() -> None:
     prep = ClipPrep(loaded.preprocess, loaded.tokenizer, "fast")
     t0 = time.perf_counter()
     seen = 0
-    for msg in _iter_messages(ShardStream(shard_refs(shards), prep, B, ReadOptions()), a.workers, False):
+    for msg in loader(ShardStream(shard_refs(shards), prep, B, ReadOptions()), a.workers, shards=len(shards)):
         seen += len(getattr(msg, "keys", []))
     t_b = (time.perf_counter() - t0) / seen
 
     # (c) the job
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        s = run_filter([str(w)], tmp + "/fast", pretrained=model_dir, min_score=-1.0, batch_size=B, workers=a.workers, device=a.device,
-                       precision=a.precision, progress=False)
+        s = run_filter([str(w)], tmp + "/fast", FilterOptions(pretrained=model_dir, min_score=-1.0, batch_size=B, workers=a.workers, device=a.device,
+                       precision=a.precision, progress=False))
         t_c = (time.perf_counter() - t0) / s["samples"]
         fast_scores = [orjson.loads(x)["score"] for x in Path(tmp, "fast", "scores.jsonl").read_bytes().splitlines()]
-        run_filter([str(w)], tmp + "/exact", pretrained=model_dir, min_score=-1.0, batch_size=B, workers=a.workers, device=a.device,
-                   precision=a.precision, preprocess="exact", progress=False)
+        run_filter([str(w)], tmp + "/exact", FilterOptions(pretrained=model_dir, min_score=-1.0, batch_size=B, workers=a.workers, device=a.device,
+                   precision=a.precision, preprocess="exact", progress=False))
         exact_scores = [orjson.loads(x)["score"] for x in Path(tmp, "exact", "scores.jsonl").read_bytes().splitlines()]
     dev_scores = np.abs(np.asarray(fast_scores) - np.asarray(exact_scores))
 

@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vlmtool-bench"))
     a = ap.parse_args()
-    from vlmtool.inspect_shards import run_inspect
+    from vlmtool.inspect_shards import InspectOptions, run_inspect
 
     w = world(a.cache, a.samples, a.sizes)
     shards = sorted(w.glob("*.tar"))
@@ -52,7 +52,7 @@ def main() -> None:
     n_bare, t_bare = bare_read(shards)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        s = run_inspect([str(w)], out, workers=a.workers, batch_size=64, progress=False)
+        s = run_inspect([str(w)], out, InspectOptions(workers=a.workers, batch_size=64, progress=False))
         t_job = time.perf_counter() - t0
     assert s["samples"] == n_bare == a.samples
     job_rate, bare_rate = s["samples"] / t_job, n_bare / t_bare

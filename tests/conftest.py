@@ -42,13 +42,13 @@ def faulty_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_clip(tmp_path_factory):
     """A tiny CLIP trained here on a clean shapes world: 150 steps, about 80 s on 2 cores."""
-    from vlmtool.clip.train import run_clip_train
+    from vlmtool.clip.train import ClipTrainOptions, run_clip_train
     from vlmtool.world import make_world
 
     root = tmp_path_factory.mktemp("clip")
     make_world(root / "train", samples=2000, shard_size=250, seed=1, sizes="small")
-    summary = run_clip_train([str(root / "train")], str(root / "model"), model="tiny-clip", steps=150, batch_size=128,
-                             workers=1, seed=0, save_every=1000, progress=False)
+    summary = run_clip_train([str(root / "train")], str(root / "model"),
+                             ClipTrainOptions(model="tiny-clip", steps=150, batch_size=128, workers=1, seed=0, save_every=1000, progress=False))
     assert summary["steps"] == 150
     return root / "model", summary
 

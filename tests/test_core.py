@@ -10,7 +10,7 @@ from vlmtool.core.records import Reject, tar_records
 from vlmtool.core.samples import SampleError, decode_image, parse_record
 from vlmtool.core.shards import ShardTarWriter, assign, atomic_path, expand_inputs, shard_refs
 from vlmtool.errors import UsageError
-from vlmtool.inspect_shards import run_inspect
+from vlmtool.inspect_shards import InspectOptions, run_inspect
 from vlmtool.world import make_world
 
 
@@ -133,7 +133,7 @@ def test_every_broken_kind_is_counted_and_the_rest_processed(faulty_world, tmp_p
     world = orjson.loads((faulty_world / "world.json").read_bytes())
     want = {k: v for k, v in world["counts"]["broken"].items() if v}
     assert len(want) == 7, "the fixture world should hold every broken kind"
-    s = run_inspect([str(faulty_world)], str(tmp_path / "job"), workers=0, progress=False)
+    s = run_inspect([str(faulty_world)], str(tmp_path / "job"), InspectOptions(workers=0, progress=False))
     assert s["complete"] and s["samples"] == 60
     assert s["rejected"] == want
     assert s["ok"] == 60 - sum(want.values())
@@ -146,12 +146,12 @@ def test_broken_tar_keeps_the_samples_before_the_break(tmp_path):
     make_world(tmp_path / "w", samples=30, shard_size=10, seed=1, broken_tar=True, sizes="small")
     recs = list(tar_records(shard_refs([str(tmp_path / "w" / "00002.tar")])[0]))
     assert 3 <= len(recs) < 10 and isinstance(recs[-1], Reject) and recs[-1].reason == "broken_tar"
-    s = run_inspect([str(tmp_path / "w")], str(tmp_path / "job"), workers=2, progress=False)
+    s = run_inspect([str(tmp_path / "w")], str(tmp_path / "job"), InspectOptions(workers=2, progress=False))
     assert s["rejected"] == {"broken_tar": 1}
     assert s["ok"] == 20 + len(recs) - 1
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(os.urandom(3000))
-    s = run_inspect([str(garbage)], None, progress=False)
+    s = run_inspect([str(garbage)], None, InspectOptions(progress=False))
     assert s["samples"] == 1 and s["rejected"] == {"broken_tar": 1}
 
 

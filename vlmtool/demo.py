@@ -20,9 +20,9 @@ def run_demo(out: str, samples: int = 256, progress: bool = True, train_steps: i
     import orjson
 
     from vlmtool.budget.dataset import budget_dataset
-    from vlmtool.clip.train import run_clip_train
-    from vlmtool.filter import run_filter
-    from vlmtool.inspect_shards import run_inspect
+    from vlmtool.clip.train import ClipTrainOptions, run_clip_train
+    from vlmtool.filter import FilterOptions, run_filter
+    from vlmtool.inspect_shards import InspectOptions, run_inspect
     from vlmtool.synth.job import run_synth
     from vlmtool.world import make_world
 
@@ -41,19 +41,19 @@ def run_demo(out: str, samples: int = 256, progress: bool = True, train_steps: i
     steps["world"] = {"dir": str(world_dir)}
 
     _log("inspect: what is in the shards")
-    ins = run_inspect([str(world_dir)], str(out_p / "inspect"), workers=2, progress=progress)
+    ins = run_inspect([str(world_dir)], str(out_p / "inspect"), InspectOptions(workers=2, progress=progress))
     steps["inspect"] = {k: ins[k] for k in ("samples", "ok", "rejected")}
 
     model_dir = out_p / "clip"
     if not (model_dir / "model.safetensors").exists() or orjson.loads((model_dir / "config.json").read_bytes())["step"] < train_steps:
         _log(f"clip-train: a tiny CLIP, {train_steps} steps on CPU")
-        tr = run_clip_train([str(train_dir)], str(model_dir), model="tiny-clip", steps=train_steps, batch_size=128, workers=1,
-                            save_every=train_steps, progress=progress)
+        tr = run_clip_train([str(train_dir)], str(model_dir), ClipTrainOptions(model="tiny-clip", steps=train_steps, batch_size=128,
+                                                                               workers=1, save_every=train_steps, progress=progress))
         steps["clip-train"] = {k: tr[k] for k in ("steps", "loss_first", "loss_last", "seconds")}
 
     _log("filter: keep the 70% best-matching pairs")
-    f = run_filter([str(world_dir)], str(out_p / "filter"), pretrained=str(model_dir), keep_fraction=0.7, workers=2, plot=True,
-                   progress=progress)
+    f = run_filter([str(world_dir)], str(out_p / "filter"), FilterOptions(pretrained=str(model_dir), keep_fraction=0.7, workers=2,
+                                                                          plot=True, progress=progress))
     truth = {}
     for line in (out_p / "filter" / "scores.jsonl").read_bytes().splitlines():
         row = orjson.loads(line)

@@ -17,13 +17,17 @@ with the scores: CLIP scores are only comparable when all four match.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import orjson
 
-from vlmtool.core.batches import Batch, ReadOptions, merge_totals, run_shards
+from dataclasses import dataclass
+
+from vlmtool.core.batches import Batch, merge_totals, run_shards
+from vlmtool.core.job import Job, free, log
+from vlmtool.core.records import ReadOptions
+from vlmtool.core.samples import DEFAULT_MAX_PIXELS
 from vlmtool.core.records import Reject, tar_records
 from vlmtool.core.shards import JobDir, ShardRef, ShardTarWriter, atomic_path, atomic_write, dumps, expand_inputs, shard_refs, write_json
 from vlmtool.errors import UsageError
@@ -32,7 +36,7 @@ HIST_BINS = 200  # fixed bins over [-1, 1]: per-shard histograms add up exactly
 
 
 class ScoreSink:
-    def __init__(self, job: JobDir, ref: ShardRef, dim: int):
+    def __init__(self, job: Job, ref: ShardRef, dim: int):
         import numpy as np
 
         self.path = job.out / "_scores" / f"{ref.name}.jsonl"
@@ -218,7 +222,7 @@ def _report(job: JobDir, score_records: dict, select_records: dict, threshold, l
     write_json(job.out / "report.json", report)
     atomic_write(job.out / "report.txt", text_histogram(histogram, threshold).encode())
     if plot and histogram:
-        _plot(job.out / "report.png", histogram, threshold)
+        _plot(job.out / "report.png", histogram, threshold, report["modality_gap"])
     return report
 
 
@@ -240,99 +244,128 @@ def text_histogram(histogram: list[dict], threshold, rows: int = 20, width: int 
     return "\n".join(lines) + "\n"
 
 
-def _plot(path: Path, histogram: list[dict], threshold) -> None:
-    from PIL import Image, ImageDraw
+def _plot(path: Path, histogram: list[dict], threshold, gap: float | None) -> None:
+    """The score histogram, kept and dropped shaded apart, the threshold and the modality gap marked."""
+    from vlmtool.core.plots import figure, save
 
-    W, H, pad = 800, 400, 40
-    im = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(im)
-    lo, hi = histogram[0]["from"], histogram[-1]["to"]
-    top = max(b["count"] for b in histogram) or 1
-    x = lambda v: pad + (v - lo) / (hi - lo or 1) * (W - 2 * pad)  # noqa: E731
-    for b in histogram:
-        h = b["count"] / top * (H - 2 * pad)
-        d.rectangle((x(b["from"]), H - pad - h, max(x(b["from"]) + 1, x(b["to"]) - 1), H - pad), fill=(60, 110, 200))
-    if threshold is not None and lo <= threshold <= hi:
-        d.line((x(threshold), pad / 2, x(threshold), H - pad), fill=(220, 40, 40), width=2)
-        d.text((x(threshold) + 4, pad / 2), f"threshold {threshold:.4f}", fill=(220, 40, 40))
-    d.line((pad, H - pad, W - pad, H - pad), fill="black")
-    d.text((pad, H - pad + 8), f"{lo:.2f}", fill="black")
-    d.text((W - pad - 30, H - pad + 8), f"{hi:.2f}", fill="black")
-    d.text((pad, 8), "CLIP score histogram", fill="black")
-    with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
+    fig, ax = figure()
+    lefts = [b["from"] for b in histogram]
+    widths = [b["to"] - b["from"] for b in histogram]
+    counts = [b["count"] for b in histogram]
+    kept = [threshold is None or b["from"] >= threshold for b in histogram]
+    ax.bar([x for x, k in zip(lefts, kept) if k], [c for c, k in zip(counts, kept) if k], [w for w, k in zip(widths, kept) if k],
+           align="edge", color="#3b6fc4", label=f"kept ({sum(c for c, k in zip(counts, kept) if k)})")
+    ax.bar([x for x, k in zip(lefts, kept) if not k], [c for c, k in zip(counts, kept) if not k],
+           [w for w, k in zip(widths, kept) if not k], align="edge", color="#b8b8b8",
+           label=f"dropped ({sum(c for c, k in zip(counts, kept) if not k)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="#d62728", linewidth=1.5, label=f"threshold {threshold:.4f}")
+    ax.set_xlabel("CLIP score (cosine similarity of image and caption embeddings)")
+    ax.set_ylabel("samples")
+    title = "filter: score histogram"
+    if gap is not None:
+        title += f"  (modality gap |mean image - mean text| = {gap:.3f})"
+    ax.set_title(title)
+    ax.legend()
+    save(fig, path)
 
 
-def run_filter(inputs: list[str], out: str, *, model: str | None = None, pretrained: str | None = None,
-               min_score: float | None = None, keep_fraction: float | None = None, batch_size: int = 256, workers: int = 2,
-               device: str = "auto", precision: str = "auto", preprocess: str = "fast", min_side: int = 0,
-               max_aspect: float = 0.0, min_words: int = 0, min_chars: int = 0, strict: bool = False,
-               max_pixels: int | None = None, plot: bool = False, wait_timeout: float | None = None, progress: bool = True) -> dict:
-    from vlmtool.clip.model import load_clip
-    from vlmtool.clip.preprocess import ClipPrep, PreFilter
-    from vlmtool.core.runtime import dist_info, resolve_device, resolve_precision
+@dataclass(frozen=True)
+class FilterOptions:
+    """`vlmtool filter`'s options (see its --help). Every field but the free ones must match on resume."""
 
-    if (min_score is None) == (keep_fraction is None):
-        raise UsageError("give exactly one of --min-score X or --keep-fraction F")
-    if keep_fraction is not None and not 0 < keep_fraction <= 1:
-        raise UsageError("--keep-fraction must be in (0, 1]")
-    if preprocess not in ("fast", "exact"):
-        raise UsageError("--preprocess is fast or exact")
+    pretrained: str
+    model: str | None = None
+    min_score: float | None = None
+    keep_fraction: float | None = None
+    preprocess: str = "fast"
+    precision: str = "auto"
+    min_side: int = 0
+    max_aspect: float = 0.0
+    min_words: int = 0
+    min_chars: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = ReadOptions.max_image_bytes
+    max_text_bytes: int = ReadOptions.max_text_bytes
+    batch_size: int = free(256)
+    workers: int = free(2)
+    device: str = free("auto")
+    strict: bool = free(False)
+    plot: bool = free(False)
+    wait_timeout: float | None = free(None)
+    progress: bool = free(True)
+
+    def __post_init__(self):
+        if (self.min_score is None) == (self.keep_fraction is None):
+            raise UsageError("give exactly one of --min-score X or --keep-fraction F")
+        if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:  # also refuses nan
+            raise UsageError(f"--min-score {self.min_score}: a cosine similarity is a number in [-1, 1]")
+        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
+            raise UsageError("--keep-fraction must be in (0, 1]")
+        if self.preprocess not in ("fast", "exact"):
+            raise UsageError("--preprocess is fast or exact")
+
+    def read(self) -> ReadOptions:
+        return ReadOptions(max_pixels=self.max_pixels, max_image_bytes=self.max_image_bytes, max_text_bytes=self.max_text_bytes)
+
+
+def run_filter(inputs: list[str], out: str, opts: FilterOptions) -> dict:
+    """Score, then select (see the module docstring); the summary of this rank's part, or of
+    the whole job from the rank that finishes last."""
+    from vlmtool.core.runtime import dist_info, precision_name, resolve_device, resolve_precision
+
     t0 = time.perf_counter()
     dist = dist_info()
     refs = shard_refs(expand_inputs(inputs))
-    dev = resolve_device(device, dist)
-    dtype = resolve_precision(precision, dev)
+    dev = resolve_device(opts.device, dist)
+    dtype = resolve_precision(opts.precision, dev)
+    with Job("filter", out, opts, refs, dist) as job:
+        scoring, selecting = job.records("score"), job.records("select")
+        run, desc = None, None
+        if scoring.pending():
+            run, desc = _score(job, scoring, opts, dev, dtype)
+        if not scoring.all_done():
+            log("filter", f"rank {dist.rank}: waiting for the other ranks' scores")
+        scoring.wait_all(timeout=opts.wait_timeout)
+        todo = selecting.pending()
+        threshold, kept, _ = select_keep(scoring, opts.min_score, opts.keep_fraction, todo)
+        for ref in todo:
+            selecting.write_record(ref, _select_shard(selecting, ref, kept[ref.name], threshold))
+        this_run = {"scored": run.ok if run else 0, "seconds": round(time.perf_counter() - t0, 3),
+                    "samples_per_s": round(run.samples / run.seconds, 1) if run and run.seconds else None}
+        if not selecting.all_done():
+            return {**job.incomplete(selecting, this_run, "the last one writes scores.jsonl and the report"), "threshold": threshold}
+        # ---- the last rank: one scores.jsonl in input order, the report, the manifest
+        atomic_write(job.out / "scores.jsonl", b"".join((job.out / "_rows" / f"{ref.name}.jsonl").read_bytes() for ref in refs))
+        score_records = scoring.records()
+        desc = desc or _model_desc(job) or {"precision": precision_name(dtype)}
+        report = _report(job, score_records, selecting.records(), threshold, desc, opts.plot)
+        totals = merge_totals(score_records)
+        job.write_manifest(scoring, totals, {"report": {k: v for k, v in report.items() if k != "histogram"},
+                                             "select": selecting.records()})
+        return {**job.header(), "complete": True, "threshold": threshold, **totals, "kept": report["kept"],
+                "kept_fraction": report["kept_fraction"], "modality_gap": report["modality_gap"], **desc, "this_run": this_run}
+
+
+def _score(job: Job, scoring: JobDir, opts: FilterOptions, dev, dtype):
+    """The score pass over this rank's unscored shards; returns its RunStats and the model's description."""
+    from vlmtool.clip.model import load_clip
+    from vlmtool.clip.preprocess import ClipPrep, PreFilter
     from vlmtool.core.runtime import precision_name
 
-    args = {"inputs": inputs, "model": model, "pretrained": pretrained, "min_score": min_score, "keep_fraction": keep_fraction,
-            "batch_size": batch_size, "preprocess": preprocess, "precision": precision_name(dtype), "min_side": min_side,
-            "max_aspect": max_aspect, "min_words": min_words, "min_chars": min_chars, "max_pixels": max_pixels}
-    score_job = JobDir(out, "filter", args, refs, dist, stage="score")
-    select_job = JobDir(out, "filter", args, refs, dist, stage="select")
-    _check_same_settings(score_job, args)
-
-    loaded = None
-    desc = None
-    if score_job.pending():
-        loaded = load_clip(model, pretrained, device=dev)
-        desc = {**loaded.describe(), "precision": precision_name(dtype), "preprocess_mode": preprocess}
-        dim = int(loaded.model.text_projection.shape[1]) if getattr(loaded.model, "text_projection", None) is not None else None
-        prep = ClipPrep(loaded.preprocess, loaded.tokenizer, preprocess, loaded.transform,
-                        PreFilter(min_side, max_aspect, min_words, min_chars))
-        compute = _scorer(loaded, dev, dtype)
-        if dim is None:  # towers without a projection matrix: ask the model
-            dim = int(compute(prep.collate([(_blank(loaded.preprocess.size, preprocess, loaded), "a")]))[1].shape[0])
-        read = ReadOptions(**({"max_pixels": max_pixels} if max_pixels else {}))
-        run = run_shards(score_job, prep, lambda ref: ScoreSink(score_job, ref, dim), compute, batch_size=batch_size,
-                         workers=workers, strict=strict, read=read, progress=progress, pin_memory=dev.type == "cuda", desc="filter: score")
-        write_json(score_job.out / "_done" / f"model-{dist.rank}.json", desc)
-    else:
-        run = None
-    # ---- barrier: the threshold needs every shard's scores
-    if not score_job.all_done():
-        print(f"[filter] rank {dist.rank}: waiting for the other ranks' scores", file=sys.stderr)
-    score_job.wait_all(timeout=wait_timeout)
-    todo = select_job.pending()
-    threshold, kept, _ = select_keep(score_job, min_score, keep_fraction, todo)
-    for ref in todo:
-        select_job.write_record(ref, _select_shard(select_job, ref, kept[ref.name], threshold))
-    summary = {"job": "filter", "out": str(out), "rank": dist.rank, "world_size": dist.world_size, "threshold": threshold,
-               "this_run": {"scored": run.ok if run else 0, "seconds": round(time.perf_counter() - t0, 3),
-                                             "samples_per_s": round(run.samples / run.seconds, 1) if run and run.seconds else None}}
-    if not select_job.all_done():
-        return {**summary, "complete": False, "note": "other ranks still selecting: the last one writes scores.jsonl and the report"}
-    # ---- the last rank: one scores.jsonl in input order, the report, the manifest
-    parts = [(select_job.out / "_rows" / f"{ref.name}.jsonl").read_bytes() for ref in refs]
-    atomic_write(select_job.out / "scores.jsonl", b"".join(parts))
-    score_records = score_job.records()
-    desc = desc or _model_desc(score_job)
-    report = _report(select_job, score_records, select_job.records(), threshold, desc, plot)
-    totals = merge_totals(score_records)
-    score_job.write_manifest(totals, {"report": {k: v for k, v in report.items() if k != "histogram"},
-                                      "select": select_job.records()})
-    return {**summary, "complete": True, **totals, "kept": report["kept"], "kept_fraction": report["kept_fraction"],
-            "modality_gap": report["modality_gap"], **desc}
+    loaded = load_clip(opts.model, opts.pretrained, device=dev)
+    desc = {**loaded.describe(), "precision": precision_name(dtype), "preprocess_mode": opts.preprocess}
+    dim = int(loaded.model.text_projection.shape[1]) if getattr(loaded.model, "text_projection", None) is not None else None
+    prep = ClipPrep(loaded.preprocess, loaded.tokenizer, opts.preprocess, loaded.transform,
+                    PreFilter(opts.min_side, opts.max_aspect, opts.min_words, opts.min_chars))
+    compute = _scorer(loaded, dev, dtype)
+    if dim is None:  # towers without a projection matrix: ask the model
+        dim = int(compute(prep.collate([(_blank(loaded.preprocess.size, opts.preprocess, loaded), "a")]))[1].shape[0])
+    run = run_shards(scoring, prep, lambda ref: ScoreSink(job, ref, dim), compute, batch_size=opts.batch_size,
+                     workers=opts.workers, strict=opts.strict, read=opts.read(), progress=opts.progress,
+                     pin_memory=dev.type == "cuda", desc="filter: score")
+    write_json(job.state_path(f"model-{job.dist.rank}.json"), desc)
+    return run, desc
 
 
 def _blank(size: int, mode: str, loaded):
@@ -343,22 +376,7 @@ def _blank(size: int, mode: str, loaded):
     return np.zeros((3, size, size), dtype=np.float32)
 
 
-def _model_desc(job: JobDir) -> dict:
-    for p in sorted((job.out / "_done").glob("model-*.json")):
+def _model_desc(job: Job) -> dict:
+    for p in sorted((job.out / "_state").glob("model-*.json")):
         return orjson.loads(p.read_bytes())
     return {}
-
-
-def _check_same_settings(job: JobDir, args: dict) -> None:
-    """A rerun in the same folder must score the same way, or the scores would mix."""
-    p = job.out / "_filter_args.json"
-    if p.exists():
-        old = orjson.loads(p.read_bytes())
-        keys = ("model", "pretrained", "preprocess", "precision", "batch_size", "min_side", "max_aspect", "min_words", "min_chars",
-                "min_score", "keep_fraction", "max_pixels")
-        diff = [k for k in keys if old.get(k) != args.get(k)]
-        if diff:
-            raise UsageError(f"{job.out} was filtered with other settings ({', '.join(diff)}): use a new --out folder")
-    else:
-        write_json(p, args)
-

@@ -3,13 +3,17 @@ samples by reason). The first job on the core: resumable and rank-aware like eve
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from vlmtool.core.batches import Batch, ReadOptions, finish, run_shards
-from vlmtool.core.samples import Sample
-from vlmtool.core.shards import JobDir, expand_inputs, shard_refs
+from vlmtool.core.batches import Batch, run_shards
+from vlmtool.core.job import Job, free
+from vlmtool.core.records import ReadOptions
+from vlmtool.core.samples import DEFAULT_MAX_PIXELS, Sample
+from vlmtool.core.shards import expand_inputs, shard_refs
 
 SIDE_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
 WORD_BUCKETS = (5, 10, 20, 40, 80)
@@ -103,23 +107,58 @@ def summarize(records: dict[str, dict]) -> dict:
     }
 
 
-def run_inspect(inputs: list[str], out: str | None = None, *, workers: int = 0, batch_size: int = 64,
-                strict: bool = False, max_pixels: int | None = None, progress: bool = True) -> dict:
+@dataclass(frozen=True)
+class InspectOptions:
+    """`vlmtool inspect`'s options (see its --help)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = ReadOptions.max_image_bytes
+    max_text_bytes: int = ReadOptions.max_text_bytes
+    batch_size: int = free(64)
+    workers: int = free(2)
+    strict: bool = free(False)
+    progress: bool = free(True)
+
+    def read(self) -> ReadOptions:
+        return ReadOptions(max_pixels=self.max_pixels, max_image_bytes=self.max_image_bytes, max_text_bytes=self.max_text_bytes)
+
+
+def run_inspect(inputs: list[str], out: str | None = None, opts: InspectOptions = InspectOptions()) -> dict:
     refs = shard_refs(expand_inputs(inputs))
-    read = ReadOptions(**({"max_pixels": max_pixels} if max_pixels is not None else {}))
-    args = {"inputs": inputs, "workers": workers, "batch_size": batch_size, "strict": strict, "max_pixels": read.max_pixels}
-    tmp = None
-    if out is None:  # a quick look: nothing to resume, so a throwaway folder
-        tmp = tempfile.TemporaryDirectory(prefix="vlmtool-inspect-")
-        out = tmp.name
+    if out is not None:
+        with Job("inspect", out, opts, refs) as job:
+            return _inspect(job, opts)
+    _remove_dead_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-") as tmp:  # a quick look: nothing to resume
+        with Job("inspect", tmp, opts, refs) as job:
+            return {**_inspect(job, opts), "out": None}
+
+
+def _inspect(job: Job, opts: InspectOptions) -> dict:
+    records = job.records()
+    run = run_shards(records, InspectPrep(), lambda ref: InspectSink(), batch_size=opts.batch_size, workers=opts.workers,
+                     strict=opts.strict, read=opts.read(), progress=opts.progress, desc="inspect")
+    return job.finish(records, run, summarize)
+
+
+_SCRATCH = "vlmtool-inspect-"
+
+
+def _remove_dead_scratch() -> None:
+    """Scratch folders of quick inspects that were killed (their process is gone)."""
+    import shutil
+
+    for p in Path(tempfile.gettempdir()).glob(f"{_SCRATCH}*-*"):
+        pid = p.name[len(_SCRATCH):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
     try:
-        job = JobDir(out, "inspect", args, refs)
-        run = run_shards(job, InspectPrep(), lambda ref: InspectSink(), batch_size=batch_size, workers=workers,
-                         strict=strict, read=read, progress=progress, desc="inspect")
-        summary = finish(job, run, summarize)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    if tmp is not None:
-        summary["out"] = None
-    return summary
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -24,12 +24,16 @@ app = typer.Typer(
 )
 
 # Options shared by the shard jobs.
-OUT = typer.Option(..., "--out", "-o", help="Output folder; rerunning with the same folder resumes.")
+OUT = typer.Option(..., "--out", "-o", help="Output folder; rerunning with the same folder resumes.", metavar="DIR")
 WORKERS = typer.Option(2, "--workers", "-w", min=0, help="Loader worker processes (0: read in the main process).")
 STRICT = typer.Option(False, "--strict", help="Stop at the first bad sample instead of counting and skipping it.")
 JSON = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr.")
-MAX_PIXELS = typer.Option(None, "--max-pixels", min=1, help="Reject images with more pixels (default: PIL's bomb limit, 89,478,485).")
+MAX_PIXELS = typer.Option(89_478_485, "--max-pixels", min=1, help="Reject images with more pixels (decompression bombs; PIL's own limit).")
+MAX_IMAGE_BYTES = typer.Option(64 << 20, "--max-image-bytes", min=1, help="Reject image members larger than this many bytes.")
+MAX_TEXT_BYTES = typer.Option(1 << 20, "--max-text-bytes", min=1, help="Reject caption and json members larger than this many bytes.")
+INPUTS = typer.Argument(..., help="Shards: paths, brace patterns ('d/{00000..00009}.tar'), globs, folders, or - for a list on stdin.",
+                        metavar="INPUTS...")
 
 
 def emit(summary: dict, as_json: bool) -> None:
@@ -70,3 +74,12 @@ def _root(
 
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (auto: cuda when there is one).")
 PRECISION = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (auto: bf16 on a CUDA device that has it, else fp32).")
+
+
+def options(cls, params: dict):
+    """A job's options object from a command's parameters: the dataclass's fields are taken by
+    name, so each option is spelled once (the Typer parameter and the field share the name)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in names})

@@ -6,21 +6,25 @@ from typing import List, Optional
 
 import typer
 
-from vlmtool.cli._app import JSON, MAX_PIXELS, PROGRESS, STRICT, WORKERS, app, emit
+from vlmtool.cli._app import INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, PROGRESS, STRICT, WORKERS, app, emit
 
 
 @app.command("inspect")
 def inspect_cmd(
-    inputs: List[str] = typer.Argument(..., help="Shards: paths, brace patterns ('d/{00000..00009}.tar'), globs, folders, or - for a list on stdin."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Job folder, for resume and manifest.json (default: a throwaway folder)."),
+    inputs: List[str] = INPUTS,
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Job folder, for resume and manifest.json (default: a throwaway folder).", metavar="DIR"),
     workers: int = WORKERS,
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Samples per batch handed from the loader workers."),
     strict: bool = STRICT,
-    max_pixels: Optional[int] = MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+    max_text_bytes: int = MAX_TEXT_BYTES,
     as_json: bool = JSON,
     progress: bool = PROGRESS,
 ) -> None:
     """Count samples, fields, image sizes, caption lengths and broken samples by reason."""
-    from vlmtool.inspect_shards import run_inspect
+    from vlmtool.inspect_shards import InspectOptions, run_inspect
 
-    emit(run_inspect(inputs, out, workers=workers, batch_size=batch_size, strict=strict, max_pixels=max_pixels, progress=progress), as_json)
+    opts = InspectOptions(max_pixels=max_pixels, max_image_bytes=max_image_bytes, max_text_bytes=max_text_bytes,
+                          batch_size=batch_size, workers=workers, strict=strict, progress=progress)
+    emit(run_inspect(inputs, out, opts), as_json)

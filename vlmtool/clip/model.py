@@ -49,7 +49,6 @@ class LoadedClip:
     transform: object  # open_clip's own eval transform (the exact path)
     arch: str
     pretrained: str | None
-    context_length: int
     meta: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
@@ -75,8 +74,10 @@ def load_clip(arch: str | None = None, pretrained: str | None = None, device=Non
     - `pretrained` a clip-train folder (or any folder with open_clip_config.json): that model;
       `arch` may be left out.
     - `pretrained` a file: the architecture `arch` with that checkpoint.
-    - `pretrained` a tag (e.g. `openai`, `laion2b_s34b_b79k`): open_clip's own download.
-    - `pretrained` None: random weights (tests, benchmarks of speed).
+    - `pretrained` a tag (e.g. `openai`, `laion2b_s34b_b79k`): open_clip's own download (from
+      its cache when offline; a tag that is neither cached nor reachable fails at once).
+    - `pretrained` "random": random weights, asked for explicitly (training from scratch, speed
+      tests). No weights at all (None) is an error: scores of random weights mean nothing.
     """
     import open_clip
     import torch
@@ -84,6 +85,11 @@ def load_clip(arch: str | None = None, pretrained: str | None = None, device=Non
     register_configs()
     device = device or torch.device("cpu")
     meta: dict = {}
+    if not pretrained:
+        raise UsageError("no weights given: pass --pretrained (a clip-train folder, a checkpoint file or a pretrained tag; "
+                         "'random' for random weights)")
+    if pretrained == "random":
+        pretrained = None
     if pretrained and is_model_dir(pretrained):
         name = f"local-dir:{Path(pretrained).resolve()}"
         try:
@@ -95,6 +101,9 @@ def load_clip(arch: str | None = None, pretrained: str | None = None, device=Non
 
         cfg_path = Path(pretrained) / "config.json"
         meta = orjson.loads(cfg_path.read_bytes()) if cfg_path.exists() else {}
+        if arch and meta.get("arch") and arch != meta["arch"]:
+            raise UsageError(f"--model {arch} does not match the model folder {pretrained}, which holds a {meta['arch']}: "
+                             "leave out --model")
         arch = meta.get("arch") or arch or "local"
     else:
         if not arch:
@@ -107,9 +116,11 @@ def load_clip(arch: str | None = None, pretrained: str | None = None, device=Non
             tags = open_clip.list_pretrained_tags_by_model(arch)
             if pretrained not in tags:
                 raise UsageError(f"{arch} has no pretrained tag {pretrained!r}; its tags: {', '.join(tags) or 'none'}")
+            _check_reachable(arch, pretrained)
         try:
-            model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device,
-                                                                       precision=precision)
+            with _quiet_open_clip():
+                model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device,
+                                                                           precision=precision)
         except (RuntimeError, OSError, ValueError) as e:
             if pretrained:
                 raise _missing_weights(arch, pretrained, e) from None
@@ -121,5 +132,54 @@ def load_clip(arch: str | None = None, pretrained: str | None = None, device=Non
     size = size[0] if isinstance(size, (tuple, list)) else size
     pp = Preprocess(int(size), tuple(pre_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)), tuple(pre_cfg.get("std", open_clip.OPENAI_DATASET_STD)),
                     pre_cfg.get("interpolation", "bicubic"), pre_cfg.get("resize_mode", "shortest"))
-    ctx = getattr(tokenizer, "context_length", None) or model.context_length
-    return LoadedClip(model, tokenizer, pp, transform, arch, pretrained, int(ctx), meta)
+    return LoadedClip(model, tokenizer, pp, transform, arch, pretrained, meta)
+
+
+def _check_reachable(arch: str, tag: str) -> None:
+    """A pretrained tag must be in the local cache or its hub reachable: checked once, so an
+    offline run fails in a second instead of retrying for a minute."""
+    import socket
+
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    hub = (cfg.get("hf_hub") or "").rstrip("/")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = "/".join(hub.split("/")[:2])
+        for fn in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo_id, fn), str):
+                return
+        host = "huggingface.co"
+    else:
+        from urllib.parse import urlparse
+
+        host = urlparse(cfg.get("url") or "").hostname
+        if not host:
+            return
+    import os
+
+    err: Exception = OSError("HF_HUB_OFFLINE is set")
+    if not os.environ.get("HF_HUB_OFFLINE"):
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+            return
+        except OSError as e:
+            err = e
+    raise _missing_weights(arch, tag, err)
+
+
+class _quiet_open_clip:
+    """open_clip logs a root-logger warning when a model gets random weights on purpose."""
+
+    def __enter__(self):
+        import logging
+
+        self._level = logging.root.level
+        logging.root.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.root.setLevel(self._level)

@@ -22,7 +22,7 @@ from vlmtool.core.samples import Sample, SampleError
 from vlmtool.core.shards import JobDir, ShardRef
 from vlmtool.errors import JobFailed
 
-__all__ = ["Batch", "ShardEnd", "Preparer", "Sink", "ReadOptions", "Reject", "ShardStream", "loader", "run_shards", "finish"]
+__all__ = ["Batch", "ShardEnd", "Preparer", "Sink", "ReadOptions", "Reject", "ShardStream", "loader", "run_shards", "merge_totals"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,11 @@ class RunStats:
     shards_skipped: int = 0
     seconds: float = 0.0
 
+    def to_json(self) -> dict:
+        return {"shards_done": self.shards_done, "shards_skipped": self.shards_skipped, "samples": self.samples,
+                "seconds": round(self.seconds, 3),
+                "samples_per_s": round(self.samples / self.seconds, 1) if self.seconds > 0 else None}
+
 
 def run_shards(
     job: JobDir,
@@ -172,20 +177,21 @@ def run_shards(
     progress: bool = True,
     pin_memory: bool = False,
     desc: str | None = None,
-    shards: list[ShardRef] | None = None,
+    objects_field: str | None = "objects",
 ) -> RunStats:
     """Run prep -> compute -> sink over this rank's unfinished shards, writing a completion
     record per shard. `compute(batch.data)` returns per-sample results for the sink (None means
     the collated data itself is the result)."""
     from tqdm import tqdm
 
-    todo = job.pending() if shards is None else shards
-    stats = RunStats(shards_skipped=len(job.mine()) - len(todo) if shards is None else 0)
-    stream = ShardStream(todo, prep, batch_size, read or ReadOptions())
+    todo = job.pending()
+    stats = RunStats(shards_skipped=len(job.mine()) - len(todo))
+    stream = ShardStream(todo, prep, batch_size, read or ReadOptions(), objects_field)
     sinks: dict[str, Sink] = {}
     counts: dict[str, tuple[int, Counter, list]] = {}
     bar = tqdm(desc=desc or job.job, unit="sample", file=sys.stderr, disable=not progress or not todo, dynamic_ncols=True, mininterval=0.5)
     t0 = time.perf_counter()
+    rejected_total = 0
     try:
         for msg in loader(stream, workers, pin_memory, shards=len(todo)):
             name = msg.shard.name
@@ -206,8 +212,9 @@ def run_shards(
                     rows.append(r.row())
                 counts[name] = (ok + len(msg), rej, rows)
                 bar.update(len(msg) + len(msg.rejects))
-                if rej:
-                    bar.set_postfix(rejected=sum(c[1].total() for c in counts.values()), refresh=False)
+                if msg.rejects:
+                    rejected_total += len(msg.rejects)
+                    bar.set_postfix(rejected=rejected_total, refresh=False)
             else:
                 extra = sinks.pop(name).commit()
                 record = {"samples": msg.samples, "ok": ok, "rejected": dict(rej), "rejects": rows,
@@ -241,18 +248,3 @@ def merge_totals(records: dict[str, dict]) -> dict:
     }
 
 
-def finish(job: JobDir, run: RunStats, summarize: Callable[[dict[str, dict]], dict] | None = None, extra: dict | None = None) -> dict:
-    """The job's summary. The rank that sees every shard done writes manifest.json (and the
-    merged rejects.jsonl); other ranks report their own part."""
-    this_run = {"shards_done": run.shards_done, "shards_skipped": run.shards_skipped, "samples": run.samples,
-                "seconds": round(run.seconds, 3), "samples_per_s": round(run.samples / run.seconds, 1) if run.seconds > 0 else None}
-    base = {"job": job.job, "out": str(job.out), "rank": job.dist.rank, "world_size": job.dist.world_size}
-    if not job.all_done():
-        missing = sum(not job.is_done(s) for s in job.shards)
-        return {**base, "complete": False, "shards_missing": missing, "this_run": this_run,
-                "note": "other ranks still running: the last rank to finish writes manifest.json"}
-    records = job.records()
-    totals = merge_totals(records)
-    more = {**(summarize(records) if summarize else {}), **(extra or {})}
-    job.write_manifest(totals, more)
-    return {**base, "complete": True, **totals, **more, "this_run": this_run}

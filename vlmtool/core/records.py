@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
-from vlmtool.core.samples import (CAPTION_EXTS, DEFAULT_MAX_PIXELS, IMAGE_EXTS, Sample, SampleError, parse_record)
+from vlmtool.core.samples import CAPTION_EXTS, DEFAULT_MAX_PIXELS, IMAGE_EXTS, Sample, SampleError, clean_detail, parse_record
 from vlmtool.core.shards import ShardRef, open_input
 
 MiB = 1 << 20
@@ -52,21 +52,37 @@ class Reject:
     reason: str
     detail: str = ""
 
+    def __post_init__(self):
+        object.__setattr__(self, "detail", clean_detail(self.detail))
+
     def row(self) -> dict:
         return {"shard": self.shard, "key": self.key, "reason": self.reason, "detail": self.detail}
 
 
 class _Info(tarfile.TarInfo):
-    """Remembers why tarfile stopped: a zero block is the end of the archive; a header that is
-    cut short or garbage is a broken tar (tarfile itself treats both as a quiet end)."""
+    """Remembers why tarfile stopped, and the header block it could not read: a zero block is
+    the end of the archive; a header cut short or garbage is a broken tar (tarfile itself
+    treats both as a quiet end). The same steps as TarInfo.fromtarfile, keeping the block."""
 
     @classmethod
     def fromtarfile(cls, tf):
+        buf = tf.fileobj.read(tarfile.BLOCKSIZE)
         try:
-            return super().fromtarfile(tf)
+            obj = cls.frombuf(buf, tf.encoding, tf.errors)
         except tarfile.HeaderError as e:
-            tf.vlm_stop = e
+            tf.vlm_stop = (e, buf)
             raise
+        obj.offset = tf.fileobj.tell() - tarfile.BLOCKSIZE
+        return obj._proc_member(tf)
+
+
+def _cut_header_key(buf: bytes) -> str | None:
+    """The record key named by a header block that was cut short (its name field survives in
+    the first 100 bytes), or None."""
+    if len(buf) < 100:
+        return None
+    name = buf[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    return _base_plus_ext(name)[0] if name else None
 
 
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
@@ -104,7 +120,6 @@ def _records(f, ref: ShardRef, read: ReadOptions) -> Iterator[dict | Reject]:
     cur: dict | None = None  # the record being assembled
     faults: list[tuple[str, str]] = []  # (reason, detail) of the record being assembled
     seen: set[str] = set()
-    skipped: str | None = None  # a member whose data tarfile skips on the next header read
 
     def close_record():
         if cur is None:
@@ -117,20 +132,13 @@ def _records(f, ref: ShardRef, read: ReadOptions) -> Iterator[dict | Reject]:
         try:
             info = tf.next()
         except _READ_ERRORS as e:
-            key = cur["__key__"] if cur is not None and skipped else None
-            if key is None and cur is not None:
-                yield close_record()
-            yield Reject(ref.name, key, "broken_tar", _where(e, skipped, cur))
-            return
-        tf.members = []  # tarfile keeps every header it read; a shard's worth adds up
-        skipped = None
-        if info is None:
-            stop = getattr(tf, "vlm_stop", None)
             if cur is not None:
                 yield close_record()
-            if stop is not None and not isinstance(stop, (tarfile.EOFHeaderError, tarfile.EmptyHeaderError)):
-                after = f" after record {cur['__key__']!r}" if cur is not None else ""
-                yield Reject(ref.name, None, "broken_tar", f"a tar header{after} is cut short or garbage ({type(stop).__name__})")
+            yield Reject(ref.name, None, "broken_tar", _where(e, cur))
+            return
+        tf.members = []  # tarfile keeps every header it read; a shard's worth adds up
+        if info is None:
+            yield from _end(tf, ref, cur, close_record)
             return
         if not info.isreg():
             continue  # directories, links: nothing to read (a link is never followed)
@@ -145,28 +153,67 @@ def _records(f, ref: ShardRef, read: ReadOptions) -> Iterator[dict | Reject]:
             if key in seen:
                 faults.append(("duplicate_key", f"key {key!r} appears earlier in the shard"))
             seen.add(key)
+        keep = True
         if ext in cur:
             faults.append(("duplicate_member", f"member {info.name!r} repeated"))
-            skipped = info.name
-            continue
-        if info.size > read.cap(ext):
+            keep = False
+        elif info.size > read.cap(ext):
             faults.append(("member_too_large", f"{info.name}: {info.size} bytes > cap {read.cap(ext)}"))
-            skipped = info.name
-            continue
-        try:
-            data = tf.extractfile(info).read()
-        except _READ_ERRORS as e:
-            yield Reject(ref.name, key, "broken_tar", f"{info.name}: {type(e).__name__}: {e}")
+            keep = False
+        data, err = _read_member(tf, info, keep)
+        if err is not None:
+            yield Reject(ref.name, key, "broken_tar", f"{info.name}: {err}")
             return
-        if len(data) != info.size:
-            yield Reject(ref.name, key, "broken_tar", f"{info.name}: the tar ends after {len(data)} of {info.size} bytes")
-            return
-        cur[ext] = data
+        if keep:
+            cur[ext] = data
 
 
-def _where(e: Exception, skipped: str | None, cur: dict | None) -> str:
-    if skipped:
-        return f"the tar ends inside {skipped!r} ({type(e).__name__}: {e})"
+_CHUNK = 1 << 20
+
+
+def _read_member(tf, info, keep: bool) -> tuple[bytes | None, str | None]:
+    """A member's data (or, not kept, read through and dropped in 1 MiB chunks: tarfile's own
+    skip would trust the declared size and read on for as long as the header claims), or the
+    reason the tar ended inside it."""
+    try:
+        f = tf.extractfile(info)
+        if keep:
+            data = f.read()
+        else:
+            data, n = None, 0
+            while True:
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    break
+                n += len(chunk)
+            if n != info.size:
+                return None, f"the tar ends after {n} of {info.size} bytes"
+    except _READ_ERRORS as e:
+        return None, f"{type(e).__name__}: {e}"
+    if keep and len(data) != info.size:
+        return None, f"the tar ends after {len(data)} of {info.size} bytes"
+    return data, None
+
+
+def _end(tf, ref: ShardRef, cur: dict | None, close_record) -> Iterator[dict | Reject]:
+    """The end of the members: the archive's end, or a header tarfile could not read. A header
+    cut short that still names the record being assembled means that record is not whole."""
+    stop, buf = getattr(tf, "vlm_stop", (None, b""))
+    if stop is None or isinstance(stop, (tarfile.EOFHeaderError, tarfile.EmptyHeaderError)):
+        if cur is not None:
+            yield close_record()
+        return
+    key = _cut_header_key(buf) if isinstance(stop, tarfile.TruncatedHeaderError) else None
+    what = f"a tar header is cut short or garbage ({type(stop).__name__})"
+    if cur is not None and key == cur["__key__"]:
+        yield Reject(ref.name, key, "broken_tar", f"{what} inside record {key!r}")
+        return
+    if cur is not None:
+        yield close_record()
+    yield Reject(ref.name, key, "broken_tar", what + (f" after record {cur['__key__']!r}" if cur is not None else ""))
+
+
+def _where(e: Exception, cur: dict | None) -> str:
     after = f" after record {cur['__key__']!r}" if cur is not None else ""
     return f"the tar breaks{after}: {type(e).__name__}: {e}"
 

@@ -7,6 +7,7 @@ counts it, logs it (shard, key, reason, detail) and goes on, or stops under --st
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +37,20 @@ REASONS = {
 }
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def clean_detail(detail: str, limit: int = 300) -> str:
+    """A reject's detail as stored: no memory addresses (identical runs give identical rejects),
+    and bounded (a detail may quote input)."""
+    detail = _ADDRESS.sub("", detail)
+    return detail if len(detail) <= limit else detail[:limit] + "..."
+
+
 class SampleError(Exception):
     def __init__(self, reason: str, detail: str = ""):
         assert reason in REASONS or reason.startswith("filter:"), reason
+        detail = clean_detail(detail)
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail

@@ -151,6 +151,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _rank() -> int:
+    try:
+        return dist_info().rank
+    except UsageError:
+        return 0
+
+
+def temp_pattern(rank: int) -> str:
+    """The glob of the temporary files atomic_path makes on `rank` (for removing stale ones)."""
+    return f".*.r{rank}.*.tmp"
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; on success fsync it and rename it into place.
@@ -160,7 +172,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.r{_rank()}.", suffix=".tmp", dir=final.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
     os.close(fd)
     tmp = Path(tmp)
@@ -242,33 +254,18 @@ def package_versions() -> dict[str, str]:
 
 
 class JobDir:
-    """The output folder of one job: completion records per input shard and the manifest."""
+    """The completion records of one pass of a job over its input shards (see core/job.py for
+    the job folder around them)."""
 
-    def __init__(self, out: str | os.PathLike, job: str, args: dict, shards: list[ShardRef], dist: Dist | None = None,
+    def __init__(self, out: str | os.PathLike, job: str, shards: list[ShardRef], dist: Dist | None = None,
                  stage: str | None = None):
         self.out = Path(out)
         self.job = job
-        self.args = args
         self.shards = shards
         self.dist = dist or dist_info()
         self.stage = stage  # a job of several passes keeps one record folder per pass
         self.done_dir = self.out / "_done" / stage if stage else self.out / "_done"
         self.done_dir.mkdir(parents=True, exist_ok=True)
-        self._check_same_job()
-
-    def _check_same_job(self) -> None:
-        """Refuse to mix two different jobs' records in one folder."""
-        meta = self.out / "_job.json"
-        mine = {"job": self.job, "inputs": [s.url for s in self.shards]}
-        if meta.exists():
-            theirs = read_json(meta)
-            if theirs.get("job") != self.job or theirs.get("inputs") != mine["inputs"]:
-                raise UsageError(
-                    f"{self.out} holds the output of a different {theirs.get('job')} job (other inputs): "
-                    "use a new --out folder, or delete this one to start over"
-                )
-        else:
-            write_json(meta, mine)  # ranks racing here write the same bytes
 
     def record_path(self, ref: ShardRef) -> Path:
         return self.done_dir / f"{ref.name}.json"
@@ -284,7 +281,7 @@ class JobDir:
 
     def write_record(self, ref: ShardRef, record: dict) -> None:
         record = {"shard": ref.url, "name": ref.name, "index": ref.index, "rank": self.dist.rank,
-                  "world_size": self.dist.world_size, "finished_at": time.time(), **record}
+                  "world_size": self.dist.world_size, **record}
         write_json(self.record_path(ref), record)
 
     def records(self) -> dict[str, dict]:
@@ -311,24 +308,3 @@ class JobDir:
                     + ". Rerun the job (with the same --out) to finish them."
                 )
             time.sleep(poll)
-
-    def write_manifest(self, totals: dict, extra: dict | None = None) -> dict:
-        records = self.records()
-        shards = {name: {k: v for k, v in rec.items() if k != "rejects"} for name, rec in records.items()}
-        manifest = {
-            "job": self.job,
-            "args": self.args,
-            "versions": package_versions(),
-            "inputs": [s.url for s in self.shards],
-            "world_size": self.dist.world_size,
-            "launcher": self.dist.launcher,
-            "complete": len(records) == len(self.shards),
-            "totals": totals,
-            "shards": shards,
-            **(extra or {}),
-        }
-        write_json(self.out / "manifest.json", manifest)
-        # One rejects log for the whole job, in input order, rebuilt from the records.
-        lines = [dumps(r) for rec in records.values() for r in rec.get("rejects", [])]
-        atomic_write(self.out / "rejects.jsonl", b"".join(line + b"\n" for line in lines))
-        return manifest

@@ -16,12 +16,14 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from vlmtool.core.records import ReadOptions, Reject, iter_samples
 from vlmtool.core.samples import SampleError
+from vlmtool.core.job import Job, free
 from vlmtool.core.shards import JobDir, ShardRef, atomic_write, dumps, expand_inputs, shard_refs
 from vlmtool.errors import JobFailed, UsageError
 from vlmtool.synth.tasks import (TASKS, Request, absent_object, describe_objects, load_prompts, object_names, parse_tasks,
@@ -242,17 +244,55 @@ class _Run:
         return out
 
 
-def run_synth(inputs: list[str], out: str, *, teacher: str = "captions", base_url: str | None = None, model: str | None = None,
-              api_key_env: str = "OPENAI_API_KEY", tasks: str = "conversation,detail,reasoning,negative", per_sample: int = 1,
-              fmt: str = "llava", concurrency: int = 32, timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5,
-              requests_per_s: float | None = None, tokens_per_min: float | None = None, structured: bool = True,
-              max_tokens: int = 512, prompts: str | None = None, negative_mode: str = "adversarial", image_preset: str = "gpt-4o",
-              vocabulary: str | None = None, retry_failed: bool = False, strict: bool = False, max_pixels: int | None = None,
-              progress: bool = True) -> dict:
+@dataclass(frozen=True)
+class SynthOptions:
+    """`vlmtool synth`'s options (see its --help). The free ones may change on a rerun."""
+
+    teacher: str = "captions"
+    base_url: str | None = free(None)  # another server of the same model may finish the job
+    model: str | None = None
+    tasks: str = "conversation,detail,reasoning,negative"
+    per_sample: int = 1
+    fmt: str = "llava"
+    negative_mode: str = "adversarial"
+    image_preset: str = "gpt-4o"
+    prompts: str | None = None
+    vocabulary: str | None = None
+    structured: bool = True
+    max_tokens: int = 512
+    max_pixels: int | None = None
+    api_key_env: str = free("OPENAI_API_KEY")
+    concurrency: int = free(32)
+    timeout: float = free(60.0)
+    max_retries: int = free(5)
+    backoff: float = free(0.5)
+    requests_per_s: float | None = free(None)
+    tokens_per_min: float | None = free(None)
+    retry_failed: bool = free(False)
+    strict: bool = free(False)
+    progress: bool = free(True)
+
+
+def run_synth(inputs: list[str], out: str, **kw) -> dict:
+    opts = SynthOptions(**kw)
     from vlmtool.core.runtime import dist_info
+
+    dist = dist_info()
+    refs = shard_refs(expand_inputs(inputs))
+    with Job("synth", out, opts, refs, dist) as jobf:
+        return _synth(jobf, opts)
+
+
+def _synth(jobf: Job, opts: SynthOptions) -> dict:
     from vlmtool.core.samples import DEFAULT_MAX_PIXELS
     from vlmtool.synth.tasks import NEGATIVE_MODES
 
+    (teacher, base_url, model, api_key_env, tasks, per_sample, fmt, concurrency, timeout, max_retries, backoff, requests_per_s,
+     tokens_per_min, structured, max_tokens, prompts, negative_mode, image_preset, vocabulary, retry_failed, strict, max_pixels,
+     progress) = (opts.teacher, opts.base_url, opts.model, opts.api_key_env, opts.tasks, opts.per_sample, opts.fmt, opts.concurrency,
+                  opts.timeout, opts.max_retries, opts.backoff, opts.requests_per_s, opts.tokens_per_min, opts.structured,
+                  opts.max_tokens, opts.prompts, opts.negative_mode, opts.image_preset, opts.vocabulary, opts.retry_failed,
+                  opts.strict, opts.max_pixels, opts.progress)
     if fmt not in FORMATS:
         raise UsageError(f"--format is one of {', '.join(FORMATS)}")
     if negative_mode not in NEGATIVE_MODES:
@@ -260,14 +300,12 @@ def run_synth(inputs: list[str], out: str, *, teacher: str = "captions", base_ur
     if concurrency < 1 or per_sample < 1:
         raise UsageError("--concurrency and --per-sample must be at least 1")
     t0 = time.perf_counter()
-    dist = dist_info()
-    refs = shard_refs(expand_inputs(inputs))
+    dist = jobf.dist
+    refs = jobf.refs
     weights = parse_tasks(tasks)
     prompt_set = load_prompts(prompts)
     vocab = list(SHAPES) + ([w.strip() for w in Path(vocabulary).read_text().splitlines() if w.strip()] if vocabulary else [])
-    args = {"inputs": inputs, "teacher": teacher, "base_url": base_url, "model": model, "tasks": tasks, "per_sample": per_sample,
-            "format": fmt, "negatives": negative_mode, "image_preset": image_preset, "prompts": prompts, "max_tokens": max_tokens}
-    job = JobDir(out, "synth", args, refs, dist)
+    job = jobf.records()
     log_dir = job.out / "log"
     done = _read_logs(log_dir)
     if retry_failed:  # reopen the shards that hold failed requests; only those requests are sent again
@@ -300,10 +338,10 @@ def run_synth(inputs: list[str], out: str, *, teacher: str = "captions", base_ur
     base = {"job": "synth", "out": str(job.out), "rank": dist.rank, "world_size": dist.world_size, "this_run": this_run}
     if not job.all_done():
         return {**base, "complete": False, "note": "other ranks still running: the last one writes instructions.jsonl"}
-    return {**base, "complete": True, **finalize(job, fmt)}
+    return {**base, "complete": True, **finalize(jobf, job, fmt)}
 
 
-def finalize(job: JobDir, fmt: str) -> dict:
+def finalize(jobf: Job, job: JobDir, fmt: str) -> dict:
     """instructions.jsonl in input order (shard, sample, task) and the manifest's totals."""
     rows = _read_logs(job.out / "log")
     index = {r.name: r.index for r in job.shards}
@@ -330,5 +368,5 @@ def finalize(job: JobDir, fmt: str) -> dict:
         "image_tokens": sum(r.get("image_tokens", 0) for r in rows.values()),
         "by_task": dict(Counter(r["task"] for r in ok)),
     }
-    job.write_manifest(totals, {"format": fmt})
+    jobf.write_manifest(job, totals, {"format": fmt})
     return totals

@@ -1,0 +1,261 @@
+"""The training scaffold every trainer uses (clip-train, and the VLM trainer): a shuffled endless
+stream over this rank's shards, the learning-rate schedule, the step loop with its progress bar
+and train log, checkpoints of the training state and exact resume, and DDP under torchrun.
+
+Exact resume: the stream is a pure function of (seed, rank, worker, epoch), so the position in it
+is one number, the count of items the trainer consumed. A checkpoint stores that count with the
+optimizer, the step and the RNG states; a resumed run fast-forwards the stream by that count and
+restores the RNGs, so it continues with the very batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from vlmtool.core.records import ReadOptions, Reject, iter_samples
+from vlmtool.core.samples import SampleError
+from vlmtool.core.shards import ShardRef, atomic_path, dumps
+
+STATE_FILE = "train_state.pt"
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    epoch: int
+
+
+class TrainStream:
+    """Endless shuffled prepared samples from this rank's shards (DataLoader workers split the
+    rank's shards by worker id; each worker owns whole shards). Each epoch reshuffles the shard
+    order; a buffer of `buffer` items shuffles samples. Yields `prepare(sample)` results,
+    Rejects, and an EpochEnd after every pass. `read_shard(ref)` overrides how a shard becomes
+    items (default: the core record stream, then `prepare`)."""
+
+    def __init__(self, shards: list[ShardRef], prepare: Callable, seed: int, rank: int, world: int, buffer: int = 1000,
+                 read: ReadOptions = ReadOptions(), read_shard: Callable[[ShardRef], Iterator] | None = None):
+        self.shards, self.prepare, self.seed, self.rank, self.world = shards, prepare, seed, rank, world
+        self.buffer, self.read, self.read_shard = buffer, read, read_shard
+
+    def _items(self, ref: ShardRef) -> Iterator:
+        if self.read_shard is not None:
+            yield from self.read_shard(ref)
+            return
+        for s in iter_samples(ref, self.read):
+            if isinstance(s, Reject):
+                yield s
+                continue
+            try:
+                yield self.prepare(s)
+            except SampleError as e:
+                yield Reject(ref.name, s.key, e.reason, e.detail)
+
+    def __iter__(self):
+        info = None
+        if "torch" in sys.modules:
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(hash((self.seed, self.rank, wid)))
+        buf: list = []
+        epoch = 0
+        while True:
+            order = list(self.shards)
+            random.Random(hash((self.seed, epoch))).shuffle(order)
+            mine = order[self.rank :: self.world][wid::nw]
+            if not mine:  # more workers than this rank's shards: the others carry on
+                return
+            for ref in mine:
+                for item in self._items(ref):
+                    if isinstance(item, Reject):
+                        yield item
+                    elif len(buf) < self.buffer:
+                        buf.append(item)
+                    else:
+                        i = rng.randrange(len(buf))
+                        yield buf[i]
+                        buf[i] = item
+            epoch += 1
+            yield EpochEnd(epoch)
+
+
+class Batcher:
+    """Groups a TrainStream's items into batches of `size`, counting rejects and epochs, and
+    the items consumed (the data position a checkpoint stores)."""
+
+    def __init__(self, items: Iterator, size: int, skip: int = 0):
+        self.items, self.size = items, size
+        self.consumed = 0
+        self.rejected: dict[str, int] = {}
+        self.epochs = 0
+        for _ in range(skip):  # resume: the same items an uninterrupted run consumed, dropped
+            self._next()
+
+    def _next(self):
+        item = next(self.items)
+        self.consumed += 1
+        if isinstance(item, Reject):
+            self.rejected[item.reason] = self.rejected.get(item.reason, 0) + 1
+        elif isinstance(item, EpochEnd):
+            self.epochs += 1
+        return item
+
+    def next_batch(self) -> list:
+        out: list = []
+        while len(out) < self.size:
+            item = self._next()
+            if not isinstance(item, (Reject, EpochEnd)):
+                out.append(item)
+        return out
+
+
+# ---------------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warmup to `lr`, then cosine decay to `min_ratio * lr` at `steps`."""
+
+    lr: float
+    steps: int
+    warmup: int = 0
+    min_ratio: float = 0.0
+
+    def at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+# ---------------------------------------------------------------------------------- state
+
+
+def rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    st = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [st[0], torch.from_numpy(st[1].copy()), int(st[2]), int(st[3]), float(st[4])]}
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy(), n[2], n[3], n[4]))
+
+
+def save_state(out: Path, optimizer, step: int, consumed: int, extra: dict | None = None) -> None:
+    """The training state beside the model: optimizer, step, data position, RNG states."""
+    import torch
+
+    state = {"optimizer": optimizer.state_dict(), "step": step, "consumed": consumed, "rng": rng_state(), **(extra or {})}
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(out: Path) -> dict | None:
+    """The saved training state (weights_only: a checkpoint never runs code), or None."""
+    import torch
+
+    p = out / STATE_FILE
+    if not p.exists():
+        return None
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------- loop
+
+
+@dataclass
+class LoopResult:
+    step: int
+    losses: list
+    stopped_early: bool
+    seconds: float
+    samples: int
+
+
+def train_loop(*, step: int, steps: int, next_batch: Callable[[], Any], train_step: Callable[[Any, float, int], dict],
+               schedule: Schedule, save: Callable[[int], None], save_every: int, is_main: bool, log_path: Path | None,
+               time_limit: float | None = None, progress: bool = True, desc: str = "train", batch_size: int = 0) -> LoopResult:
+    """Run steps `step+1 .. steps`: each takes a batch, sets the learning rate, calls
+    `train_step(batch, lr, step)` (which returns metrics, `loss` among them), logs, and saves
+    every `save_every` steps, at the end and when `time_limit` seconds have passed."""
+    from tqdm import tqdm
+
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, initial=step, desc=desc, unit="step", file=sys.stderr, disable=not progress or not is_main,
+               dynamic_ncols=True, mininterval=0.5)
+    log = open(log_path, "ab") if (is_main and log_path is not None) else None
+    stopped_early = False
+    done = 0
+    try:
+        while step < steps:
+            batch = next_batch()
+            lr = schedule.at(step)
+            metrics = train_step(batch, lr, step)
+            step += 1
+            done += 1
+            losses.append(float(metrics["loss"]))
+            rate = done * batch_size / max(1e-9, time.perf_counter() - t0)
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", samples_s=f"{rate:.0f}", refresh=False)
+            if log is not None:
+                log.write(dumps({"step": step, "lr": lr, **{k: round(float(v), 6) for k, v in metrics.items()}}) + b"\n")
+            timed_out = time_limit is not None and time.perf_counter() - t0 > time_limit
+            if step % save_every == 0 or step == steps or timed_out:
+                if log is not None:
+                    log.flush()
+                save(step)
+            if timed_out:
+                stopped_early = True
+                break
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return LoopResult(step, losses, stopped_early, time.perf_counter() - t0, done * batch_size)
+
+
+def trim_log(log_path: Path, step: int) -> None:
+    """Drop log rows past `step` (steps a killed run did after its last checkpoint, which the
+    resumed run does again), so every step is logged once."""
+    if not log_path.exists():
+        return
+    import orjson
+
+    keep = []
+    for line in log_path.read_bytes().splitlines():
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a line torn by the kill
+        if row.get("step", 0) <= step:
+            keep.append(line + b"\n")
+    from vlmtool.core.shards import atomic_write
+
+    atomic_write(log_path, b"".join(keep))
+
+
+def barrier(use_dist: bool) -> None:
+    if use_dist:
+        import torch.distributed as td
+
+        td.barrier()
