@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,14 +252,14 @@ def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float 
 
     rng = _rng(seed, index, 7)
     w, h = size
-    n_seg = max(1, int(round(seconds / segment_s)))
+    n_seg = max(1, round(seconds / segment_s))
     first_static = bool(rng.integers(2))
     kinds = [("static" if (i % 2 == 0) == first_static else "moving") for i in range(n_seg)]
     segments = [(round(i * segment_s, 6), round(min(seconds, (i + 1) * segment_s), 6), k) for i, k in enumerate(kinds)]
     bg = background(rng)
     objs = layout(rng, w, h, pick_shapes(rng)) or layout(rng, w, h, ["circle"])
     mover = objs[0]
-    n_frames = int(round(seconds * fps))
+    n_frames = round(seconds * fps)
     pos = np.array(mover.bbox[:2], dtype=float)
     vel = rng.uniform(-1, 1, size=2)
     vel = vel / (np.linalg.norm(vel) + 1e-9) * max(w, h) / fps * 0.5  # crosses half the frame a second
@@ -293,6 +294,157 @@ def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float 
             "objects": [o.to_json() for o in objs]}
 
 
+# ---------------------------------------------------------------------------------- the folder
+
+OWNED_LISTS = ("world.json", "faults.json")  # what a world or a fault corpus writes, with the list of its files
+PENDING = ".world-pending.json"  # the files a world is writing, until its world.json is in place
+
+
+def _listed_files(out: Path) -> set[str]:
+    """Relative paths an earlier world or fault corpus wrote into `out`, as it listed them."""
+    from vlmtool.core.shards import read_json
+
+    owned: set[str] = set()
+    for name in (*OWNED_LISTS, PENDING):
+        if not (out / name).is_file():
+            continue
+        owned.add(name)
+        try:
+            meta = read_json(out / name)
+        except (OSError, ValueError):  # orjson's JSONDecodeError is a ValueError
+            meta = None
+        if not isinstance(meta, dict):
+            continue  # a broken list owns only itself
+        if isinstance(meta.get("files"), list):
+            owned.update(f for f in meta["files"] if isinstance(f, str))
+        elif name == "world.json":  # a world.json from before "files": its shards and videos by number and name
+            owned.update(f"{i:05d}.tar" for i in range(int(meta.get("shards") or 0)))
+            for v in meta.get("videos") or []:
+                owned.update({f"videos/{v}", f"videos/{Path(v).stem}.json"})
+    return owned
+
+
+def _entries(out: Path, prefix: str = "") -> list[str]:
+    """Every non-folder entry under `out` (files, links, anything else), relative, links not followed."""
+    found = []
+    with os.scandir(out) as it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                found.extend(_entries(Path(e.path), f"{prefix}{e.name}/"))
+            else:
+                found.append(prefix + e.name)
+    return found
+
+
+def _is_leftover(rel: str, owned: set[str]) -> bool:
+    """A temporary file of an owned one, left by a killed writer (atomic_path's `.NAME.*.tmp`,
+    make_video's `STEM.tmp.mp4`)."""
+    folder, _, name = rel.rpartition("/")
+    for o in owned:
+        o_folder, _, o_name = o.rpartition("/")
+        if o_folder == folder and ((name.startswith(f".{o_name}.") and name.endswith(".tmp"))
+                                   or name == f"{Path(o_name).stem}.tmp.mp4"):
+            return True
+    return False
+
+
+def claim_folder(out: str | Path, files: list[str]) -> Path:
+    """Make `out` ready for a new world (or fault corpus) that will write `files`: remove what an
+    earlier one wrote there (as its world.json or faults.json lists it), refuse a folder that
+    holds anything else, and note the files about to be written so a killed run can be replaced."""
+    from vlmtool.core.shards import write_json
+    from vlmtool.errors import UsageError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file: give a folder for the world")
+    out.mkdir(parents=True, exist_ok=True)
+    present = _entries(out)
+    owned = _listed_files(out)
+    strays = sorted(p for p in present if p not in owned and not _is_leftover(p, owned))
+    if strays:
+        shown = ", ".join(strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
+        raise UsageError(f"{out} holds files that no world wrote ({shown}): give an empty or new folder, or the folder of an "
+                         "earlier world to replace")
+    for rel in sorted(present, key=lambda r: r == PENDING):  # the pending list last: a kill here leaves it valid
+        (out / rel).unlink()
+    for folder in sorted({out / rel.rpartition("/")[0] for rel in present if "/" in rel}, key=lambda p: -len(p.parts)):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    write_json(out / PENDING, {"files": sorted(files)})
+    return out
+
+
+def release_folder(out: Path) -> None:
+    """The world's own list is in place: the pending list is no longer needed."""
+    (out / PENDING).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------- the world
+
+
+def _cut_inside_a_member(path: Path, at: float = 0.6) -> dict:
+    """Truncate a tar inside the data of a member (never at a member boundary, where the shorter
+    tar would still be whole): the member whose data covers `at` of the file, or the next one."""
+    import tarfile
+
+    from vlmtool.core.records import _base_plus_ext
+
+    data = path.read_bytes()
+    with tarfile.open(path) as tf:
+        members = [(m.name, m.offset_data, m.size) for m in tf if m.isreg() and m.size >= 2]
+    target = int(len(data) * at)
+    name, start, size = next((m for m in members if m[1] + m[2] > target), members[-1])
+    cut = min(max(target, start + 1), start + size - 1)
+    path.write_bytes(data[:cut])
+    return {"shard": path.name, "kept_bytes": cut, "of_bytes": len(data), "member": name, "key": _base_plus_ext(name)[0]}
+
+
+def object_tables(objects: list[list[str]]) -> dict:
+    """world.json's object tables, the way a dataset would describe itself: the labels its samples
+    name (`vocabulary`), in how many samples each appears (`popularity`) and in how many each pair
+    appears together (`cooccurrence`, symmetric: cooccurrence[a][b] == cooccurrence[b][a])."""
+    import itertools
+    from collections import Counter
+
+    pop: Counter = Counter()
+    pairs: Counter = Counter()
+    for labels in objects:
+        names = sorted(set(labels))
+        pop.update(names)
+        pairs.update(itertools.combinations(names, 2))
+    co: dict[str, dict[str, int]] = {}
+    for (a, b), n in pairs.items():
+        co.setdefault(a, {})[b] = n
+        co.setdefault(b, {})[a] = n
+    return {"field": "objects", "label": "shape", "samples": len(objects), "vocabulary": sorted(pop),
+            "popularity": dict(sorted(pop.items())), "cooccurrence": {a: dict(sorted(co[a].items())) for a in sorted(co)}}
+
+
+def _write_shards(out: Path, n_shards: int, samples: int, shard_size: int, seed: int, progress: bool, **opts) -> list[list[dict]]:
+    """Write the shards; returns, per shard, each sample's key, broken kind (or None) and labels."""
+    from tqdm import tqdm
+
+    from vlmtool.core.shards import ShardTarWriter
+
+    written: list[list[dict]] = []
+    bar = tqdm(total=samples, desc="world", unit="sample", disable=not progress)
+    for s in range(n_shards):
+        writer = ShardTarWriter(out / f"{s:05d}.tar")
+        rows = []
+        for i in range(s * shard_size, min(samples, (s + 1) * shard_size)):
+            rec = make_sample(seed, i, **opts)
+            meta = orjson.loads(rec["json"])
+            rows.append({"key": rec["__key__"], "broken": meta.get("broken"), "mismatched": meta["mismatched"],
+                         "labels": [o["shape"] for o in meta["objects"]]})
+            writer.write(rec)
+            bar.update()
+        writer.commit()
+        written.append(rows)
+    bar.close()
+    return written
+
+
 def make_world(
     out: str | Path,
     samples: int = 64,
@@ -305,10 +457,15 @@ def make_world(
     sizes: str = "varied",
     progress: bool = False,
 ) -> dict:
-    """Write `samples` records as shards OUT/{00000..}.tar (+ videos) and OUT/world.json."""
-    from tqdm import tqdm
+    """Write `samples` records as shards OUT/{00000..}.tar (+ videos) and OUT/world.json.
 
-    from vlmtool.core.shards import ShardTarWriter, write_json
+    OUT must be new, empty or an earlier world's folder (whose files are replaced). world.json
+    keeps the settings, `files` (everything the world wrote), `counts` (mismatched captions and
+    broken samples by kind, over the records in the shards), `truncated_shard` (with
+    --broken-tar: the shard, the member cut and its record's `key`, the one `broken_tar` record,
+    and `lost`, the records cut off after it) and `objects`, the tables of object_tables over
+    the samples a reader gets whole (not broken, not cut off)."""
+    from vlmtool.core.shards import write_json
     from vlmtool.errors import UsageError
 
     if sizes not in SIZE_MIXES:
@@ -317,31 +474,23 @@ def make_world(
         raise UsageError("--samples and --shard-size must be at least 1")
     if not (0 <= mismatch <= 1 and 0 <= broken <= 1):
         raise UsageError("--mismatch and --broken are fractions between 0 and 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     n_shards = math.ceil(samples / shard_size)
-    counts = {"mismatched": 0, "broken": {k: 0 for k in BROKEN_KINDS}}
-    shard_files = []
-    bar = tqdm(total=samples, desc="world", unit="sample", disable=not progress)
-    for s in range(n_shards):
-        writer = ShardTarWriter(out / f"{s:05d}.tar")
-        for i in range(s * shard_size, min(samples, (s + 1) * shard_size)):
-            rec = make_sample(seed, i, mismatch=mismatch, broken=broken, sizes=sizes)
-            meta = orjson.loads(rec["json"])
-            counts["mismatched"] += meta["mismatched"]
-            if "broken" in meta:
-                counts["broken"][meta["broken"]] += 1
-            writer.write(rec)
-            bar.update()
-        shard_files.append(str(writer.commit()))
-    bar.close()
+    files = [f"{s:05d}.tar" for s in range(n_shards)]
+    files += [f"videos/{v:05d}{ext}" for v in range(videos) for ext in (".mp4", ".json")] + ["world.json"]
+    out = claim_folder(out, files)
+    written = _write_shards(out, n_shards, samples, shard_size, seed, progress, mismatch=mismatch, broken=broken, sizes=sizes)
     truncated = None
     if broken_tar:
-        last = Path(shard_files[-1])
-        data = last.read_bytes()
-        cut = int(len(data) * 0.6)
-        last.write_bytes(data[:cut])
-        truncated = {"shard": last.name, "kept_bytes": cut, "of_bytes": len(data)}
+        truncated = _cut_inside_a_member(out / files[n_shards - 1])
+        last = written[-1]
+        cut_at = next(i for i, r in enumerate(last) if r["key"] == truncated["key"])
+        truncated["lost"] = len(last) - cut_at - 1
+        written[-1] = last[:cut_at]
+    rows = [r for shard in written for r in shard]
+    counts = {"mismatched": sum(r["mismatched"] for r in rows), "broken": {k: 0 for k in BROKEN_KINDS}}
+    for r in rows:
+        if r["broken"]:
+            counts["broken"][r["broken"]] += 1
     video_truth = {}
     for v in range(videos):
         p = out / "videos" / f"{v:05d}.mp4"
@@ -349,6 +498,8 @@ def make_world(
         write_json(p.with_suffix(".json"), video_truth[p.name])
     summary = {"out": str(out), "seed": seed, "samples": samples, "shards": n_shards, "shard_size": shard_size,
                "sizes": sizes, "mismatch": mismatch, "broken": broken, "counts": counts,
-               "truncated_shard": truncated, "videos": sorted(video_truth)}
+               "truncated_shard": truncated, "videos": sorted(video_truth), "files": files,
+               "objects": object_tables([r["labels"] for r in rows if not r["broken"]])}
     write_json(out / "world.json", summary)
+    release_folder(out)
     return summary

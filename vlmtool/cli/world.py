@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import typer
 
 from vlmtool.cli._app import JSON, PROGRESS, app, emit
