@@ -253,6 +253,8 @@ def odd_member_shards(s: Samples) -> list[Shard]:
     names.skip(Member("README"), "no extension: webdataset's base_plus_ext gives no key")
     names.skip(Member("__meta__.json", b"{}"), "a name starting with __ is skipped, as webdataset does")
     names.skip(Member("somedir/", kind=tarfile.DIRTYPE), "a folder: not a regular file")
+    upper = [Member(m.name.rsplit(".", 1)[0] + "." + m.name.rsplit(".", 1)[1].upper(), m.data) for m in s.members("upper_ext")]
+    names.add("upper_ext", upper, fault="members named .JPG, .TXT, .JSON: extensions are lower-cased")
     names.add("after_odd_names", s.members("after_odd_names"))
     links = Shard("links.tar", "symlink, hard link and fifo members: not regular files, skipped, never followed")
     links.add("link_ok", s.members("link_ok"))
@@ -288,6 +290,18 @@ def cut_shards(s: Samples) -> list[tuple[Shard, bytes]]:
         out.append((sh, data[: header_at + nbytes]))
     out.append(gzip_cut(s))
     return out
+
+
+def overdeclared_member_tar(s: Samples, declared: int = 1 << 62) -> bytes:
+    """Record `a`, then `b.txt` whose header declares `declared` bytes (over the text cap, so a
+    reader skips it) while the file ends 100 bytes later: `b` must be rejected and the shard end
+    at once. Not in the corpus while the core reads on for as long as the header claims (time
+    linear in the declared size: about 0.25 s per GiB here, so 2^62 bytes never ends)."""
+    data = tar_bytes(s.members("a") + s.members("b"))
+    _, at, _, _ = next(m for m in layout(data) if m[0] == "b.txt")
+    info = tarfile.TarInfo("b.txt")
+    info.size, info.mtime, info.mode = declared, 0, 0o644
+    return data[:at] + info.tobuf(tarfile.GNU_FORMAT) + b"x" * 100
 
 
 def gzip_cut(s: Samples) -> tuple[Shard, bytes]:
