@@ -152,6 +152,10 @@ def test_a_folder_holding_other_files_is_refused_and_left_alone(tmp_path):
     assert {p: sha256_of(out / p) for p in _files(out)} == before
     p = run_cli("world", out, "-n", "4", "--no-progress", check=False)
     assert p.returncode == 2 and "notes.txt" in p.stderr and "Traceback" not in p.stderr
+    (out / "notes.txt").unlink()
+    (out / "world.json").write_text("my own notes, not a world's")  # a world.json no world wrote is not ours either
+    with pytest.raises(UsageError, match="00000.tar"):
+        make_world(out, samples=5, shard_size=5, seed=1, sizes="small")
     (tmp_path / "f").write_text("x")
     with pytest.raises(UsageError, match="is a file"):
         make_world(tmp_path / "f", samples=1)

@@ -84,7 +84,8 @@ class Samples:
 
     def members(self, key: str, **over: bytes | fd.Repeat | None) -> list[Member]:
         """The members KEY.jpg, KEY.txt, KEY.json of a fresh sample, with `over` replacing,
-        adding (EXT=bytes) or dropping (EXT=None) members; new extensions go before txt."""
+        adding (EXT=bytes) or dropping (EXT=None) members, in its order. A new extension takes
+        the place of the member dropped just before it (`jpg=None, png=...`), or goes before the json."""
         rec = make_sample(self.seed, self.index, sizes="small")
         self.index += 1
         parts = [["jpg", rec["jpg"]], ["txt", rec["txt"]], ["json", rec["json"]]]
@@ -113,7 +114,7 @@ def write_tar(dest: io.RawIOBase, members: list[Member]) -> None:
             info.mtime, info.mode, info.type, info.linkname = 0, 0o644, m.kind, m.link
             if isinstance(m.data, fd.Repeat):
                 info.size = m.data.size
-                tf.addfile(info, io.BufferedReader(m.data, buffer_size=fd.MiB))
+                tf.addfile(info, io.BufferedReader(fd.Repeat(m.data.pattern, m.data.size), buffer_size=fd.MiB))  # from its start
             else:
                 info.size = len(m.data) if m.kind == tarfile.REGTYPE else 0
                 tf.addfile(info, io.BytesIO(m.data) if info.size else None)

@@ -23,19 +23,20 @@ def _listed_files(out: Path) -> set[str]:
     for name in (*OWNED_LISTS, PENDING):
         if not (out / name).is_file():
             continue
-        owned.add(name)
         try:
             meta = read_json(out / name)
         except (OSError, ValueError):  # orjson's JSONDecodeError is a ValueError
-            meta = None
-        if not isinstance(meta, dict):
-            continue  # a broken list owns only itself
-        if isinstance(meta.get("files"), list):
+            continue  # not a list a world wrote: the file is someone else's
+        if isinstance(meta, dict) and isinstance(meta.get("files"), list):
             owned.update(f for f in meta["files"] if isinstance(f, str))
-        elif name == "world.json":  # a world.json from before "files": its shards and videos by number and name
-            owned.update(f"{i:05d}.tar" for i in range(int(meta.get("shards") or 0)))
+        elif name == "world.json" and isinstance(meta, dict) and isinstance(meta.get("shards"), int) and "seed" in meta:
+            # a world.json from before "files": its shards and videos by number and name
+            owned.update(f"{i:05d}.tar" for i in range(meta["shards"]))
             for v in meta.get("videos") or []:
                 owned.update({f"videos/{v}", f"videos/{Path(v).stem}.json"})
+        else:
+            continue
+        owned.add(name)
     return owned
 
 
