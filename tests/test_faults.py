@@ -49,6 +49,8 @@ def test_inspect_gives_exactly_the_outcome_faults_json_says(corpus, workers, tmp
         # every reject names the record the truth names, in tar order
         assert [(r["key"], r["reason"]) for r in got["rejects"]] == [(r["key"], r["expect"]) for r in want["records"] if r["expect"] != "ok"]
     assert _pwned(tmp_path, out.parent, ROOT) == []
+    # members named with .. or an absolute path are data: nothing was written where they point
+    assert not any(p.exists() for p in (Path("/tmp/vlmtool_absolute.jpg"), Path("/abs"), tmp_path.parent / "escape.jpg"))
 
 
 def test_header_only_reader_sees_the_records_it_should(corpus):
