@@ -4,9 +4,9 @@ import tarfile
 from collections import Counter
 
 import orjson
+from conftest import FIXTURES, sha256_of
 from PIL import Image
 
-from conftest import FIXTURES, sha256_of
 from vlmtool.world import PARTNER, SHAPES, make_sample, make_video, make_world
 
 
@@ -104,3 +104,119 @@ def test_committed_fixture_is_a_small_world_with_truth():
     metas = [orjson.loads(r["json"]) for t in tars for r in _records(t).values() if "json" in r]
     assert any(m["mismatched"] for m in metas) and any("broken" in m for m in metas)
     assert all("objects" in m for m in metas)
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+
+
+def test_a_rerun_into_a_world_folder_leaves_exactly_the_new_world(tmp_path):
+    from vlmtool.inspect_shards import run_inspect
+
+    out = tmp_path / "w"
+    make_world(out, samples=30, shard_size=10, seed=1, videos=1, sizes="small")
+    assert len(_files(out)) == 6
+    make_world(out, samples=12, shard_size=10, seed=2, sizes="small")
+    assert _files(out) == ["00000.tar", "00001.tar", "world.json"]  # old shards and the videos/ folder gone
+    assert run_inspect([str(out)], None, progress=False)["samples"] == 12
+    # a world.json from before its `files` list: its shards and videos are known by number and name
+    meta = orjson.loads((out / "world.json").read_bytes())
+    del meta["files"]
+    (out / "world.json").write_bytes(orjson.dumps(meta))
+    make_world(out, samples=5, shard_size=10, seed=2, sizes="small")
+    assert _files(out) == ["00000.tar", "world.json"]
+
+
+def test_a_killed_world_is_replaced_by_the_rerun(tmp_path):
+    out = tmp_path / "w"
+    make_world(out, samples=20, shard_size=10, seed=1, sizes="small")
+    (out / "world.json").unlink()  # as if killed while writing: shards, a temporary file, no world.json
+    (out / ".00002.tar.x1y2.tmp").write_bytes(b"partial")
+    (out / ".world-pending.json").write_bytes(orjson.dumps({"files": ["00000.tar", "00001.tar", "00002.tar", "world.json"]}))
+    make_world(out, samples=10, shard_size=10, seed=1, sizes="small")
+    assert _files(out) == ["00000.tar", "world.json"]
+
+
+def test_a_folder_holding_other_files_is_refused_and_left_alone(tmp_path):
+    import pytest
+    from conftest import run_cli
+
+    from vlmtool.errors import UsageError
+
+    out = tmp_path / "w"
+    make_world(out, samples=10, shard_size=10, seed=1, sizes="small")
+    (out / "notes.txt").write_text("mine")
+    before = {p: sha256_of(out / p) for p in _files(out)}
+    with pytest.raises(UsageError, match="notes.txt"):
+        make_world(out, samples=5, shard_size=5, seed=1, sizes="small")
+    assert {p: sha256_of(out / p) for p in _files(out)} == before
+    p = run_cli("world", out, "-n", "4", "--no-progress", check=False)
+    assert p.returncode == 2 and "notes.txt" in p.stderr and "Traceback" not in p.stderr
+    (out / "notes.txt").unlink()
+    (out / "world.json").write_text("my own notes, not a world's")  # a world.json no world wrote is not ours either
+    with pytest.raises(UsageError, match="00000.tar"):
+        make_world(out, samples=5, shard_size=5, seed=1, sizes="small")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        make_world(tmp_path / "f", samples=1)
+
+
+def test_broken_tar_always_cuts_inside_a_member(tmp_path):
+    """A cut at a member boundary (or in the end padding) leaves a whole, shorter tar: it must
+    never happen. These sizes and seeds put 60% of the file on a header or past the last member."""
+    from vlmtool.core.records import Reject, tar_records
+    from vlmtool.core.shards import shard_refs
+
+    for n, seed in ((1, 0), (2, 3), (3, 1), (4, 1), (6, 3)):
+        out = tmp_path / f"w{n}-{seed}"
+        truth = make_world(out, samples=n, shard_size=n, seed=seed, broken_tar=True, sizes="small")["truncated_shard"]
+        recs = list(tar_records(shard_refs([str(out / truth["shard"])])[0]))
+        assert isinstance(recs[-1], Reject) and recs[-1].reason == "broken_tar", (n, seed)
+        assert recs[-1].key == truth["key"] and len(recs) == n - truth["lost"]
+        assert not any(isinstance(r, Reject) for r in recs[:-1])
+
+
+def test_broken_world_counts_are_exactly_what_inspect_finds(tmp_path):
+    from vlmtool.inspect_shards import run_inspect
+
+    s = make_world(tmp_path / "w", samples=30, shard_size=10, seed=1, broken=0.3, broken_tar=True, sizes="small")
+    want = {k: v for k, v in s["counts"]["broken"].items() if v}
+    want["broken_tar"] = 1
+    got = run_inspect([str(tmp_path / "w")], None, progress=False)
+    assert got["samples"] == 30 - s["truncated_shard"]["lost"]
+    assert got["rejected"] == dict(sorted(want.items()))
+
+
+def _decodes(sample) -> bool:
+    from vlmtool.core.samples import SampleError
+
+    try:
+        sample.load_image(draft=(1, 1))
+    except SampleError:
+        return False
+    return True
+
+
+def test_world_json_object_tables_are_counted_from_the_data(tmp_path):
+    """What synth reads instead of world.py's tables: vocabulary, popularity and co-occurrence of
+    the objects named in the samples a reader gets, as a dataset would describe itself."""
+    from vlmtool.core.records import Reject, iter_samples
+    from vlmtool.core.samples import object_labels
+    from vlmtool.core.shards import shard_refs
+
+    out = tmp_path / "w"
+    tables = make_world(out, samples=80, shard_size=20, seed=4, broken=0.2, mismatch=0.3, broken_tar=True, sizes="small")["objects"]
+    assert tables == orjson.loads((out / "world.json").read_bytes())["objects"]
+    pop, pairs, n = Counter(), Counter(), 0
+    for ref in shard_refs([str(p) for p in sorted(out.glob("*.tar"))]):
+        for s in iter_samples(ref):
+            if not isinstance(s, Reject) and _decodes(s):
+                n += 1
+                labels = sorted(set(object_labels(s.meta)))
+                pop.update(labels)
+                pairs.update(itertools.combinations(labels, 2))
+    assert tables["samples"] == n and tables["popularity"] == dict(pop) and tables["vocabulary"] == sorted(pop)
+    for (a, b), k in pairs.items():
+        assert tables["cooccurrence"][a][b] == tables["cooccurrence"][b][a] == k
+    assert sum(len(v) for v in tables["cooccurrence"].values()) == 2 * len(pairs)
+    assert tables["field"] == "objects" and tables["label"] == "shape"

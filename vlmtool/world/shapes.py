@@ -1,4 +1,4 @@
-"""The shapes world: a deterministic synthetic image-caption dataset in webdataset shards.
+"""The shapes world's scenes, samples and videos (make_world in build.py writes them as shards).
 
 Each image holds 1-4 shapes in named colours at known boxes; its caption names them and how
 they sit ("a red circle to the left of a blue square"); its JSON keeps the truth. Shapes
@@ -251,14 +251,14 @@ def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float 
 
     rng = _rng(seed, index, 7)
     w, h = size
-    n_seg = max(1, int(round(seconds / segment_s)))
+    n_seg = max(1, round(seconds / segment_s))
     first_static = bool(rng.integers(2))
     kinds = [("static" if (i % 2 == 0) == first_static else "moving") for i in range(n_seg)]
     segments = [(round(i * segment_s, 6), round(min(seconds, (i + 1) * segment_s), 6), k) for i, k in enumerate(kinds)]
     bg = background(rng)
     objs = layout(rng, w, h, pick_shapes(rng)) or layout(rng, w, h, ["circle"])
     mover = objs[0]
-    n_frames = int(round(seconds * fps))
+    n_frames = round(seconds * fps)
     pos = np.array(mover.bbox[:2], dtype=float)
     vel = rng.uniform(-1, 1, size=2)
     vel = vel / (np.linalg.norm(vel) + 1e-9) * max(w, h) / fps * 0.5  # crosses half the frame a second
@@ -291,64 +291,3 @@ def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float 
     return {"fps": fps, "frames": n_frames, "seconds": seconds, "width": w, "height": h,
             "segments": [{"start": a, "end": b, "kind": k} for a, b, k in segments],
             "objects": [o.to_json() for o in objs]}
-
-
-def make_world(
-    out: str | Path,
-    samples: int = 64,
-    shard_size: int = 16,
-    seed: int = 0,
-    mismatch: float = 0.0,
-    broken: float = 0.0,
-    broken_tar: bool = False,
-    videos: int = 0,
-    sizes: str = "varied",
-    progress: bool = False,
-) -> dict:
-    """Write `samples` records as shards OUT/{00000..}.tar (+ videos) and OUT/world.json."""
-    from tqdm import tqdm
-
-    from vlmtool.core.shards import ShardTarWriter, write_json
-    from vlmtool.errors import UsageError
-
-    if sizes not in SIZE_MIXES:
-        raise UsageError(f"unknown size mix {sizes!r}: use one of {', '.join(SIZE_MIXES)}")
-    if samples < 1 or shard_size < 1:
-        raise UsageError("--samples and --shard-size must be at least 1")
-    if not (0 <= mismatch <= 1 and 0 <= broken <= 1):
-        raise UsageError("--mismatch and --broken are fractions between 0 and 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    n_shards = math.ceil(samples / shard_size)
-    counts = {"mismatched": 0, "broken": {k: 0 for k in BROKEN_KINDS}}
-    shard_files = []
-    bar = tqdm(total=samples, desc="world", unit="sample", disable=not progress)
-    for s in range(n_shards):
-        writer = ShardTarWriter(out / f"{s:05d}.tar")
-        for i in range(s * shard_size, min(samples, (s + 1) * shard_size)):
-            rec = make_sample(seed, i, mismatch=mismatch, broken=broken, sizes=sizes)
-            meta = orjson.loads(rec["json"])
-            counts["mismatched"] += meta["mismatched"]
-            if "broken" in meta:
-                counts["broken"][meta["broken"]] += 1
-            writer.write(rec)
-            bar.update()
-        shard_files.append(str(writer.commit()))
-    bar.close()
-    truncated = None
-    if broken_tar:
-        last = Path(shard_files[-1])
-        data = last.read_bytes()
-        cut = int(len(data) * 0.6)
-        last.write_bytes(data[:cut])
-        truncated = {"shard": last.name, "kept_bytes": cut, "of_bytes": len(data)}
-    video_truth = {}
-    for v in range(videos):
-        p = out / "videos" / f"{v:05d}.mp4"
-        video_truth[p.name] = make_video(p, seed, v)
-        write_json(p.with_suffix(".json"), video_truth[p.name])
-    summary = {"out": str(out), "seed": seed, "samples": samples, "shards": n_shards, "shard_size": shard_size,
-               "sizes": sizes, "mismatch": mismatch, "broken": broken, "counts": counts,
-               "truncated_shard": truncated, "videos": sorted(video_truth)}
-    write_json(out / "world.json", summary)
-    return summary
