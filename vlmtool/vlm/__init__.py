@@ -18,7 +18,7 @@ _NAMES = {
     "HFTokenizer": "hf", "HFCausalLM": "hf",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "Checkpoint": "checkpoint",
 }
-__all__ = sorted(_NAMES)
+__all__ = list(_NAMES)
 
 
 def __getattr__(name: str):

@@ -42,8 +42,6 @@ class Checkpoint:
 def save_checkpoint(folder: str | Path, model, tokenizer, tower: dict | None = None, extra: dict | None = None) -> Path:
     """Write `model` (a VLM) and its tokenizer into `folder` (created if needed); `tower` is the
     vision tower reference, `extra` any JSON-serialisable dict (e.g. stage, step). Returns the folder."""
-    from safetensors.torch import save_model
-
     from vlmtool.core.shards import atomic_path, atomic_write, fsync_dir
 
     folder = Path(folder)
@@ -55,7 +53,7 @@ def save_checkpoint(folder: str | Path, model, tokenizer, tower: dict | None = N
     fsync_dir(folder)
     model.config.to_json(folder / "config.json")
     with atomic_path(folder / "model.safetensors") as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt"})
+        _save_weights(model, tmp)
     if model.config.is_hf:
         _replace_folder(folder / "lm", lambda d: (model.lm.model.config.save_pretrained(str(d)), tokenizer.save(d)))
     else:
@@ -132,17 +130,41 @@ def _build(folder: Path, config: VLMConfig):
     return model, tokenizer
 
 
-def _load_weights(folder: Path, model) -> None:
-    from safetensors.torch import load_model
+def _unique_state(model) -> tuple[dict, set[str]]:
+    """The state dict without second names of shared tensors (tied embeddings): (tensors, aliases).
+    The first name registered is kept (the input embedding before the output head)."""
+    seen, unique, aliases = set(), {}, set()
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            aliases.add(name)
+        else:
+            seen.add(key)
+            unique[name] = t
+    return unique, aliases
 
-    path = folder / "model.safetensors"
+
+def _save_weights(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    unique, _ = _unique_state(model)
+    save_file({k: v.detach().contiguous() for k, v in unique.items()}, str(path), metadata={"format": "pt"})
+
+
+def _load_weights(folder: Path, model) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except RuntimeError as e:  # shape mismatch: "size mismatch for NAME: copying a param with shape ..."
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), "")
-        raise UsageError(f"checkpoint {folder}: model.safetensors does not match config.json ({detail[:200]})") from None
-    except Exception as e:  # safetensors' own error type for a corrupt file
+        tensors = load_file(str(folder / "model.safetensors"))
+    except (SafetensorError, OSError) as e:  # a corrupt or truncated file
         raise UsageError(f"checkpoint {folder}: model.safetensors cannot be read ({str(e).splitlines()[0][:160]})") from None
-    if missing or unexpected:
-        parts = [f"missing {', '.join(missing[:3])}" if missing else "", f"unexpected {', '.join(unexpected[:3])}" if unexpected else ""]
-        raise UsageError(f"checkpoint {folder}: model.safetensors does not match config.json ({'; '.join(p for p in parts if p)})")
+    want, aliases = _unique_state(model)
+    problems = [f"{k} is {list(v.shape)} in the weights but {list(want[k].shape)} in the config"
+                for k, v in tensors.items() if k in want and v.shape != want[k].shape]
+    problems += [f"missing {k}" for k in want if k not in tensors]
+    problems += [f"unexpected {k}" for k in tensors if k not in want and k not in aliases]
+    if problems:
+        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+        raise UsageError(f"checkpoint {folder}: model.safetensors does not match config.json ({'; '.join(problems[:2])}{more})")
+    model.load_state_dict(tensors, strict=False)

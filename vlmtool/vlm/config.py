@@ -63,7 +63,7 @@ class VLMConfig:
             raise UsageError(f"VLM config: connector must be one of {', '.join(CONNECTORS)}, got {self.connector!r}")
         if self.connector == "xattn" and self.xattn_every > self.n_layers:
             raise UsageError(f"VLM config: xattn_every {self.xattn_every} exceeds n_layers {self.n_layers}")
-        if self.connector == "native" and self.image_size % self.patch_size:
+        if self.image_size % self.patch_size:
             raise UsageError(f"VLM config: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if not (self.lm == "bundled" or (self.lm.startswith("hf:") and len(self.lm) > 3)):
             raise UsageError(f"VLM config: lm must be 'bundled' or 'hf:PATH_OR_ID', got {self.lm!r}")

@@ -8,9 +8,10 @@ logits and cache out, block hooks after each decoder layer for xattn); `HFTokeni
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -47,6 +48,8 @@ class HFCausalLM(nn.Module):
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_seq = getattr(c, "max_position_embeddings", None) or 1 << 20
         self._hook = None
+        # transformers 5 renamed the forward's `past_key_values` to `cache`
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         layers = self._decoder_layers()
         self.supports_block_hooks = layers is not None
         for i, layer in enumerate(layers or []):
@@ -58,7 +61,8 @@ class HFCausalLM(nn.Module):
         heads = c.num_attention_heads
         return {"vocab_size": self.vocab_size, "d_model": self.d_model, "n_layers": self.n_layers, "n_heads": heads,
                 "n_kv_heads": getattr(c, "num_key_value_heads", None) or heads,
-                "ffn_hidden": getattr(c, "intermediate_size", 0) or 0, "max_seq": min(self.max_seq, 1 << 20)}
+                "ffn_hidden": getattr(c, "intermediate_size", 0) or 0, "max_seq": min(self.max_seq, 1 << 20),
+                "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False))}
 
     def _decoder_layers(self):
         for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
@@ -86,10 +90,13 @@ class HFCausalLM(nn.Module):
         self._hook = block_hook
         try:
             out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=use_cache)
+                             use_cache=use_cache, **{self._cache_arg: cache})
         finally:
             self._hook = None
-        return out.logits, (out.past_key_values if use_cache else None)
+        if not use_cache:
+            return out.logits, None
+        new = getattr(out, "cache", None)
+        return out.logits, new if new is not None else out.past_key_values
 
 
 def load_hf_lm(source: str | Path, weights: bool = True) -> HFCausalLM:

@@ -12,7 +12,7 @@ block_hook=None) -> (logits, cache)` plus `embed(ids)`, `d_model`, `vocab_size`,
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -17,9 +17,9 @@ a text-only sample, or the xattn connector, where the image enters by cross-atte
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from vlmtool.errors import UsageError
 
