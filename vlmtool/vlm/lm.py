@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmtool.errors import UsageError
 from vlmtool.vlm.config import VLMConfig
 
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
@@ -175,7 +176,7 @@ class BundledLM(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=inputs_embeds.device).expand(B, T)
         if int(position_ids.max()) >= self.max_seq:
-            raise ValueError(f"sequence position {int(position_ids.max())} exceeds the LM's max_seq {self.max_seq}")
+            raise UsageError(f"a sequence of {int(position_ids.max()) + 1} positions exceeds the LM's max_seq {self.max_seq}")
         cos = self.rope_cos[position_ids][:, None]  # [B, 1, T, Dh]
         sin = self.rope_sin[position_ids][:, None]
         mask = None
