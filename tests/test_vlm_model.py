@@ -177,6 +177,9 @@ def test_visual_inputs_are_checked(tok):
         model(b["input_ids"], visual=b["visual"], visual_mask=torch.arange(6).expand(2, 6) < 5)
     with pytest.raises(UsageError, match="no visual"):
         model(b["input_ids"])
+    text_only = collate([tok.encode_chat([("Hi", "Yes.")])] * 2, tok.pad_id)["input_ids"]
+    with pytest.raises(UsageError, match="0 visual slots but 6"):  # features given, but no slots for them
+        model(text_only, visual=b["visual"])
     xattn = make(tok, "xattn")
     with pytest.raises(UsageError, match="n_visual=0"):
         xattn(b["input_ids"], visual=b["visual"])

@@ -3,6 +3,7 @@
 import pytest
 
 from vlmtool.errors import UsageError
+from vlmtool.vlm import tokenizer as T
 from vlmtool.vlm.config import VLMConfig
 from vlmtool.vlm.tiny import tiny_tokenizer
 from vlmtool.vlm.tokenizer import IGNORE, BundledTokenizer, collate, grid_newlines
@@ -109,3 +110,19 @@ def test_tokenizer_json_round_trip_and_garbage(tok, tmp_path):
             BundledTokenizer.load(path)
         assert "\n" not in str(e.value)
     assert tok.decode(tok.encode("any bytes: é ✓")) == "any bytes: é ✓"  # byte-level: any text encodes
+
+
+def test_synth_rows_in_both_formats_give_the_same_turns(tok):
+    llava = {"conversations": [{"from": "human", "value": "<image>\nWhat colour is the cube?"},
+                               {"from": "gpt", "value": "The cube is red."},
+                               {"from": "human", "value": "And the ball?"}, {"from": "gpt", "value": "Blue."}]}
+    messages = {"messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the cube?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "The cube is red."}]},
+        {"role": "user", "content": [{"type": "text", "text": "And the ball?"}]},
+        {"role": "assistant", "content": "Blue."}]}
+    assert T.turns_from_record(llava) == T.turns_from_record(messages) == CHAT
+    for bad in ({}, {"conversations": llava["conversations"][:3]}, {"conversations": llava["conversations"][1:3]},
+                {"messages": [{"role": "user", "content": [{"type": "text"}]}, {"role": "assistant", "content": "x"}]}):
+        with pytest.raises(UsageError):
+            T.turns_from_record(bad)

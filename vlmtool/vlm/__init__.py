@@ -12,7 +12,7 @@ import importlib
 _NAMES = {
     "VLMConfig": "config", "CONNECTORS": "config",
     "ChatEncoding": "tokenizer", "ChatTokenizer": "tokenizer", "BundledTokenizer": "tokenizer",
-    "train_tokenizer": "tokenizer", "collate": "tokenizer", "grid_newlines": "tokenizer", "IGNORE": "tokenizer",
+    "train_tokenizer": "tokenizer", "collate": "tokenizer", "grid_newlines": "tokenizer", "turns_from_record": "tokenizer", "IGNORE": "tokenizer",
     "VLM": "model", "VLMOutput": "model", "new_model": "model", "STAGES": "model",
     "BundledLM": "lm", "KVCache": "lm",
     "HFTokenizer": "hf", "HFCausalLM": "hf",

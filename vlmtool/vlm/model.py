@@ -68,9 +68,9 @@ class VLM(nn.Module):
             return x
         if nl.any():
             x = torch.where(nl[..., None], self.connector.image_newline.to(x.dtype), x)
-        if not slot.any():
-            return x
         src = pixels if self.config.connector == "native" else visual
+        if src is None and not slot.any():
+            return x
         if src is None:
             raise UsageError(f"the input has visual slots but no {'pixels' if self.config.connector == 'native' else 'visual'} were given")
         vis = self.connector(src)  # [B, T_v, D_lm]

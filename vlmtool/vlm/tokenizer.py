@@ -220,6 +220,45 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     return BundledTokenizer(tok)
 
 
+MAX_TURNS = 256  # cap on the turns read from one instruction row
+
+
+def turns_from_record(record: dict) -> list[Turn]:
+    """An instruction row as synth writes it -> [(user, assistant), ...]. Reads LLaVA's
+    `conversations` ([{"from": "human"|"gpt", "value": ...}]) and chat `messages` (role/content,
+    content a string or a list of {"type": "image"} / {"type": "text", "text": ...} parts; an
+    image part becomes the `<image>` placeholder). A malformed row raises `UsageError`."""
+    if isinstance(record.get("conversations"), list):
+        pairs = [(m.get("from"), m.get("value")) for m in record["conversations"] if isinstance(m, dict)]
+        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+        msgs = [(roles.get(r), v) for r, v in pairs]
+    elif isinstance(record.get("messages"), list):
+        msgs = [(m.get("role"), _content_text(m.get("content"))) for m in record["messages"] if isinstance(m, dict)
+                and m.get("role") != "system"]
+    else:
+        raise UsageError("instruction row has neither 'conversations' nor 'messages'")
+    if not msgs or len(msgs) % 2 or len(msgs) > 2 * MAX_TURNS:
+        raise UsageError(f"instruction row has {len(msgs)} messages; expected user/assistant pairs (at most {MAX_TURNS})")
+    turns = []
+    for (ru, u), (ra, a) in zip(msgs[::2], msgs[1::2]):
+        if ru != "user" or ra != "assistant" or not isinstance(u, str) or not isinstance(a, str):
+            raise UsageError("instruction row: messages must alternate user and assistant text")
+        turns.append((u, a))
+    return turns
+
+
+def _content_text(content) -> str | None:
+    if isinstance(content, str) or content is None:
+        return content
+    if not isinstance(content, list):
+        return None
+    parts = [IMAGE if isinstance(c, dict) and c.get("type") == "image" else (c.get("text") if isinstance(c, dict) else None)
+             for c in content]
+    if any(not isinstance(x, str) for x in parts):
+        return None
+    return "".join(x + "\n" if x == IMAGE else x for x in parts)
+
+
 def collate(encodings: Sequence[ChatEncoding], pad_id: int, side: str = "right", max_len: int | None = None):
     """Pad a batch: -> dict of LongTensors input_ids [B, T], labels [B, T] (-100 on padding) and
     attention_mask [B, T] (1 real, 0 pad). Right padding for training, left for generation.
