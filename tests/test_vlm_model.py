@@ -206,3 +206,18 @@ def test_patchify_is_row_major_and_native_rows_get_newlines(tok):
     assert model.native_layout(16, 32) == (8, [3, 7])
     with pytest.raises(UsageError):
         model.native_layout(15, 32)
+
+
+def test_replace_connector_keeps_the_lm_after_stage0(tok):
+    model = make(tok, "mlp")
+    ids = collate([tok.encode_text("A red cube is above a blue ball.")], tok.pad_id)["input_ids"]
+    with torch.no_grad():
+        before = model(ids).logits
+        lm_state = snapshot(model.lm)
+        model.replace_connector(connector="xattn", d_vision=48)
+        after = model(ids, visual=torch.randn(1, 5, 48)).logits
+    assert model.config.connector == "xattn" and model.config.d_vision == 48
+    assert all(torch.equal(v, lm_state[k]) for k, v in model.lm.state_dict().items())
+    assert torch.equal(before, after)
+    with pytest.raises(UsageError, match="not d_model"):
+        model.replace_connector(d_model=128)

@@ -25,6 +25,7 @@ from vlmtool.vlm.config import VLMConfig
 from vlmtool.vlm.connectors import build_connector, grid_of
 from vlmtool.vlm.tokenizer import IGNORE, ChatTokenizer, grid_newlines
 
+CONNECTOR_FIELDS = ("connector", "d_vision", "xattn_every", "patch_size", "image_size")
 STAGES = {0: "language-model pretraining", 1: "alignment (connector only)", 2: "instruction tuning (connector + LM)"}
 
 
@@ -50,6 +51,19 @@ class VLM(nn.Module):
         if config.connector == "xattn" and not getattr(lm, "supports_block_hooks", True):
             raise UsageError(f"xattn connector: cannot find the decoder layers of {config.lm}")
         self.connector = build_connector(config, lm.d_model, config.n_heads, lm.n_layers)
+
+    def replace_connector(self, **changes) -> VLM:
+        """Swap in a fresh connector built from the config with `changes` (any of CONNECTOR_FIELDS),
+        keeping the LM and its weights: e.g. after stage 0, once the feature width is known.
+        Returns self."""
+        bad = sorted(set(changes) - set(CONNECTOR_FIELDS))
+        if bad:
+            raise UsageError(f"replace_connector changes only {', '.join(CONNECTOR_FIELDS)}, not {', '.join(bad)}")
+        config = self.config.replace(**changes)
+        device = next(self.lm.parameters()).device
+        self.connector = build_connector(config, self.lm.d_model, config.n_heads, self.lm.n_layers).to(device)
+        self.config = config
+        return self
 
     # ------------------------------------------------------------------ inputs
 
