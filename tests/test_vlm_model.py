@@ -221,3 +221,15 @@ def test_replace_connector_keeps_the_lm_after_stage0(tok):
     assert torch.equal(before, after)
     with pytest.raises(UsageError, match="not d_model"):
         model.replace_connector(d_model=128)
+
+
+def test_generation_stops_at_max_seq_and_longer_inputs_are_usage_errors(tok):
+    model = make(tok, max_seq=24).eval()
+    ids = torch.tensor([tok.encode_chat([("What colour is the cube?", None)]).input_ids])
+    T = ids.shape[1]
+    for use_cache in (True, False):
+        assert len(model.generate(ids, max_new_tokens=100, use_cache=use_cache)[0]) == 24 - T + 1
+    with pytest.raises(UsageError, match="max_seq 24"):
+        model(torch.cat([ids] * 3, dim=1))
+    with pytest.raises(UsageError, match="max_seq 24"):
+        model.generate(torch.cat([ids] * 3, dim=1))

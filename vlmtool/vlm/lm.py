@@ -175,8 +175,8 @@ class BundledLM(nn.Module):
         past = len(cache) if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=inputs_embeds.device).expand(B, T)
-        if int(position_ids.max()) >= self.max_seq:
-            raise UsageError(f"a sequence of {int(position_ids.max()) + 1} positions exceeds the LM's max_seq {self.max_seq}")
+        if past + T > self.max_seq:  # positions never exceed past + T - 1 (they count real tokens)
+            raise UsageError(f"a sequence of {past + T} tokens exceeds the LM's max_seq {self.max_seq}")
         cos = self.rope_cos[position_ids][:, None]  # [B, 1, T, Dh]
         sin = self.rope_sin[position_ids][:, None]
         mask = None

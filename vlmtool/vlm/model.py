@@ -32,8 +32,8 @@ STAGES = {0: "language-model pretraining", 1: "alignment (connector only)", 2: "
 @dataclass
 class VLMOutput:
     logits: torch.Tensor  # [B, T, V]
-    loss: torch.Tensor | None  # mean cross-entropy over the label tokens (None without labels)
-    n_label_tokens: int  # how many tokens the loss averages over (for weighting across ranks)
+    loss: torch.Tensor | None  # mean cross-entropy over the label tokens (0 when there are none; None without labels)
+    n_label_tokens: torch.Tensor | int  # how many tokens the loss averages over (0-dim tensor; for weighting across ranks)
 
 
 class VLM(nn.Module):
@@ -117,11 +117,10 @@ class VLM(nn.Module):
         if labels is None:
             return VLMOutput(logits, None, 0)
         tgt = labels[:, 1:]  # [B, T-1]: token t+1 is predicted at t
-        n = int((tgt != IGNORE).sum())
-        if n == 0:
-            return VLMOutput(logits, logits.sum() * 0.0, 0)
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE)
-        return VLMOutput(logits, loss, n)
+        n = (tgt != IGNORE).sum()  # a tensor: no device sync here
+        total = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                ignore_index=IGNORE, reduction="sum")
+        return VLMOutput(logits, total / n.clamp(min=1), n)
 
     def freeze(self, stage: int) -> None:
         """Set requires_grad for a curriculum stage: 0 LM only (connector unused), 1 connector
@@ -178,7 +177,9 @@ class VLM(nn.Module):
         hook = self._hook(visual, visual_mask)
         pos = positions(mask)  # [B, T]
         gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
-        max_new_tokens = min(max_new_tokens, self.lm.max_seq - int(pos.max()) - 1)
+        if T > self.lm.max_seq:
+            raise UsageError(f"a prompt of {T} tokens exceeds the LM's max_seq {self.lm.max_seq}")
+        max_new_tokens = min(max_new_tokens, self.lm.max_seq - T + 1)  # the last new token is never fed back
         stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=dev)
         out, done, cache, step_x, step_pos = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=dev), None, x, pos
         for _ in range(max(max_new_tokens, 0)):
