@@ -46,11 +46,15 @@ class VLM(nn.Module):
             lm = build_lm(config)
         if config.is_hf:  # record the sizes the transformers model really has
             config = config.replace(**lm.sizes())
-        self.config = config
         self.lm = lm
-        if config.connector == "xattn" and not getattr(lm, "supports_block_hooks", True):
+        self._set_connector(config)
+
+    def _set_connector(self, config: VLMConfig) -> None:
+        if config.connector == "xattn" and not getattr(self.lm, "supports_block_hooks", True):
             raise UsageError(f"xattn connector: cannot find the decoder layers of {config.lm}")
-        self.connector = build_connector(config, lm.d_model, config.n_heads, lm.n_layers)
+        device = next(self.lm.parameters()).device
+        self.connector = build_connector(config, self.lm.d_model, config.n_heads, self.lm.n_layers).to(device)
+        self.config = config
 
     def replace_connector(self, **changes) -> VLM:
         """Swap in a fresh connector built from the config with `changes` (any of CONNECTOR_FIELDS),
@@ -59,10 +63,7 @@ class VLM(nn.Module):
         bad = sorted(set(changes) - set(CONNECTOR_FIELDS))
         if bad:
             raise UsageError(f"replace_connector changes only {', '.join(CONNECTOR_FIELDS)}, not {', '.join(bad)}")
-        config = self.config.replace(**changes)
-        device = next(self.lm.parameters()).device
-        self.connector = build_connector(config, self.lm.d_model, config.n_heads, self.lm.n_layers).to(device)
-        self.config = config
+        self._set_connector(self.config.replace(**changes))
         return self
 
     # ------------------------------------------------------------------ inputs
@@ -191,8 +192,9 @@ class VLM(nn.Module):
             last[:, [i for i in (self.config.image_token_id, self.config.image_newline_id) if i < last.shape[-1]]] = float("-inf")
             nxt = pick_token(last, temperature, top_p, gen)  # [B]
             stopped = torch.isin(nxt, stop)
-            for b in (~done & ~stopped).nonzero().flatten().tolist():
-                out[b].append(int(nxt[b]))
+            for b, (tok, keep) in enumerate(zip(nxt.tolist(), (~done & ~stopped).tolist())):
+                if keep:
+                    out[b].append(tok)
             done |= stopped
             if bool(done.all()):
                 break
