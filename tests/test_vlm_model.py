@@ -233,3 +233,15 @@ def test_generation_stops_at_max_seq_and_longer_inputs_are_usage_errors(tok):
         model(torch.cat([ids] * 3, dim=1))
     with pytest.raises(UsageError, match="max_seq 24"):
         model.generate(torch.cat([ids] * 3, dim=1))
+
+
+def test_the_slots_get_the_visual_vectors_in_order_and_the_newline_vector(tok):
+    model = make(tok).eval()
+    enc = tok.encode_chat([("What colour is it?", "Red.")], n_visual=4, newline_after=[1, 3])
+    visual = torch.randn(1, 5, D_V)
+    valid = torch.tensor([[True, False, True, True, True]])  # the second feature is padding
+    with torch.no_grad():
+        x = model.embed_inputs(torch.tensor([enc.input_ids]), visual, valid)[0]
+        projected = model.connector(visual)[0, [0, 2, 3, 4]]
+    assert torch.equal(x[enc.visual_positions], projected)
+    assert all(torch.equal(x[p], model.connector.image_newline.detach()) for p in enc.newline_positions)
