@@ -81,8 +81,8 @@ class VLM(nn.Module):
             if slot.any() or nl.any():
                 raise UsageError("the xattn connector takes no visual slots: encode the chat with n_visual=0")
             return x
-        if nl.any():
-            x = torch.where(nl[..., None], self.connector.image_newline.to(x.dtype), x)
+        # always in the graph (zero gradient without newline slots), so DDP sees it used
+        x = torch.where(nl[..., None], self.connector.image_newline.to(x.dtype), x)
         src = pixels if self.config.connector == "native" else visual
         if src is None and not slot.any():
             return x
