@@ -111,14 +111,14 @@ def _files(root):
 
 
 def test_a_rerun_into_a_world_folder_leaves_exactly_the_new_world(tmp_path):
-    from vlmtool.inspect_shards import run_inspect
+    from vlmtool.inspect_shards import InspectOptions, run_inspect
 
     out = tmp_path / "w"
     make_world(out, samples=30, shard_size=10, seed=1, videos=1, sizes="small")
     assert len(_files(out)) == 6
     make_world(out, samples=12, shard_size=10, seed=2, sizes="small")
     assert _files(out) == ["00000.tar", "00001.tar", "world.json"]  # old shards and the videos/ folder gone
-    assert run_inspect([str(out)], None, progress=False)["samples"] == 12
+    assert run_inspect([str(out)], None, InspectOptions(progress=False))["samples"] == 12
     # a world.json from before its `files` list: its shards and videos are known by number and name
     meta = orjson.loads((out / "world.json").read_bytes())
     del meta["files"]
@@ -177,12 +177,12 @@ def test_broken_tar_always_cuts_inside_a_member(tmp_path):
 
 
 def test_broken_world_counts_are_exactly_what_inspect_finds(tmp_path):
-    from vlmtool.inspect_shards import run_inspect
+    from vlmtool.inspect_shards import InspectOptions, run_inspect
 
     s = make_world(tmp_path / "w", samples=30, shard_size=10, seed=1, broken=0.3, broken_tar=True, sizes="small")
     want = {k: v for k, v in s["counts"]["broken"].items() if v}
     want["broken_tar"] = 1
-    got = run_inspect([str(tmp_path / "w")], None, progress=False)
+    got = run_inspect([str(tmp_path / "w")], None, InspectOptions(progress=False))
     assert got["samples"] == 30 - s["truncated_shard"]["lost"]
     assert got["rejected"] == dict(sorted(want.items()))
 

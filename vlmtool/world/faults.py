@@ -275,7 +275,8 @@ def odd_member_shards(s: Samples) -> list[Shard]:
 
 def cut_shards(s: Samples) -> list[tuple[Shard, bytes]]:
     """Tars cut short: inside a member's data (that record is the broken_tar one), inside a
-    header after a complete record (a broken_tar with no key), and a gzip stream cut short."""
+    header after a complete record (a broken_tar naming the record whose header was cut, when the
+    header's name field survives; else no key), and a gzip stream cut short."""
     out = []
     for name, member, keep in (("cut_in_image.tar", "cut_2.jpg", 0.5), ("cut_in_json.tar", "cut_3.json", 0.3)):
         sh = Shard(name, f"the tar ends inside {member}'s data")
@@ -288,7 +289,8 @@ def cut_shards(s: Samples) -> list[tuple[Shard, bytes]]:
             sh.add(f"hdr_{i}", s.members(f"hdr_{i}"))
         data = tar_bytes(sh.members)
         _, header_at, _, _ = next(m for m in layout(data) if m[0].startswith("hdr_2."))
-        _truncate_records(sh, "hdr_2", truth(None, "broken_tar", "the tar ends inside the header after record hdr_1"))
+        named = "hdr_2" if nbytes >= 100 else None  # the name field is the header's first 100 bytes
+        _truncate_records(sh, "hdr_2", truth(named, "broken_tar", "the tar ends inside the header after record hdr_1"))
         out.append((sh, data[: header_at + nbytes]))
     out.append(gzip_cut(s))
     return out
