@@ -178,9 +178,21 @@ def test_missing_weights_and_bad_arguments_say_what_to_do(tmp_path):
     p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "a", "--model", "ViT-B-32", "--pretrained", "openai",
                 "--min-score", "0.28", env=env, check=False, timeout=120)
     assert p.returncode == 2 and "could not be loaded" in p.stderr and "clip-train" in p.stderr and "Traceback" not in p.stderr
-    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "b", "--model", "tiny-clip", check=False)
+    # the corrected rerun in the same folder is not refused: the failed start made nothing
+    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "a", "--model", "tiny-clip", "--pretrained", "random",
+                "--min-score", "0.28", "--json", "--no-progress", check=False)
+    assert p.returncode == 0, p.stderr
+    # no weights at all: refused (random weights must be asked for)
+    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "b", "--model", "tiny-clip", "--min-score", "0.3", check=False)
+    assert p.returncode == 2 and "--pretrained" in p.stderr and not (tmp_path / "b" / "manifest.json").exists()
+    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "b", "--model", "tiny-clip", "--pretrained", "random", check=False)
     assert p.returncode == 2 and "exactly one of" in p.stderr
-    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "c", "--model", "no-such-arch", "--min-score", "0", check=False)
+    for bad in ("nan", "1.5"):
+        p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "b", "--model", "tiny-clip", "--pretrained", "random",
+                    "--min-score", bad, check=False)
+        assert p.returncode == 2 and "--min-score" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "c", "--model", "no-such-arch", "--pretrained", "random", "--min-score", "0",
+                check=False)
     assert p.returncode == 2 and "unknown open_clip architecture" in p.stderr
     p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "d", "--model", "tiny-clip", "--pretrained", "/nope/x.pt",
                 "--min-score", "0", check=False)

@@ -33,7 +33,7 @@ MAX_PIXELS = typer.Option(89_478_485, "--max-pixels", min=1, help="Reject images
 MAX_IMAGE_BYTES = typer.Option(64 << 20, "--max-image-bytes", min=1, help="Reject image members larger than this many bytes.")
 MAX_TEXT_BYTES = typer.Option(1 << 20, "--max-text-bytes", min=1, help="Reject caption and json members larger than this many bytes.")
 INPUTS = typer.Argument(..., help="Shards: paths, brace patterns ('d/{00000..00009}.tar'), globs, folders, or - for a list on stdin.",
-                        metavar="INPUTS...")
+                        metavar="INPUTS")
 
 
 def emit(summary: dict, as_json: bool) -> None:

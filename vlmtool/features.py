@@ -1,0 +1,152 @@
+"""Feature shards: what `vlmtool encode` writes and `vlmtool train` (or anyone's trainer) reads.
+
+Format (docs/formats.md, "Feature shards", version FORMAT_VERSION):
+- `DIR/features.json`: the tower that made them, exactly (architecture, weights path and
+  sha256, layer, cls, width D, image and patch size, preprocessing, dtype), so inference can
+  encode a new image with the very same tower.
+- `DIR/shards/NAME.tar`: one webdataset shard per input shard, keys kept, members
+  `KEY.tokens.npy` (float16 [T, D]), `KEY.json` (format version, source shard and key, image
+  size, view kind, the views with their rows, grids, tile boxes and frame times, token counts,
+  the sample's text) and, with --pooled, `KEY.pooled.npy` (float16 [E], the normalized image
+  embedding).
+
+    for s in read(["feats/shards/00000.tar"]):
+        s["key"], s["tokens"].shape, s["meta"]["views"]
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from vlmtool.errors import UsageError
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "vlmtool-features"
+
+
+def npy_bytes(array) -> bytes:
+    """A numpy array as .npy bytes (numpy's own format; webdataset decodes it by its extension)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes):
+    import numpy as np
+
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def check_version(meta: dict, where: str) -> None:
+    v = meta.get("version")
+    if meta.get("format") != FORMAT_NAME or v != FORMAT_VERSION:
+        raise UsageError(f"{where}: feature format {meta.get('format')!r} version {v!r}; this vlmtool reads "
+                         f"{FORMAT_NAME} version {FORMAT_VERSION} (re-encode with this version of `vlmtool encode`)")
+
+
+def read_features_json(root: str | Path) -> dict:
+    """DIR/features.json of a feature folder (checked for its version)."""
+    p = Path(root) / "features.json"
+    if not p.exists():
+        raise UsageError(f"{root} has no features.json: is it the output folder of `vlmtool encode`?")
+    meta = orjson.loads(p.read_bytes())
+    check_version(meta, str(p))
+    return meta
+
+
+def feature_shards(inputs: list[str]) -> list[str]:
+    """Feature shard paths from folders written by encode (their shards/), shard files, patterns."""
+    from vlmtool.core.shards import expand_inputs
+
+    specs = []
+    for spec in inputs:
+        p = Path(spec)
+        if p.is_dir() and (p / "features.json").exists():
+            read_features_json(p)
+            specs.append(str(p / "shards"))
+        else:
+            specs.append(spec)
+    return expand_inputs(specs)
+
+
+def _sample(rec: dict, where: str) -> dict | None:
+    if "tokens.npy" not in rec or "json" not in rec:
+        return None
+    meta = orjson.loads(rec["json"])
+    check_version(meta, f"{where} {rec['__key__']}")
+    out = {"key": rec["__key__"], "tokens": load_npy(rec["tokens.npy"]), "meta": meta}
+    if "pooled.npy" in rec:
+        out["pooled"] = load_npy(rec["pooled.npy"])
+    return out
+
+
+def read(paths: list[str], rejects: list | None = None) -> Iterator[dict]:
+    """One dict per sample of the feature shards, in order: `key`, `tokens` (float16 [T, D]),
+    `meta` (the sample's json) and, when written, `pooled`. Broken records are skipped and, when
+    a `rejects` list is given, appended to it."""
+    from vlmtool.core.records import ReadOptions, Reject, tar_records
+    from vlmtool.core.shards import shard_refs
+
+    read_opts = ReadOptions(max_member_bytes=1 << 31)
+    for ref in shard_refs(list(paths)):
+        for rec in tar_records(ref, read_opts):
+            if isinstance(rec, Reject):
+                if rejects is not None:
+                    rejects.append(rec)
+                continue
+            s = _sample(rec, ref.url)
+            if s is None:
+                if rejects is not None:
+                    rejects.append(Reject(ref.name, rec["__key__"], "missing_image", "no tokens.npy/json member"))
+                continue
+            s["shard"] = ref.name
+            yield s
+
+
+class FeatureDataset:
+    """A DataLoader-ready iterable over feature shards: shard i goes to rank i % world, then to
+    worker j % workers within the rank; a shard is never split, so samples keep shard order."""
+
+    def __init__(self, paths: list[str], rank: int = 0, world_size: int = 1):
+        self.paths, self.rank, self.world_size = list(paths), rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        import sys
+
+        mine = self.paths[self.rank :: self.world_size]
+        if "torch" in sys.modules:
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+            if info is not None:
+                mine = mine[info.id :: info.num_workers]
+        yield from read(mine)
+
+    def __len__(self) -> int:  # shards, not samples
+        return len(self.paths[self.rank :: self.world_size])
+
+
+def collate(samples: list[dict]) -> dict[str, Any]:
+    """Pad variable token counts: `tokens` float32 [B, T_max, D], `mask` bool [B, T_max] (True
+    on real rows), `keys`, `meta`."""
+    import numpy as np
+    import torch
+
+    t_max = max(s["tokens"].shape[0] for s in samples)
+    d = samples[0]["tokens"].shape[1]
+    out = np.zeros((len(samples), t_max, d), dtype=np.float32)
+    mask = np.zeros((len(samples), t_max), dtype=bool)
+    for i, s in enumerate(samples):
+        if s["tokens"].shape[1] != d:
+            raise UsageError(f"sample {s['key']} has feature width {s['tokens'].shape[1]}, others {d}: mixed towers in one batch")
+        n = s["tokens"].shape[0]
+        out[i, :n] = s["tokens"]
+        mask[i, :n] = True
+    return {"tokens": torch.from_numpy(out), "mask": torch.from_numpy(mask), "keys": [s["key"] for s in samples],
+            "meta": [s["meta"] for s in samples]}
