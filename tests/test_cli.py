@@ -1,18 +1,59 @@
 from conftest import run_cli
 
 
+def _commands():
+    """Every command and subcommand of the CLI, as (path, click command)."""
+    import typer.main
+
+    from vlmtool.cli import app
+
+    def walk(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if not subs:
+            yield path, cmd
+            return
+        for name, sub in subs.items():
+            yield from walk(sub, path + [name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
 def test_help_lists_every_command():
     out = run_cli("--help").stdout
-    for cmd in ("world", "inspect", "demo"):
-        assert cmd in out
+    for path, _ in _commands():
+        assert path[0] in out
 
 
-def test_every_command_has_help():
-    out = run_cli("--help").stdout
-    cmds = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip() and not line.startswith("╰")]
-    for cmd in cmds:
-        if cmd.isidentifier() or "-" in cmd:
-            assert run_cli(cmd, "--help").returncode == 0
+def test_every_command_and_option_has_help():
+    for path, cmd in _commands():
+        p = run_cli(*path, "--help")
+        assert p.returncode == 0 and "Usage:" in p.stdout, path
+        assert cmd.help, f"{' '.join(path)} has no help text"
+        for param in cmd.params:
+            assert getattr(param, "help", None), f"{' '.join(path)} {param.opts[0]} has no help text"
+        assert "<list[str]>" not in p.stdout and "{out}" not in p.stdout
+
+
+def test_a_reader_that_stops_early_is_not_a_failure():
+    import subprocess
+    import sys
+
+    sizes = [a for i in range(1, 4000) for a in ("--size", f"{i}x100")]
+    proc = subprocess.Popen([sys.executable, "-m", "vlmtool", "budget", *sizes, "-m", "qwen2-vl"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_human_summary_has_no_python_reprs():
+    from conftest import FIXTURES
+
+    err = run_cli("inspect", FIXTURES / "shapes", "--no-progress").stderr
+    assert "complete: yes" in err and "out: -" in err
+    for repr_ in ("None", "True", "False", "['", "{'"):
+        assert repr_ not in err, repr_
 
 
 def test_version():

@@ -20,9 +20,24 @@ def main() -> None:
     except VlmtoolError as e:
         print(f"vlmtool: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except BrokenPipeError:  # `vlmtool ... | head`
-        sys.stderr.close()
-        sys.exit(0)
+    except BrokenPipeError:  # `vlmtool ... | head`: the reader has all it wanted
+        _quiet_exit()
+    except SystemExit as e:
+        # click turns a closed stdout (EPIPE) into exit 1 after wrapping the streams; a reader
+        # that stopped early is not a failure (scripts with `set -o pipefail` rely on that)
+        if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click's (or typer's vendored click's)
+            _quiet_exit()
+        raise
+
+
+def _quiet_exit() -> None:
+    import os
+
+    try:  # stdout is gone: point it at /dev/null so the interpreter's final flush stays silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(0)
 
 
 __all__ = ["app", "main", "UsageError"]

@@ -10,8 +10,27 @@ from __future__ import annotations
 import sys
 
 import typer
+import typer.core
 
 from vlmtool import __version__
+
+# Typer prints an argument's Python type beside its name in --help (`INPUTS <list[str]>`); the help
+# text already says what an argument takes, so the type name is left out.
+# Options show click's metavar (TEXT, INTEGER, FLOAT, DIR) instead of `<list[str]>`.
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": None}
+_option_type = typer.core.TyperOption.display_type_rich
+
+
+def _option_metavar(self, ctx):
+    shown = _option_type(self, ctx)
+    if not shown or not shown.startswith("<"):
+        return shown
+    name = shown.strip("<>").removeprefix("list[").rstrip("]")
+    return _TYPE_NAMES.get(name, name.upper())
+
+
+typer.core.TyperOption.display_type_rich = _option_metavar  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="vlmtool",
@@ -36,6 +55,32 @@ INPUTS = typer.Argument(..., help="Shards: paths, brace patterns ('d/{00000..000
                         metavar="INPUTS")
 
 
+def human(value) -> str:
+    """A value as a person reads it in a summary: no Python reprs."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(human(v) for v in value[:8])
+        return (shown + f", ... ({len(value)} in all)") if len(value) > 8 else (shown or "-")
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={human(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def summary_lines(obj: dict, indent: int = 0):
+    """The summary as indented `key: value` lines; nested dicts of dicts become sections."""
+    for k, v in obj.items():
+        if isinstance(v, dict) and v and any(isinstance(x, (dict, list)) for x in v.values()):
+            yield " " * indent + f"{k}:"
+            yield from summary_lines(v, indent + 2)
+        else:
+            yield " " * indent + f"{k}: {human(v)}"
+
+
 def emit(summary: dict, as_json: bool) -> None:
     """The job summary: JSON on stdout for pipelines, or readable lines on stderr for people."""
     if as_json:
@@ -44,18 +89,7 @@ def emit(summary: dict, as_json: bool) -> None:
         sys.stdout.buffer.write(dumps(summary) + b"\n")
         sys.stdout.flush()
         return
-
-    def lines(obj, indent=0):
-        for k, v in obj.items():
-            if isinstance(v, dict) and v and not all(isinstance(x, (int, float, str, type(None))) for x in v.values()):
-                yield " " * indent + f"{k}:"
-                yield from lines(v, indent + 2)
-            elif isinstance(v, dict):
-                yield " " * indent + f"{k}: " + (", ".join(f"{a}={b}" for a, b in v.items()) or "-")
-            else:
-                yield " " * indent + f"{k}: {v}"
-
-    for line in lines(summary):
+    for line in summary_lines(summary):
         print(line, file=sys.stderr)
 
 
