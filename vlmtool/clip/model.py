@@ -8,6 +8,7 @@ CLIP the tests and the demo train) to open_clip's registry, so `tiny-clip` is ju
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,10 +119,14 @@ def load_clip(arch: str | None = None, pretrained: str | None = None, device=Non
                 raise UsageError(f"{arch} has no pretrained tag {pretrained!r}; its tags: {', '.join(tags) or 'none'}")
             _check_reachable(arch, pretrained)
         try:
-            with _quiet_open_clip():
+            with _quiet_open_clip(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's unpickler warns about the very files it then refuses
                 model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device,
                                                                            precision=precision)
-        except (RuntimeError, OSError, ValueError) as e:
+        except Exception as e:
+            if pretrained and os.path.isfile(pretrained):
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise UsageError(f"--pretrained {pretrained} is not a usable {arch} checkpoint ({type(e).__name__}: {first[:200]})") from None
             if pretrained:
                 raise _missing_weights(arch, pretrained, e) from None
             raise

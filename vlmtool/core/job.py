@@ -31,6 +31,9 @@ from vlmtool.core.shards import JobDir, ShardRef, read_json, temp_pattern, write
 from vlmtool.errors import UsageError
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+# signed-URL and token query parameters (S3/GCS presigned URLs, API keys in URLs)
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|signature|sig|"
+                           r"token|access_token|api_key|apikey|key)=)[^&\s#]+")
 
 
 def free(default: Any = None, **kw):
@@ -43,7 +46,7 @@ def redact(value: Any) -> Any:
     """Strip credentials from URLs (`http://user:key@host` -> `http://***@host`) anywhere in a
     value that is stored (manifests, logs)."""
     if isinstance(value, str):
-        return _USERINFO.sub(r"\1***@", value)
+        return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", value))
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     if isinstance(value, dict):
@@ -100,7 +103,7 @@ class Job:
 
     def _check_settings(self) -> None:
         meta = self.out / "_job.json"
-        mine = {"job": self.name, "inputs": [s.url for s in self.refs], "settings": settings(self.opts)}
+        mine = {"job": self.name, "inputs": redact([s.url for s in self.refs]), "settings": settings(self.opts)}
         if not meta.exists():
             write_json(meta, mine)  # ranks racing here write the same bytes
             return

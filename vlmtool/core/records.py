@@ -102,13 +102,26 @@ def tar_records(ref: ShardRef, read: ReadOptions = ReadOptions()) -> Iterator[di
     except Exception as e:
         yield Reject(ref.name, None, "broken_tar", f"cannot open: {type(e).__name__}: {e}")
         return
+    broke = False
     try:
-        yield from _records(f, ref, read)
-    finally:
-        try:
-            f.close()
-        except Exception as e:  # a failing pipe: command reports here
+        for rec in _records(f, ref, read):
+            broke = broke or isinstance(rec, Reject) and rec.reason == "broken_tar"
+            yield rec
+    except BaseException:
+        _close_quietly(f)
+        raise
+    try:
+        f.close()
+    except Exception as e:  # a failing pipe: command reports here (once: the shard may have said so already)
+        if not broke:
             yield Reject(ref.name, None, "broken_tar", f"the input stream failed: {type(e).__name__}: {e}")
+
+
+def _close_quietly(f) -> None:
+    try:
+        f.close()
+    except Exception:  # the stream's own failure is not the one being raised
+        pass
 
 
 def _records(f, ref: ShardRef, read: ReadOptions) -> Iterator[dict | Reject]:
