@@ -7,10 +7,10 @@ from collections import Counter
 
 import orjson
 import pytest
-
 from conftest import FIXTURES, json_out, run_cli
 from fake_openai import FakeOpenAI
-from vlmtool.synth.job import run_synth
+
+from vlmtool.synth.job import SynthOptions, run_synth
 from vlmtool.synth.teachers import RateLimiter, parse_turns
 from vlmtool.synth.validate import Rejected, mentioned, validate
 from vlmtool.world import make_world
@@ -25,6 +25,113 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthw")
     make_world(out, samples=40, shard_size=10, seed=21, sizes="small", broken=0.1)
     return out
+
+
+def _photo_shards(out, captions, meta=None):
+    """A folder of photo-like samples (noise and gradients, not shapes) with captions, and the
+    given json metadata per sample (None: no json member at all), one shard."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vlmtool.core.shards import ShardTarWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    w = ShardTarWriter(out / "00000.tar")
+    for i, cap in enumerate(captions):
+        arr = (rng.random((48, 64, 3)) * 80 + np.linspace(0, 170, 64)[None, :, None]).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "JPEG", quality=80)
+        rec = {"__key__": f"photo{i:04d}", "jpg": buf.getvalue(), "txt": cap.encode()}
+        if meta is not None:
+            rec["json"] = orjson.dumps(meta[i])
+        w.write(rec)
+    w.commit()
+    return out
+
+
+PHOTO_CAPTIONS = ["A dog asleep on a red couch.", "Two people walking on a beach at sunset.", "A bowl of fruit on a kitchen table.",
+                  "A cat looking out of a window.", "A city street with a bus and a bicycle.", "A laptop next to a cup of coffee."]
+
+
+def test_no_object_metadata_means_no_negative_questions_unless_a_vocabulary_is_given(tmp_path):
+    photos = _photo_shards(tmp_path / "photos", PHOTO_CAPTIONS, meta=[{"url": f"http://x/{i}.jpg"} for i in range(6)])
+    s = run_synth([str(photos)], str(tmp_path / "a"), SynthOptions(progress=False))
+    rows = _lines(tmp_path / "a" / "instructions.jsonl")
+    assert s["samples"] == 6 and s["requests"] == 18 and len(rows) == s["instructions"] > 0  # (the caption alone: answers repeat)
+    assert "negative" not in s["by_task"] and not any(r["task"] == "negative" for r in rows)
+    assert s["negatives_skipped"] == {"no_object_metadata": 6} and "no --vocabulary" in s["note"]
+    manifest = orjson.loads((tmp_path / "a" / "manifest.json").read_bytes())
+    assert manifest["totals"]["negatives_skipped"] == {"no_object_metadata": 6} and manifest["options"]["vocabulary"] is None
+    # no json member at all: the same
+    bare = _photo_shards(tmp_path / "bare", PHOTO_CAPTIONS)
+    assert run_synth([str(bare)], str(tmp_path / "b"), SynthOptions(progress=False, tasks="negative"))["instructions"] == 0
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("# things to ask about\ndog\nzebra\ngiraffe\n\nkite\n")
+    s = run_synth([str(photos)], str(tmp_path / "c"), SynthOptions(progress=False, tasks="negative", vocabulary=str(vocab)))
+    negs = _lines(tmp_path / "c" / "instructions.jsonl")
+    assert s["instructions"] == len(negs) == 6 and s["negatives_skipped"] == {}
+    asked = {r["key"]: r["conversations"][0]["value"].split("Is there ")[1] for r in negs}
+    assert all(q.split()[1] in {"zebra", "giraffe", "kite", "dog"} for q in asked.values())
+    assert "dog" not in asked["photo0000"]  # the caption names a dog: never asked as absent
+
+
+def test_vocabulary_popularity_and_cooccurrence_come_from_the_data(tmp_path):
+    """Labels of another dataset (not the shapes world's): negatives are about those labels,
+    popular ones by their counts in the data, adversarial ones by what co-occurs."""
+    from vlmtool.core.records import ReadOptions
+    from vlmtool.core.shards import expand_inputs, shard_refs
+    from vlmtool.synth.objects import ObjectTables, absent_object, count_objects
+
+    labels = [["dog", "frisbee"], ["dog", "frisbee"], ["dog", "frisbee", "tree"], ["cat", "sofa"], ["cat"], ["car", "tree"]]
+    meta = [{"objects": [{"label": x} for x in ls]} for ls in labels]
+    photos = _photo_shards(tmp_path / "p", PHOTO_CAPTIONS, meta)
+    t = count_objects(shard_refs(expand_inputs([str(photos)])), ReadOptions(), "objects")
+    assert t.popularity == {"dog": 3, "frisbee": 3, "tree": 2, "cat": 2, "sofa": 1, "car": 1}
+    assert t.cooccurrence["dog"] == {"frisbee": 3, "tree": 1} and t.cooccurrence["tree"]["car"] == 1
+    assert absent_object("k", ["dog"], t.vocabulary, "adversarial", t) == "frisbee"
+    assert absent_object("k", ["dog", "frisbee"], t.vocabulary, "popular", t) == "tree"
+    assert absent_object("k", ["cat"], ["sofa"], "random", ObjectTables()) == "sofa"
+    s = run_synth([str(photos)], str(tmp_path / "o"), SynthOptions(progress=False, tasks="negative", negatives="adversarial"))
+    rows = _lines(tmp_path / "o" / "instructions.jsonl")
+    asked = {r["key"]: r["conversations"][0]["value"] for r in rows}
+    assert s["instructions"] == 6 and asked["photo0000"].endswith("Is there a tree in the image?")  # dog+frisbee: tree co-occurs
+    assert asked["photo0004"].endswith("Is there a sofa in the image?")  # cat: sofa co-occurs
+    assert not any(w in " ".join(asked.values()) for w in ("circle", "square", "hexagon"))
+    # another field name
+    meta2 = [{"things": ls} for ls in labels]
+    s = run_synth([str(_photo_shards(tmp_path / "p2", PHOTO_CAPTIONS, meta2))], str(tmp_path / "o2"),
+                  SynthOptions(progress=False, tasks="negative", objects_field="things"))
+    assert s["instructions"] == 6
+
+
+def test_synth_reads_no_world_and_has_no_long_function():
+    import ast
+    from pathlib import Path
+
+    import vlmtool.synth
+
+    for p in Path(vlmtool.synth.__path__[0]).glob("*.py"):
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.startswith("vlmtool.world") for n in names), p
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 80, (p.name, node.name)
+
+
+def test_cli_parameters_are_the_options_fields():
+    import dataclasses
+    import inspect as pyinspect
+
+    from vlmtool.cli.synth import synth_cmd
+
+    params = set(pyinspect.signature(synth_cmd).parameters) - {"inputs", "out", "as_json"}
+    assert params == {f.name for f in dataclasses.fields(SynthOptions)}
 
 
 def _expected_requests(world, tasks=4):
@@ -86,7 +193,7 @@ def test_faults_on_first_try_still_give_exactly_one_result_each(small_world, tmp
 
 
 def test_requests_that_always_fail_are_recorded_not_lost(small_world, tmp_path):
-    good, n_req = _expected_requests(small_world)
+    _, n_req = _expected_requests(small_world)
     with FakeOpenAI(fail_always=0.1, faults=("500",)) as srv:
         s = run_synth([str(small_world)], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake", concurrency=8,
                       max_retries=2, backoff=0.001, progress=False)
@@ -102,7 +209,7 @@ def test_requests_that_always_fail_are_recorded_not_lost(small_world, tmp_path):
 
 
 def test_sigkill_then_rerun_no_duplicates_no_gaps_no_resend(small_world, tmp_path):
-    good, n_req = _expected_requests(small_world)
+    _, n_req = _expected_requests(small_world)
     out = tmp_path / "o"
     with FakeOpenAI(latency=0.05) as srv:
         cmd = [sys.executable, "-m", "vlmtool", "synth", str(small_world), "--out", str(out), "--teacher", "openai", "--base-url",
