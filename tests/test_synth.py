@@ -162,8 +162,8 @@ def test_captions_teacher_writes_llava_and_messages(tmp_path):
     assert s["samples_rejected"] == {k: v for k, v in world["counts"]["broken"].items() if v}
     negs = [r for r in rows if r["task"] == "negative"]
     assert negs and all(r["conversations"][1]["value"].startswith("No,") for r in negs)
-    m = json_out(run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "b", "--format", "messages", "--tasks",
-                         "conversation=1,negative=1", "--per-sample", "1", "--json", "--no-progress"))
+    m = run_synth([str(FIXTURES / "shapes")], str(tmp_path / "b"), SynthOptions(format="messages", tasks="conversation=1,negative=1",
+                                                                               per_sample=1, progress=False))
     mrows = _lines(tmp_path / "b" / "instructions.jsonl")
     assert len(mrows) == m["instructions"] <= 24 and set(m["by_task"]) <= {"conversation", "negative"}
     assert mrows[0]["messages"][0]["role"] == "user" and mrows[0]["messages"][0]["content"][0] == {"type": "image"}
@@ -208,6 +208,7 @@ def test_requests_that_always_fail_are_recorded_not_lost(small_world, tmp_path):
     assert s2["ok"] == n_req and s2["failed"] == {}
 
 
+@pytest.mark.slow  # two CLI processes and a kill: ~25 s on 2 busy cores
 def test_sigkill_then_rerun_no_duplicates_no_gaps_no_resend(small_world, tmp_path):
     _, n_req = _expected_requests(small_world)
     out = tmp_path / "o"
@@ -307,6 +308,7 @@ def test_bad_arguments(tmp_path):
     assert p.returncode == 2 and "unknown task" in p.stderr
 
 
+@pytest.mark.slow  # three CLI processes: ~35 s on 2 busy cores
 def test_slurm_ranks_split_shards_and_the_last_one_writes_the_output(small_world, tmp_path):
     json_out(run_cli("synth", small_world, "--out", tmp_path / "one", "--json", "--no-progress"))
     outs = [json_out(run_cli("synth", small_world, "--out", tmp_path / "two", "--json", "--no-progress",
@@ -314,3 +316,126 @@ def test_slurm_ranks_split_shards_and_the_last_one_writes_the_output(small_world
     assert [o["complete"] for o in outs] == [False, True]
     assert (tmp_path / "two" / "instructions.jsonl").read_bytes() == (tmp_path / "one" / "instructions.jsonl").read_bytes()
     assert sorted(p.name for p in (tmp_path / "two" / "log").glob("*.jsonl")) == ["requests-00000.jsonl", "requests-00001.jsonl"]
+
+
+def _stored(out) -> bytes:
+    return b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_50_mb_reply_is_dropped_at_the_cap_and_the_job_fails_naming_it(small_world, tmp_path, chunked):
+    from vlmtool.errors import JobFailed
+
+    out = tmp_path / "o"
+    with FakeOpenAI(huge=1.0, huge_bytes=50 << 20, chunked=chunked) as srv, pytest.raises(JobFailed) as e:
+        run_synth([str(small_world / "00000.tar")], str(out), SynthOptions(teacher="openai", base_url=srv.url, model="fake",
+                                                                            tasks="negative", max_retries=3, progress=False))
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    n = manifest["totals"]["requests"]
+    assert n > 0 and manifest["totals"]["failed"] == {"reply_too_large": n}
+    assert str(e.value) == f"synth: {n} of {n} requests failed (reply_too_large: {n}); rerun with --retry-failed to send them again"
+    assert len(srv.log) == n  # not retried: the same reply would come again
+    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 200_000  # nothing of the replies was kept
+    assert srv.huge_sent < n * (50 << 20)  # the client hung up on each reply before its end
+
+
+def test_a_teacher_that_reflects_headers_never_gets_the_key_or_url_credentials_stored(small_world, tmp_path, monkeypatch, capsys):
+    import base64
+
+    key, password = "sk-test-very-secret-123", "hunter2pass"
+    monkeypatch.setenv("VLMTOOL_TEST_KEY", key)
+    with FakeOpenAI(reflect_headers=True) as srv:
+        url = srv.url.replace("http://", f"http://alice:{password}@")
+        s = run_synth([str(small_world / "00000.tar")], str(tmp_path / "o"), SynthOptions(
+            teacher="openai", base_url=url, model="fake", tasks="conversation,negative", api_key_env="VLMTOOL_TEST_KEY"))
+        seen = set(srv.auth_seen)
+    assert s["instructions"] > 0 and any(a.startswith("Basic ") for a in seen)  # the server did get both credentials
+    out, err = capsys.readouterr()
+    blob = _stored(tmp_path / "o") + out.encode() + err.encode() + orjson.dumps(s)
+    for secret in (key, password, base64.b64encode(f"alice:{password}".encode()).decode()):
+        assert secret.encode() not in blob
+    rows = _lines(tmp_path / "o" / "instructions.jsonl")
+    assert any("Request headers:" in r["conversations"][1]["value"] and "***" in r["conversations"][1]["value"] for r in rows)
+    assert orjson.loads((tmp_path / "o" / "manifest.json").read_bytes())["options"]["base_url"].startswith("http://***@")
+
+
+def test_unknown_preset_and_missing_vocabulary_are_one_line_and_write_nothing(tmp_path):
+    from vlmtool.errors import UsageError
+
+    p = run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "o", "--image-preset", "nosuch", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("vlmtool: error: --image-preset: unknown model preset 'nosuch'")
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    for change, needle in [({"vocabulary": str(tmp_path / "missing.txt")}, "--vocabulary"), ({"vocabulary": str(tmp_path)}, "--vocabulary"),
+                           ({"vocabulary": str(tmp_path / "latin1.txt")}, "not UTF-8"), ({"format": "csv"}, "--format"),
+                           ({"negatives": "all"}, "--negatives"), ({"prompts": str(tmp_path / "nope")}, "--prompts"),
+                           ({"max_failed": float("nan")}, "--max-failed"), ({"objects_field": " "}, "--objects-field")]:
+        with pytest.raises(UsageError) as e:
+            run_synth([str(FIXTURES / "shapes")], str(tmp_path / "o"), SynthOptions(progress=False, **change))
+        assert needle in str(e.value) and "\n" not in str(e.value), change
+        assert not (tmp_path / "o").exists()
+
+
+def test_odd_and_bad_metadata_never_stop_the_captions_teacher(tmp_path):
+    metas = [{"objects": [{"shape": "circle", "bbox": None, "color": 5}], "width": "abc"},
+             {"objects": [{"name": "dog", "category": "animal", "bbox": [0, 0, 10, 10], "color": "brown"}, {"label": "ball", "bbox": [30, 5, 40, 15]}]},
+             {"objects": ["cat", "sofa"], "height": None},
+             {"objects": []},
+             {"objects": 5},
+             {"objects": [{"shape": "circle", "bbox": "abcd"}]}]
+    captions = ["A circle.", "A brown dog and a ball.", "A cat on a sofa.", "An empty room.", "Five.", "A circle."]
+    photos = _photo_shards(tmp_path / "p", captions, metas)
+    for _ in range(2):  # a rerun neither crashes nor sends again
+        s = run_synth([str(photos)], str(tmp_path / "o"), SynthOptions(progress=False))
+        assert s["complete"] and s["samples"] == 6 and s["samples_rejected"] == {"bad_metadata": 2} and s["failed"] == {}
+    rows = _lines(tmp_path / "o" / "instructions.jsonl")
+    assert {r["key"] for r in rows} == {f"photo{i:04d}" for i in range(4)}
+    detail = next(r for r in rows if r["key"] == "photo0001" and r["task"] == "detail")["conversations"][1]["value"]
+    assert detail.startswith("The image shows a brown dog and a ball") and "The brown dog is to the left of the ball." in detail
+
+
+def test_a_teacher_that_raises_fails_that_request_only(small_world, tmp_path, monkeypatch):
+    from vlmtool.synth.teachers import CaptionsTeacher
+
+    real = CaptionsTeacher.turns
+
+    def flaky(self, req):
+        if req.sample_key.endswith("3") and req.task == "detail":
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+        return real(self, req)
+
+    monkeypatch.setattr(CaptionsTeacher, "turns", flaky)
+    s = run_synth([str(small_world)], str(tmp_path / "o"), SynthOptions(progress=False))
+    assert s["complete"] and 0 < s["failed"]["teacher_error"] < s["requests"] * 0.1
+    log = [r for p in (tmp_path / "o" / "log").glob("*.jsonl") for r in _lines(p)]
+    assert all("TypeError" in r["detail"] for r in log if r["status"] == "failed")
+
+
+def test_a_job_whose_requests_fail_exits_1_naming_the_main_reason(small_world, tmp_path):
+    p = run_cli("synth", small_world / "00000.tar", "--out", tmp_path / "o", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1",
+                "--model", "fake", "--max-retries", "1", "--backoff", "0.001", "--json", "--no-progress", check=False)
+    totals = orjson.loads((tmp_path / "o" / "manifest.json").read_bytes())["totals"]  # outputs and manifest are written first
+    n = totals["requests"]
+    assert p.returncode == 1 and p.stdout == "" and n > 0 and totals["failed"] == {"connection": n}
+    assert p.stderr.strip().splitlines()[-1] == (f"vlmtool: error: synth: {n} of {n} requests failed (connection: {n}); "
+                                                 "rerun with --retry-failed to send them again")
+    assert "Traceback" not in p.stderr
+    # some failed: over --max-failed is a failure, under it is not
+    from vlmtool.errors import JobFailed
+
+    with FakeOpenAI(fail_always=0.2, faults=("500",)) as srv:  # which requests fail depends on the path: shares vary
+        opts = SynthOptions(teacher="openai", base_url=srv.url, model="fake", max_retries=0, tasks="negative", progress=False)
+        with pytest.raises(JobFailed, match=r"^synth: \d+ of \d+ requests failed \(server_error: \d+\)"):
+            run_synth([str(small_world)], str(tmp_path / "a"), opts, max_failed=0.02)
+        s = run_synth([str(small_world)], str(tmp_path / "b"), opts)
+    assert 0 < sum(s["failed"].values()) / s["requests"] <= 0.5
+
+
+def test_every_option_has_help():
+    import typer.main
+
+    from vlmtool.cli import app
+
+    cmd = typer.main.get_command(app).commands["synth"]
+    missing = [p.name for p in cmd.params if not getattr(p, "help", None)]
+    assert missing == []
