@@ -439,3 +439,37 @@ def test_every_option_has_help():
     cmd = typer.main.get_command(app).commands["synth"]
     missing = [p.name for p in cmd.params if not getattr(p, "help", None)]
     assert missing == []
+
+
+def test_hostile_corpus_every_broken_record_counted_nothing_lost_nothing_run(tmp_path_factory, tmp_path, monkeypatch):
+    """make_faults' corpus through synth (captions teacher): the outcome faults.json gives for a
+    reader that decodes images, record by record; every good sample asked about; no shell run."""
+    from pathlib import Path
+
+    from vlmtool.core.shards import expand_inputs, shard_refs
+    from vlmtool.world import make_faults
+    from vlmtool.world.faults import PWNED
+
+    corpus = tmp_path_factory.mktemp("faults") / "corpus"
+    make_faults(corpus, seed=0)
+    truth = orjson.loads((corpus / "faults.json").read_bytes())
+    assert truth["outcome_of"]  # the totals are those of a reader that decodes every image, as synth does
+    monkeypatch.chdir(tmp_path)  # where a shell run by a shard's name would write
+    for _ in range(2):  # and a rerun over it finishes the same way
+        s = run_synth([str(corpus)], str(tmp_path / "o"), SynthOptions(progress=False, tasks="conversation,negative"))
+        assert s["complete"] and s["failed"] == {}
+        assert (s["samples"], s["samples_rejected"]) == (truth["totals"]["samples"], truth["totals"]["rejected"])
+    file_of = {ref.name: Path(ref.url).name for ref in shard_refs(expand_inputs([str(corpus)]))}
+    for done in (tmp_path / "o" / "_done").rglob("*.json"):
+        got, want = orjson.loads(done.read_bytes()), truth["shards"][file_of[done.stem]]
+        assert (got["samples"], got["ok"], got["rejected"]) == (want["samples"], want["ok"], want["rejected"]), file_of[done.stem]
+        assert [(r["key"], r["reason"]) for r in got["rejects"]] == [(r["key"], r["expect"]) for r in want["records"] if r["expect"] != "ok"]
+    rejects = _lines(tmp_path / "o" / "rejects.jsonl")
+    assert len(rejects) == sum(truth["totals"]["rejected"].values())
+    # nothing lost: every good sample got its conversation (or was answered as a duplicate of another)
+    log = [r for p in (tmp_path / "o" / "log").glob("*.jsonl") for r in _lines(p)]
+    good = {(file_of_name, r["key"]) for file_of_name, sh in ((n, truth["shards"][n]) for n in truth["shards"])
+            for r in sh["records"] if r["expect"] == "ok"}
+    asked = {(file_of[r["shard"]], r["key"]) for r in log if r["task"] == "conversation"}
+    assert asked == good and len(good) == truth["totals"]["ok"]
+    assert not [p for root in (tmp_path, corpus.parent) for p in root.rglob(f"{PWNED}*")]
