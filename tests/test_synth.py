@@ -473,3 +473,18 @@ def test_hostile_corpus_every_broken_record_counted_nothing_lost_nothing_run(tmp
     asked = {(file_of[r["shard"]], r["key"]) for r in log if r["task"] == "conversation"}
     assert asked == good and len(good) == truth["totals"]["ok"]
     assert not [p for root in (tmp_path, corpus.parent) for p in root.rglob(f"{PWNED}*")]
+
+
+def test_changed_vocabulary_or_prompt_files_are_refused_on_resume(tmp_path):
+    from vlmtool.errors import UsageError
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("zebra\n")
+    photos = _photo_shards(tmp_path / "p", PHOTO_CAPTIONS[:2])
+    opts = SynthOptions(progress=False, tasks="negative", vocabulary=str(vocab))
+    assert run_synth([str(photos)], str(tmp_path / "o"), opts)["instructions"] == 2
+    vocab.write_text("kite\n")
+    with pytest.raises(UsageError, match="--vocabulary file contents"):
+        run_synth([str(photos)], str(tmp_path / "o"), opts)
+    vocab.write_text("zebra\n")
+    assert run_synth([str(photos)], str(tmp_path / "o"), opts)["instructions"] == 2

@@ -37,7 +37,7 @@ from vlmtool.core.shards import (
     shard_refs,
     write_json,
 )
-from vlmtool.errors import JobFailed
+from vlmtool.errors import JobFailed, UsageError
 from vlmtool.synth.objects import ObjectTables, count_objects, read_vocabulary
 from vlmtool.synth.options import FORMATS, SynthOptions
 from vlmtool.synth.run import Plan, Run
@@ -119,6 +119,7 @@ def run_synth(inputs: list[str], out: str, opts: SynthOptions | None = None, **c
     file_vocabulary = read_vocabulary(opts.vocabulary) if opts.vocabulary else None
     refs = shard_refs(expand_inputs(inputs))
     with Job("synth", out, opts, refs, dist_info()) as job:
+        _check_files_unchanged(job, prompts, file_vocabulary)
         plan = Plan(opts, prompts, weights, _object_tables(job, opts), file_vocabulary)
         summary = _synth(job, plan)
     failure = failure_message(summary, opts.max_failed)
@@ -127,6 +128,25 @@ def run_synth(inputs: list[str], out: str, opts: SynthOptions | None = None, **c
         err.summary = summary
         raise err
     return summary
+
+
+def _check_files_unchanged(job: Job, prompts: dict[str, str], file_vocabulary: list[str] | None) -> None:
+    """The job's options name the --prompts and --vocabulary files; their contents must not
+    change either once requests were made (new prompts would add requests beside the old)."""
+    import hashlib
+
+    path = job.state_path("files.json")
+    mine = {"prompts": hashlib.sha256(orjson.dumps(prompts, option=orjson.OPT_SORT_KEYS)).hexdigest(),
+            "vocabulary": hashlib.sha256(orjson.dumps(file_vocabulary)).hexdigest()}
+    theirs = read_json(path) if path.exists() else None
+    started = any(p.stat().st_size for p in (job.out / "log").glob("requests-*.jsonl"))
+    if theirs is not None and started:
+        changed = [f"--{k}" for k in mine if theirs.get(k) != mine[k]]
+        if changed:
+            raise UsageError(f"{job.out} was made with other {' and '.join(changed)} file contents: restore them to resume, "
+                             "or use a new --out folder")
+    if theirs != mine:
+        write_json(path, mine)
 
 
 def _object_tables(job: Job, opts: SynthOptions) -> ObjectTables:
