@@ -24,11 +24,12 @@ class FakeOpenAI:
     def __init__(self, latency: float = 0.0, fail_once: float = 0.0, fail_always: float = 0.0, faults=FAULTS,
                  timeout_sleep: float = 2.0, retry_after: str = "0.05", reject_response_format: bool = False,
                  hallucinate: float = 0.0, api_key: str | None = None, huge: float = 0.0, huge_bytes: int = 50 << 20,
-                 chunked: bool = False, reflect_headers: bool = False):
+                 chunked: bool = False, gzipped: bool = False, reflect_headers: bool = False):
         self.latency, self.fail_once, self.fail_always, self.faults = latency, fail_once, fail_always, tuple(faults)
         self.timeout_sleep, self.retry_after = timeout_sleep, retry_after
         self.reject_response_format, self.hallucinate, self.api_key = reject_response_format, hallucinate, api_key
         self.huge, self.huge_bytes, self.chunked, self.reflect_headers = huge, huge_bytes, chunked, reflect_headers
+        self.gzipped = gzipped  # huge replies as a small gzip body that expands to huge_bytes
         self.huge_sent = 0  # bytes of huge replies actually written before the client hung up
         self.lock = threading.Lock()
         self.log: list[tuple[str, float, str]] = []  # (request id, time, outcome)
@@ -123,7 +124,14 @@ class FakeOpenAI:
         self._send(h, 200, json.dumps(resp).encode())
 
     def _send_huge(self, h) -> None:
-        """A 200 whose body is huge_bytes of JSON-ish text, declared up front or chunked."""
+        """A 200 whose body is huge_bytes of JSON-ish text, declared up front, chunked, or gzipped."""
+        if self.gzipped:
+            import gzip
+
+            with self.lock:  # made once: about 50 KB that expand to huge_bytes
+                if getattr(self, "_gz", None) is None:
+                    self._gz = gzip.compress(b'{"choices": [{"message": {"content": "' + b"A" * self.huge_bytes, compresslevel=9)
+            return self._send(h, 200, self._gz, {"Content-Encoding": "gzip"})
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         if self.chunked:

@@ -322,12 +322,12 @@ def _stored(out) -> bytes:
     return b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_a_50_mb_reply_is_dropped_at_the_cap_and_the_job_fails_naming_it(small_world, tmp_path, chunked):
+@pytest.mark.parametrize("how", ["declared", "chunked", "gzipped"])
+def test_a_50_mb_reply_is_dropped_at_the_cap_and_the_job_fails_naming_it(small_world, tmp_path, how):
     from vlmtool.errors import JobFailed
 
     out = tmp_path / "o"
-    with FakeOpenAI(huge=1.0, huge_bytes=50 << 20, chunked=chunked) as srv, pytest.raises(JobFailed) as e:
+    with FakeOpenAI(huge=1.0, huge_bytes=50 << 20, chunked=how == "chunked", gzipped=how == "gzipped") as srv, pytest.raises(JobFailed) as e:
         run_synth([str(small_world / "00000.tar")], str(out), SynthOptions(teacher="openai", base_url=srv.url, model="fake",
                                                                             tasks="negative", max_retries=3, progress=False))
     manifest = orjson.loads((out / "manifest.json").read_bytes())

@@ -249,6 +249,30 @@ class ReplyTooLarge(Exception):
     pass
 
 
+class BadEncoding(Exception):
+    pass
+
+
+def _decompress(data: bytes, encoding: str, cap: int) -> bytes:
+    """A reply body as sent (we ask for identity), or gzip/deflate decompressed to at most `cap`
+    bytes (a small compressed reply may expand a thousandfold)."""
+    import zlib
+
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise BadEncoding(encoding)
+    d = zlib.decompressobj(zlib.MAX_WBITS | 32 if "gzip" in encoding else zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, cap + 1)
+    except zlib.error:
+        raise BadEncoding(encoding) from None
+    if len(out) > cap or d.unconsumed_tail:
+        raise ReplyTooLarge
+    return out
+
+
 class OpenAITeacher:
     """An OpenAI-compatible chat-completions server. A reply is read as a stream and dropped
     past `max_reply_bytes` (a failure, `reply_too_large`, not retried); every secret (the API
@@ -299,18 +323,21 @@ class OpenAITeacher:
         return self.rng.uniform(0, min(self.backoff_cap, self.backoff * 2**attempt))  # full jitter
 
     async def _post(self, body: dict, req: Request) -> tuple[int, str | None, bytes]:
-        """(status, Retry-After, reply bytes with secrets cut out), reading at most max_reply_bytes."""
+        """(status, Retry-After, reply bytes with secrets cut out), reading at most max_reply_bytes
+        off the wire and, for a compressed reply, at most max_reply_bytes once decompressed."""
         async with self.client.stream("POST", "/chat/completions", content=orjson.dumps(body),
-                                      headers={"Content-Type": "application/json", "X-Vlmtool-Request": req.key}) as r:
+                                      headers={"Content-Type": "application/json", "Accept-Encoding": "identity",
+                                               "X-Vlmtool-Request": req.key}) as r:
             declared = r.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_reply_bytes:
                 raise ReplyTooLarge
             buf = bytearray()
-            async for chunk in r.aiter_bytes():
+            async for chunk in r.aiter_raw():
                 buf += chunk
                 if len(buf) > self.max_reply_bytes:
                     raise ReplyTooLarge
-            return r.status_code, r.headers.get("retry-after"), self.scrub(bytes(buf))
+            data = _decompress(bytes(buf), r.headers.get("content-encoding", ""), self.max_reply_bytes)
+            return r.status_code, r.headers.get("retry-after"), self.scrub(data)
 
     async def _attempt(self, body: dict, req: Request, res: Result) -> tuple[str, float | None]:
         """One request: ("ok" | "downgrade" | a failure reason, Retry-After seconds). Fills `res` on ok."""
@@ -324,6 +351,8 @@ class OpenAITeacher:
             return "connection", None
         except ReplyTooLarge:
             return "reply_too_large", None
+        except BadEncoding:
+            return "malformed_response", None
         except httpx.HTTPError:  # a body that cannot be decoded, too many redirects
             return "malformed_response", None
         if status == 200:
