@@ -366,9 +366,12 @@ def test_unknown_preset_and_missing_vocabulary_are_one_line_and_write_nothing(tm
     assert p.returncode == 2 and p.stderr.startswith("vlmtool: error: --image-preset: unknown model preset 'nosuch'")
     assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "detail.txt").write_text("Describe {the_image} given {caption}.")
     for change, needle in [({"vocabulary": str(tmp_path / "missing.txt")}, "--vocabulary"), ({"vocabulary": str(tmp_path)}, "--vocabulary"),
                            ({"vocabulary": str(tmp_path / "latin1.txt")}, "not UTF-8"), ({"format": "csv"}, "--format"),
                            ({"negatives": "all"}, "--negatives"), ({"prompts": str(tmp_path / "nope")}, "--prompts"),
+                           ({"prompts": str(tmp_path / "prompts")}, "the_image"),
                            ({"max_failed": float("nan")}, "--max-failed"), ({"objects_field": " "}, "--objects-field")]:
         with pytest.raises(UsageError) as e:
             run_synth([str(FIXTURES / "shapes")], str(tmp_path / "o"), SynthOptions(progress=False, **change))

@@ -11,17 +11,27 @@ from vlmtool.errors import UsageError
 
 TASKS = ("conversation", "detail", "reasoning", "negative")
 PROMPT_DIR = Path(__file__).parent / "prompts"
-NEGATIVE_MODES = ("adversarial", "popular", "random")
+PLACEHOLDERS = ("caption", "objects", "question")  # what a task prompt may name in braces
 
 
 def load_prompts(override: str | None = None) -> dict[str, str]:
-    """The package's prompt files, each replaceable by a file of the same name in `override`."""
+    """The package's prompt files, each replaceable by a file of the same name in `override`.
+    A task prompt is a str.format template over PLACEHOLDERS (literal braces doubled)."""
+    if override and not Path(override).is_dir():
+        names = ", ".join(f"{n}.txt" for n in ("system", *TASKS))
+        raise UsageError(f"--prompts {override}: not a folder of prompt files ({names})")
     prompts = {}
     for name in ("system", *TASKS):
         path = Path(override) / f"{name}.txt" if override and (Path(override) / f"{name}.txt").exists() else PROMPT_DIR / f"{name}.txt"
-        prompts[name] = path.read_text(encoding="utf-8").strip()
-    if override and not Path(override).is_dir():
-        raise UsageError(f"--prompts {override}: not a folder of prompt files ({', '.join(p + '.txt' for p in prompts)})")
+        try:
+            prompts[name] = path.read_text(encoding="utf-8").strip()
+            if name != "system":
+                prompts[name].format(**dict.fromkeys(PLACEHOLDERS, ""))
+        except UnicodeDecodeError:
+            raise UsageError(f"--prompts: {path} is not UTF-8 text") from None
+        except (KeyError, IndexError, ValueError) as e:
+            raise UsageError(f"--prompts: {path} is not a template over {{{'}, {'.join(PLACEHOLDERS)}}} "
+                             f"(double literal braces): {type(e).__name__}: {e}") from None
     return prompts
 
 
