@@ -191,7 +191,7 @@ class Run:
 
     def record(self, ref: ShardRef, order: int, req: Request, res: Result, present: list[str] | None) -> None:
         row = self.judge(req, res, present)
-        row.update({"id": req.key, "key": req.sample_key, "shard": req.shard, "shard_url": req.shard_url, "order": order,
+        row.update({"id": req.key, "key": req.sample_key, "shard": req.shard, "shard_url": redact(req.shard_url), "order": order,
                     "task": req.task, "teacher": self.teacher.name, "model": self.teacher.model,
                     "image": f"{req.shard}/{req.sample_key}.{req.image_ext or 'jpg'}", "retries": res.retries,
                     "errors": res.errors, "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
