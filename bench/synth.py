@@ -13,10 +13,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))  # the fake server lives with the tests
 
-import argparse  # noqa: E402
-import runpy  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import runpy
+import tempfile
+import time
 
 _common = runpy.run_path(os.path.join(_HERE, "_common.py"))
 machine = _common["machine"]
@@ -31,19 +31,19 @@ def main() -> None:
     a = ap.parse_args()
     from fake_openai import FakeOpenAI
 
-    from vlmtool.synth.job import run_synth
+    from vlmtool.synth.job import SynthOptions, run_synth
     from vlmtool.world import make_world
 
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(latency=a.latency) as srv:
         make_world(f"{tmp}/w", samples=a.samples, shard_size=max(1, a.samples // 4), seed=3, sizes="small")
         make_world(f"{tmp}/ws", samples=a.serial_samples, shard_size=a.serial_samples, seed=4, sizes="small")
         t0 = time.perf_counter()
-        s1 = run_synth([f"{tmp}/ws"], f"{tmp}/serial", teacher="openai", base_url=srv.url, model="fake", concurrency=1,
-                       tasks="negative", progress=False)
+        s1 = run_synth([f"{tmp}/ws"], f"{tmp}/serial", SynthOptions(teacher="openai", base_url=srv.url, model="fake", concurrency=1,
+                                                              tasks="negative", progress=False))
         t_serial = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sc = run_synth([f"{tmp}/w"], f"{tmp}/conc", teacher="openai", base_url=srv.url, model="fake", concurrency=a.concurrency,
-                       progress=False)
+        sc = run_synth([f"{tmp}/w"], f"{tmp}/conc", SynthOptions(teacher="openai", base_url=srv.url, model="fake",
+                                                           concurrency=a.concurrency, progress=False))
         t_conc = time.perf_counter() - t0
     n1, nc = s1["requests"], sc["requests"]
     r1, rc = n1 / t_serial, nc / t_conc

@@ -1,6 +1,8 @@
 """A real HTTP server on loopback that speaks the OpenAI chat-completions protocol, answers
 like a grounded teacher, and injects faults: 429 with Retry-After, 500, timeouts, dropped
-connections, malformed JSON. Used by the synth tests and bench/synth.py."""
+connections, malformed JSON, huge replies (declared or chunked), and replies that reflect the
+request's headers (as a careless proxy or a hostile server would). Used by the synth tests and
+bench/synth.py."""
 
 from __future__ import annotations
 
@@ -21,10 +23,14 @@ def _unit(text: str, salt: str) -> float:
 class FakeOpenAI:
     def __init__(self, latency: float = 0.0, fail_once: float = 0.0, fail_always: float = 0.0, faults=FAULTS,
                  timeout_sleep: float = 2.0, retry_after: str = "0.05", reject_response_format: bool = False,
-                 hallucinate: float = 0.0, api_key: str | None = None):
+                 hallucinate: float = 0.0, api_key: str | None = None, huge: float = 0.0, huge_bytes: int = 50 << 20,
+                 chunked: bool = False, gzipped: bool = False, reflect_headers: bool = False):
         self.latency, self.fail_once, self.fail_always, self.faults = latency, fail_once, fail_always, tuple(faults)
         self.timeout_sleep, self.retry_after = timeout_sleep, retry_after
         self.reject_response_format, self.hallucinate, self.api_key = reject_response_format, hallucinate, api_key
+        self.huge, self.huge_bytes, self.chunked, self.reflect_headers = huge, huge_bytes, chunked, reflect_headers
+        self.gzipped = gzipped  # huge replies as a small gzip body that expands to huge_bytes
+        self.huge_sent = 0  # bytes of huge replies actually written before the client hung up
         self.lock = threading.Lock()
         self.log: list[tuple[str, float, str]] = []  # (request id, time, outcome)
         self.attempts: dict[str, int] = {}
@@ -107,11 +113,45 @@ class FakeOpenAI:
             return
         if fault == "malformed":
             return self._send(h, 200, b'{"choices": [{"message": {"content": "{\\"turns\\": [')
+        if _unit(rid, "huge") < self.huge:
+            return self._send_huge(h)
         text = self.answer(body, rid)
+        if self.reflect_headers:  # every request header, the credentials included, in the answer
+            text = text.replace(".", ". Request headers: " + "; ".join(f"{k}={v}" for k, v in h.headers.items()) + ".", 1)
         resp = {"id": "chatcmpl-" + rid, "object": "chat.completion", "model": body.get("model"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(text) // 4, "total_tokens": len(raw) // 4 + len(text) // 4}}
         self._send(h, 200, json.dumps(resp).encode())
+
+    def _send_huge(self, h) -> None:
+        """A 200 whose body is huge_bytes of JSON-ish text, declared up front, chunked, or gzipped."""
+        if self.gzipped:
+            import gzip
+
+            with self.lock:  # made once: about 50 KB that expand to huge_bytes
+                if getattr(self, "_gz", None) is None:
+                    self._gz = gzip.compress(b'{"choices": [{"message": {"content": "' + b"A" * self.huge_bytes, compresslevel=9)
+            return self._send(h, 200, self._gz, {"Content-Encoding": "gzip"})
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        if self.chunked:
+            h.send_header("Transfer-Encoding", "chunked")
+        else:
+            h.send_header("Content-Length", str(self.huge_bytes))
+        h.end_headers()
+        block = b'{"choices": [{"message": {"content": "' + b"A" * (1 << 16)
+        try:
+            left = self.huge_bytes
+            while left > 0:
+                part = block[: min(len(block), left)]
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if self.chunked else part)
+                left -= len(part)
+                with self.lock:
+                    self.huge_sent += len(part)
+            if self.chunked:
+                h.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client stopped reading: the point of the test
+            h.close_connection = True
 
     def answer(self, body: dict, rid: str) -> str:
         """A grounded answer from the prompt's known objects (or a hallucinated one, on demand)."""

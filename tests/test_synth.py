@@ -7,10 +7,10 @@ from collections import Counter
 
 import orjson
 import pytest
-
 from conftest import FIXTURES, json_out, run_cli
 from fake_openai import FakeOpenAI
-from vlmtool.synth.job import run_synth
+
+from vlmtool.synth.job import SynthOptions, run_synth
 from vlmtool.synth.teachers import RateLimiter, parse_turns
 from vlmtool.synth.validate import Rejected, mentioned, validate
 from vlmtool.world import make_world
@@ -25,6 +25,113 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthw")
     make_world(out, samples=40, shard_size=10, seed=21, sizes="small", broken=0.1)
     return out
+
+
+def _photo_shards(out, captions, meta=None):
+    """A folder of photo-like samples (noise and gradients, not shapes) with captions, and the
+    given json metadata per sample (None: no json member at all), one shard."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vlmtool.core.shards import ShardTarWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    w = ShardTarWriter(out / "00000.tar")
+    for i, cap in enumerate(captions):
+        arr = (rng.random((48, 64, 3)) * 80 + np.linspace(0, 170, 64)[None, :, None]).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "JPEG", quality=80)
+        rec = {"__key__": f"photo{i:04d}", "jpg": buf.getvalue(), "txt": cap.encode()}
+        if meta is not None:
+            rec["json"] = orjson.dumps(meta[i])
+        w.write(rec)
+    w.commit()
+    return out
+
+
+PHOTO_CAPTIONS = ["A dog asleep on a red couch.", "Two people walking on a beach at sunset.", "A bowl of fruit on a kitchen table.",
+                  "A cat looking out of a window.", "A city street with a bus and a bicycle.", "A laptop next to a cup of coffee."]
+
+
+def test_no_object_metadata_means_no_negative_questions_unless_a_vocabulary_is_given(tmp_path):
+    photos = _photo_shards(tmp_path / "photos", PHOTO_CAPTIONS, meta=[{"url": f"http://x/{i}.jpg"} for i in range(6)])
+    s = run_synth([str(photos)], str(tmp_path / "a"), SynthOptions(progress=False))
+    rows = _lines(tmp_path / "a" / "instructions.jsonl")
+    assert s["samples"] == 6 and s["requests"] == 18 and len(rows) == s["instructions"] > 0  # (the caption alone: answers repeat)
+    assert "negative" not in s["by_task"] and not any(r["task"] == "negative" for r in rows)
+    assert s["negatives_skipped"] == {"no_object_metadata": 6} and "no --vocabulary" in s["note"]
+    manifest = orjson.loads((tmp_path / "a" / "manifest.json").read_bytes())
+    assert manifest["totals"]["negatives_skipped"] == {"no_object_metadata": 6} and manifest["options"]["vocabulary"] is None
+    # no json member at all: the same
+    bare = _photo_shards(tmp_path / "bare", PHOTO_CAPTIONS)
+    assert run_synth([str(bare)], str(tmp_path / "b"), SynthOptions(progress=False, tasks="negative"))["instructions"] == 0
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("# things to ask about\ndog\nzebra\ngiraffe\n\nkite\n")
+    s = run_synth([str(photos)], str(tmp_path / "c"), SynthOptions(progress=False, tasks="negative", vocabulary=str(vocab)))
+    negs = _lines(tmp_path / "c" / "instructions.jsonl")
+    assert s["instructions"] == len(negs) == 6 and s["negatives_skipped"] == {}
+    asked = {r["key"]: r["conversations"][0]["value"].split("Is there ")[1] for r in negs}
+    assert all(q.split()[1] in {"zebra", "giraffe", "kite", "dog"} for q in asked.values())
+    assert "dog" not in asked["photo0000"]  # the caption names a dog: never asked as absent
+
+
+def test_vocabulary_popularity_and_cooccurrence_come_from_the_data(tmp_path):
+    """Labels of another dataset (not the shapes world's): negatives are about those labels,
+    popular ones by their counts in the data, adversarial ones by what co-occurs."""
+    from vlmtool.core.records import ReadOptions
+    from vlmtool.core.shards import expand_inputs, shard_refs
+    from vlmtool.synth.objects import ObjectTables, absent_object, count_objects
+
+    labels = [["dog", "frisbee"], ["dog", "frisbee"], ["dog", "frisbee", "tree"], ["cat", "sofa"], ["cat"], ["car", "tree"]]
+    meta = [{"objects": [{"label": x} for x in ls]} for ls in labels]
+    photos = _photo_shards(tmp_path / "p", PHOTO_CAPTIONS, meta)
+    t = count_objects(shard_refs(expand_inputs([str(photos)])), ReadOptions(), "objects")
+    assert t.popularity == {"dog": 3, "frisbee": 3, "tree": 2, "cat": 2, "sofa": 1, "car": 1}
+    assert t.cooccurrence["dog"] == {"frisbee": 3, "tree": 1} and t.cooccurrence["tree"]["car"] == 1
+    assert absent_object("k", ["dog"], t.vocabulary, "adversarial", t) == "frisbee"
+    assert absent_object("k", ["dog", "frisbee"], t.vocabulary, "popular", t) == "tree"
+    assert absent_object("k", ["cat"], ["sofa"], "random", ObjectTables()) == "sofa"
+    s = run_synth([str(photos)], str(tmp_path / "o"), SynthOptions(progress=False, tasks="negative", negatives="adversarial"))
+    rows = _lines(tmp_path / "o" / "instructions.jsonl")
+    asked = {r["key"]: r["conversations"][0]["value"] for r in rows}
+    assert s["instructions"] == 6 and asked["photo0000"].endswith("Is there a tree in the image?")  # dog+frisbee: tree co-occurs
+    assert asked["photo0004"].endswith("Is there a sofa in the image?")  # cat: sofa co-occurs
+    assert not any(w in " ".join(asked.values()) for w in ("circle", "square", "hexagon"))
+    # another field name
+    meta2 = [{"things": ls} for ls in labels]
+    s = run_synth([str(_photo_shards(tmp_path / "p2", PHOTO_CAPTIONS, meta2))], str(tmp_path / "o2"),
+                  SynthOptions(progress=False, tasks="negative", objects_field="things"))
+    assert s["instructions"] == 6
+
+
+def test_synth_reads_no_world_and_has_no_long_function():
+    import ast
+    from pathlib import Path
+
+    import vlmtool.synth
+
+    for p in Path(vlmtool.synth.__path__[0]).glob("*.py"):
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.startswith("vlmtool.world") for n in names), p
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 80, (p.name, node.name)
+
+
+def test_cli_parameters_are_the_options_fields():
+    import dataclasses
+    import inspect as pyinspect
+
+    from vlmtool.cli.synth import synth_cmd
+
+    params = set(pyinspect.signature(synth_cmd).parameters) - {"inputs", "out", "as_json"}
+    assert params == {f.name for f in dataclasses.fields(SynthOptions)}
 
 
 def _expected_requests(world, tasks=4):
@@ -55,8 +162,8 @@ def test_captions_teacher_writes_llava_and_messages(tmp_path):
     assert s["samples_rejected"] == {k: v for k, v in world["counts"]["broken"].items() if v}
     negs = [r for r in rows if r["task"] == "negative"]
     assert negs and all(r["conversations"][1]["value"].startswith("No,") for r in negs)
-    m = json_out(run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "b", "--format", "messages", "--tasks",
-                         "conversation=1,negative=1", "--per-sample", "1", "--json", "--no-progress"))
+    m = run_synth([str(FIXTURES / "shapes")], str(tmp_path / "b"), SynthOptions(format="messages", tasks="conversation=1,negative=1",
+                                                                               per_sample=1, progress=False))
     mrows = _lines(tmp_path / "b" / "instructions.jsonl")
     assert len(mrows) == m["instructions"] <= 24 and set(m["by_task"]) <= {"conversation", "negative"}
     assert mrows[0]["messages"][0]["role"] == "user" and mrows[0]["messages"][0]["content"][0] == {"type": "image"}
@@ -86,7 +193,7 @@ def test_faults_on_first_try_still_give_exactly_one_result_each(small_world, tmp
 
 
 def test_requests_that_always_fail_are_recorded_not_lost(small_world, tmp_path):
-    good, n_req = _expected_requests(small_world)
+    _, n_req = _expected_requests(small_world)
     with FakeOpenAI(fail_always=0.1, faults=("500",)) as srv:
         s = run_synth([str(small_world)], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake", concurrency=8,
                       max_retries=2, backoff=0.001, progress=False)
@@ -101,8 +208,9 @@ def test_requests_that_always_fail_are_recorded_not_lost(small_world, tmp_path):
     assert s2["ok"] == n_req and s2["failed"] == {}
 
 
+@pytest.mark.slow  # two CLI processes and a kill: ~25 s on 2 busy cores
 def test_sigkill_then_rerun_no_duplicates_no_gaps_no_resend(small_world, tmp_path):
-    good, n_req = _expected_requests(small_world)
+    _, n_req = _expected_requests(small_world)
     out = tmp_path / "o"
     with FakeOpenAI(latency=0.05) as srv:
         cmd = [sys.executable, "-m", "vlmtool", "synth", str(small_world), "--out", str(out), "--teacher", "openai", "--base-url",
@@ -200,6 +308,7 @@ def test_bad_arguments(tmp_path):
     assert p.returncode == 2 and "unknown task" in p.stderr
 
 
+@pytest.mark.slow  # three CLI processes: ~35 s on 2 busy cores
 def test_slurm_ranks_split_shards_and_the_last_one_writes_the_output(small_world, tmp_path):
     json_out(run_cli("synth", small_world, "--out", tmp_path / "one", "--json", "--no-progress"))
     outs = [json_out(run_cli("synth", small_world, "--out", tmp_path / "two", "--json", "--no-progress",
@@ -207,3 +316,178 @@ def test_slurm_ranks_split_shards_and_the_last_one_writes_the_output(small_world
     assert [o["complete"] for o in outs] == [False, True]
     assert (tmp_path / "two" / "instructions.jsonl").read_bytes() == (tmp_path / "one" / "instructions.jsonl").read_bytes()
     assert sorted(p.name for p in (tmp_path / "two" / "log").glob("*.jsonl")) == ["requests-00000.jsonl", "requests-00001.jsonl"]
+
+
+def _stored(out) -> bytes:
+    return b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("how", ["declared", "chunked", "gzipped"])
+def test_a_50_mb_reply_is_dropped_at_the_cap_and_the_job_fails_naming_it(small_world, tmp_path, how):
+    from vlmtool.errors import JobFailed
+
+    out = tmp_path / "o"
+    with FakeOpenAI(huge=1.0, huge_bytes=50 << 20, chunked=how == "chunked", gzipped=how == "gzipped") as srv, pytest.raises(JobFailed) as e:
+        run_synth([str(small_world / "00000.tar")], str(out), SynthOptions(teacher="openai", base_url=srv.url, model="fake",
+                                                                            tasks="negative", max_retries=3, progress=False))
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    n = manifest["totals"]["requests"]
+    assert n > 0 and manifest["totals"]["failed"] == {"reply_too_large": n}
+    assert str(e.value) == f"synth: {n} of {n} requests failed (reply_too_large: {n}); rerun with --retry-failed to send them again"
+    assert len(srv.log) == n  # not retried: the same reply would come again
+    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 200_000  # nothing of the replies was kept
+    assert srv.huge_sent < n * (50 << 20)  # the client hung up on each reply before its end
+
+
+def test_a_teacher_that_reflects_headers_never_gets_the_key_or_url_credentials_stored(small_world, tmp_path, monkeypatch, capsys):
+    import base64
+
+    key, password = "sk-test-very-secret-123", "hunter2pass"
+    monkeypatch.setenv("VLMTOOL_TEST_KEY", key)
+    with FakeOpenAI(reflect_headers=True) as srv:
+        url = srv.url.replace("http://", f"http://alice:{password}@")
+        s = run_synth([str(small_world / "00000.tar")], str(tmp_path / "o"), SynthOptions(
+            teacher="openai", base_url=url, model="fake", tasks="conversation,negative", api_key_env="VLMTOOL_TEST_KEY"))
+        seen = set(srv.auth_seen)
+    assert s["instructions"] > 0 and any(a.startswith("Basic ") for a in seen)  # the server did get both credentials
+    out, err = capsys.readouterr()
+    blob = _stored(tmp_path / "o") + out.encode() + err.encode() + orjson.dumps(s)
+    for secret in (key, password, base64.b64encode(f"alice:{password}".encode()).decode()):
+        assert secret.encode() not in blob
+    rows = _lines(tmp_path / "o" / "instructions.jsonl")
+    assert any("Request headers:" in r["conversations"][1]["value"] and "***" in r["conversations"][1]["value"] for r in rows)
+    assert orjson.loads((tmp_path / "o" / "manifest.json").read_bytes())["options"]["base_url"].startswith("http://***@")
+
+
+def test_unknown_preset_and_missing_vocabulary_are_one_line_and_write_nothing(tmp_path):
+    from vlmtool.errors import UsageError
+
+    p = run_cli("synth", FIXTURES / "shapes", "--out", tmp_path / "o", "--image-preset", "nosuch", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("vlmtool: error: --image-preset: unknown model preset 'nosuch'")
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "detail.txt").write_text("Describe {the_image} given {caption}.")
+    for change, needle in [({"vocabulary": str(tmp_path / "missing.txt")}, "--vocabulary"), ({"vocabulary": str(tmp_path)}, "--vocabulary"),
+                           ({"vocabulary": str(tmp_path / "latin1.txt")}, "not UTF-8"), ({"format": "csv"}, "--format"),
+                           ({"negatives": "all"}, "--negatives"), ({"prompts": str(tmp_path / "nope")}, "--prompts"),
+                           ({"prompts": str(tmp_path / "prompts")}, "the_image"),
+                           ({"max_failed": float("nan")}, "--max-failed"), ({"objects_field": " "}, "--objects-field")]:
+        with pytest.raises(UsageError) as e:
+            run_synth([str(FIXTURES / "shapes")], str(tmp_path / "o"), SynthOptions(progress=False, **change))
+        assert needle in str(e.value) and "\n" not in str(e.value), change
+        assert not (tmp_path / "o").exists()
+
+
+def test_odd_and_bad_metadata_never_stop_the_captions_teacher(tmp_path):
+    metas = [{"objects": [{"shape": "circle", "bbox": None, "color": 5}], "width": "abc"},
+             {"objects": [{"name": "dog", "category": "animal", "bbox": [0, 0, 10, 10], "color": "brown"}, {"label": "ball", "bbox": [30, 5, 40, 15]}]},
+             {"objects": ["cat", "sofa"], "height": None},
+             {"objects": []},
+             {"objects": 5},
+             {"objects": [{"shape": "circle", "bbox": "abcd"}]}]
+    captions = ["A circle.", "A brown dog and a ball.", "A cat on a sofa.", "An empty room.", "Five.", "A circle."]
+    photos = _photo_shards(tmp_path / "p", captions, metas)
+    for _ in range(2):  # a rerun neither crashes nor sends again
+        s = run_synth([str(photos)], str(tmp_path / "o"), SynthOptions(progress=False))
+        assert s["complete"] and s["samples"] == 6 and s["samples_rejected"] == {"bad_metadata": 2} and s["failed"] == {}
+    rows = _lines(tmp_path / "o" / "instructions.jsonl")
+    assert {r["key"] for r in rows} == {f"photo{i:04d}" for i in range(4)}
+    detail = next(r for r in rows if r["key"] == "photo0001" and r["task"] == "detail")["conversations"][1]["value"]
+    assert detail.startswith("The image shows a brown dog and a ball") and "The brown dog is to the left of the ball." in detail
+
+
+def test_a_teacher_that_raises_fails_that_request_only(small_world, tmp_path, monkeypatch):
+    from vlmtool.synth.teachers import CaptionsTeacher
+
+    real = CaptionsTeacher.turns
+
+    def flaky(self, req):
+        if req.sample_key.endswith("3") and req.task == "detail":
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+        return real(self, req)
+
+    monkeypatch.setattr(CaptionsTeacher, "turns", flaky)
+    s = run_synth([str(small_world)], str(tmp_path / "o"), SynthOptions(progress=False))
+    assert s["complete"] and 0 < s["failed"]["teacher_error"] < s["requests"] * 0.1
+    log = [r for p in (tmp_path / "o" / "log").glob("*.jsonl") for r in _lines(p)]
+    assert all("TypeError" in r["detail"] for r in log if r["status"] == "failed")
+
+
+def test_a_job_whose_requests_fail_exits_1_naming_the_main_reason(small_world, tmp_path):
+    p = run_cli("synth", small_world / "00000.tar", "--out", tmp_path / "o", "--teacher", "openai", "--base-url", "http://127.0.0.1:9/v1",
+                "--model", "fake", "--max-retries", "1", "--backoff", "0.001", "--json", "--no-progress", check=False)
+    totals = orjson.loads((tmp_path / "o" / "manifest.json").read_bytes())["totals"]  # outputs and manifest are written first
+    n = totals["requests"]
+    assert p.returncode == 1 and p.stdout == "" and n > 0 and totals["failed"] == {"connection": n}
+    assert p.stderr.strip().splitlines()[-1] == (f"vlmtool: error: synth: {n} of {n} requests failed (connection: {n}); "
+                                                 "rerun with --retry-failed to send them again")
+    assert "Traceback" not in p.stderr
+    # some failed: over --max-failed is a failure, under it is not
+    from vlmtool.errors import JobFailed
+
+    with FakeOpenAI(fail_always=0.2, faults=("500",)) as srv:  # which requests fail depends on the path: shares vary
+        opts = SynthOptions(teacher="openai", base_url=srv.url, model="fake", max_retries=0, tasks="negative", progress=False)
+        with pytest.raises(JobFailed, match=r"^synth: \d+ of \d+ requests failed \(server_error: \d+\)"):
+            run_synth([str(small_world)], str(tmp_path / "a"), opts, max_failed=0.02)
+        s = run_synth([str(small_world)], str(tmp_path / "b"), opts)
+    assert 0 < sum(s["failed"].values()) / s["requests"] <= 0.5
+
+
+def test_every_option_has_help():
+    import typer.main
+
+    from vlmtool.cli import app
+
+    cmd = typer.main.get_command(app).commands["synth"]
+    missing = [p.name for p in cmd.params if not getattr(p, "help", None)]
+    assert missing == []
+
+
+def test_hostile_corpus_every_broken_record_counted_nothing_lost_nothing_run(tmp_path_factory, tmp_path, monkeypatch):
+    """make_faults' corpus through synth (captions teacher): the outcome faults.json gives for a
+    reader that decodes images, record by record; every good sample asked about; no shell run."""
+    from pathlib import Path
+
+    from vlmtool.core.shards import expand_inputs, shard_refs
+    from vlmtool.world import make_faults
+    from vlmtool.world.faults import PWNED
+
+    corpus = tmp_path_factory.mktemp("faults") / "corpus"
+    make_faults(corpus, seed=0)
+    truth = orjson.loads((corpus / "faults.json").read_bytes())
+    assert truth["outcome_of"]  # the totals are those of a reader that decodes every image, as synth does
+    monkeypatch.chdir(tmp_path)  # where a shell run by a shard's name would write
+    for _ in range(2):  # and a rerun over it finishes the same way
+        s = run_synth([str(corpus)], str(tmp_path / "o"), SynthOptions(progress=False, tasks="conversation,negative"))
+        assert s["complete"] and s["failed"] == {}
+        assert (s["samples"], s["samples_rejected"]) == (truth["totals"]["samples"], truth["totals"]["rejected"])
+    file_of = {ref.name: Path(ref.url).name for ref in shard_refs(expand_inputs([str(corpus)]))}
+    for done in (tmp_path / "o" / "_done").rglob("*.json"):
+        got, want = orjson.loads(done.read_bytes()), truth["shards"][file_of[done.stem]]
+        assert (got["samples"], got["ok"], got["rejected"]) == (want["samples"], want["ok"], want["rejected"]), file_of[done.stem]
+        assert [(r["key"], r["reason"]) for r in got["rejects"]] == [(r["key"], r["expect"]) for r in want["records"] if r["expect"] != "ok"]
+    rejects = _lines(tmp_path / "o" / "rejects.jsonl")
+    assert len(rejects) == sum(truth["totals"]["rejected"].values())
+    # nothing lost: every good sample got its conversation (or was answered as a duplicate of another)
+    log = [r for p in (tmp_path / "o" / "log").glob("*.jsonl") for r in _lines(p)]
+    good = {(file_of_name, r["key"]) for file_of_name, sh in ((n, truth["shards"][n]) for n in truth["shards"])
+            for r in sh["records"] if r["expect"] == "ok"}
+    asked = {(file_of[r["shard"]], r["key"]) for r in log if r["task"] == "conversation"}
+    assert asked == good and len(good) == truth["totals"]["ok"]
+    assert not [p for root in (tmp_path, corpus.parent) for p in root.rglob(f"{PWNED}*")]
+
+
+def test_changed_vocabulary_or_prompt_files_are_refused_on_resume(tmp_path):
+    from vlmtool.errors import UsageError
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("zebra\n")
+    photos = _photo_shards(tmp_path / "p", PHOTO_CAPTIONS[:2])
+    opts = SynthOptions(progress=False, tasks="negative", vocabulary=str(vocab))
+    assert run_synth([str(photos)], str(tmp_path / "o"), opts)["instructions"] == 2
+    vocab.write_text("kite\n")
+    with pytest.raises(UsageError, match="--vocabulary file contents"):
+        run_synth([str(photos)], str(tmp_path / "o"), opts)
+    vocab.write_text("zebra\n")
+    assert run_synth([str(photos)], str(tmp_path / "o"), opts)["instructions"] == 2

@@ -4,24 +4,34 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtool.errors import UsageError
 
 TASKS = ("conversation", "detail", "reasoning", "negative")
 PROMPT_DIR = Path(__file__).parent / "prompts"
-NEGATIVE_MODES = ("adversarial", "popular", "random")
+PLACEHOLDERS = ("caption", "objects", "question")  # what a task prompt may name in braces
 
 
 def load_prompts(override: str | None = None) -> dict[str, str]:
-    """The package's prompt files, each replaceable by a file of the same name in `override`."""
+    """The package's prompt files, each replaceable by a file of the same name in `override`.
+    A task prompt is a str.format template over PLACEHOLDERS (literal braces doubled)."""
+    if override and not Path(override).is_dir():
+        names = ", ".join(f"{n}.txt" for n in ("system", *TASKS))
+        raise UsageError(f"--prompts {override}: not a folder of prompt files ({names})")
     prompts = {}
     for name in ("system", *TASKS):
         path = Path(override) / f"{name}.txt" if override and (Path(override) / f"{name}.txt").exists() else PROMPT_DIR / f"{name}.txt"
-        prompts[name] = path.read_text(encoding="utf-8").strip()
-    if override and not Path(override).is_dir():
-        raise UsageError(f"--prompts {override}: not a folder of prompt files ({', '.join(p + '.txt' for p in prompts)})")
+        try:
+            prompts[name] = path.read_text(encoding="utf-8").strip()
+            if name != "system":
+                prompts[name].format(**dict.fromkeys(PLACEHOLDERS, ""))
+        except UnicodeDecodeError:
+            raise UsageError(f"--prompts: {path} is not UTF-8 text") from None
+        except (KeyError, IndexError, ValueError) as e:
+            raise UsageError(f"--prompts: {path} is not a template over {{{'}, {'.join(PLACEHOLDERS)}}} "
+                             f"(double literal braces): {type(e).__name__}: {e}") from None
     return prompts
 
 
@@ -46,7 +56,7 @@ def parse_tasks(spec: str) -> dict[str, float]:
     return out
 
 
-def _unit(*parts: str) -> float:
+def unit(*parts: str) -> float:
     h = hashlib.sha256("\x1f".join(parts).encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
@@ -60,7 +70,7 @@ def tasks_for(key: str, weights: dict[str, float], per_sample: int) -> list[str]
     chosen: list[str] = []
     while pool and len(chosen) < per_sample:
         total = sum(pool.values())
-        u = _unit(key, str(len(chosen))) * total
+        u = unit(key, str(len(chosen))) * total
         acc = 0.0
         for t, w in pool.items():
             acc += w
@@ -69,54 +79,6 @@ def tasks_for(key: str, weights: dict[str, float], per_sample: int) -> list[str]
         chosen.append(t)
         del pool[t]
     return [t for t in TASKS if t in chosen]
-
-
-def object_names(meta: dict) -> list[str] | None:
-    """Object labels from the sample's metadata (shapes world: colour + shape), or None."""
-    objs = meta.get("objects")
-    if not isinstance(objs, list):
-        return None
-    names = []
-    for o in objs:
-        if isinstance(o, dict):
-            label = o.get("shape") or o.get("label") or o.get("name") or o.get("category")
-            if label:
-                names.append(str(label))
-        elif isinstance(o, str):
-            names.append(o)
-    return names
-
-
-def describe_objects(meta: dict) -> str:
-    objs = meta.get("objects")
-    if not isinstance(objs, list) or not objs:
-        return "unknown"
-    parts = []
-    for o in objs:
-        if isinstance(o, dict):
-            label = " ".join(str(o[k]) for k in ("color", "shape") if k in o) or str(o.get("label") or o.get("name") or "object")
-            if "bbox" in o:
-                label += f" at {o['bbox']}"
-            parts.append(label)
-        else:
-            parts.append(str(o))
-    return "; ".join(parts)
-
-
-def absent_object(key: str, present: list[str], vocabulary: list[str], mode: str, popularity: dict[str, float] | None = None,
-                  partners: dict[str, str] | None = None) -> str | None:
-    """An object the image does not hold, chosen as POPE does: random, popular (frequent in the
-    data), or adversarial (one that often co-occurs with what is there)."""
-    absent = [v for v in vocabulary if v not in present]
-    if not absent:
-        return None
-    if mode == "adversarial" and partners:
-        cands = [partners[p] for p in present if partners.get(p) in absent]
-        if cands:
-            return sorted(set(cands))[int(_unit(key, "adv") * len(set(cands)))]
-    if mode in ("popular", "adversarial") and popularity:
-        return max(absent, key=lambda v: (popularity.get(v, 0.0), v))
-    return absent[int(_unit(key, "neg") * len(absent))]
 
 
 @dataclass
@@ -131,14 +93,16 @@ class Request:
     image_bytes: bytes | None
     image_ext: str | None
     caption: str | None
-    meta: dict = field(default_factory=dict)
+    objects: list[dict] | None = None  # {"label", "color", "bbox"} (synth.objects.sample_objects); None: not known
+    width: int = 0
+    height: int = 0
     question: str | None = None  # negative task: the question asked
     absent: str | None = None  # negative task: the object asked about
     image_tokens: int = 0
 
 
 def request_key(sample_key: str, shard_url: str, task: str, prompt: str, teacher: str, model: str) -> str:
-    h = hashlib.sha256("\x1f".join((shard_url, sample_key, task, prompt, teacher, model)).encode())
+    h = hashlib.sha256(f"{shard_url}\x1f{sample_key}\x1f{task}\x1f{prompt}\x1f{teacher}\x1f{model}".encode())
     return h.hexdigest()[:24]
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from vlmtool.synth.objects import object_name
 from vlmtool.synth.tasks import Request, article
 
 TURNS_SCHEMA = {
@@ -46,6 +47,7 @@ class Result:
     failed: str | None = None  # the last error's reason when every attempt failed
     errors: list[str] = field(default_factory=list)  # reasons of the attempts that failed
     unparsable: str | None = None
+    detail: str | None = None  # what went wrong, when a teacher raised
 
 
 # ---------------------------------------------------------------------------------- parsing
@@ -56,7 +58,7 @@ def parse_turns(content: str, task: str, question: str | None = None) -> list[di
     tasks) the plain text as the answer."""
     text = (content or "").strip()
     candidates = [text]
-    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     if fence:
         candidates.append(fence.group(1).strip())
     if "{" in text and "}" in text:
@@ -87,28 +89,34 @@ def _turns_from(obj, default_q: str | None) -> list[dict] | None:
 # ---------------------------------------------------------------------------------- captions teacher
 
 
-def _region(o: dict, w: int, h: int) -> str:
+def _centre(o: dict) -> tuple[float, float]:
     x0, y0, x1, y1 = o["bbox"]
-    cx, cy = (x0 + x1) / 2 / max(w, 1), (y0 + y1) / 2 / max(h, 1)
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def _region(o: dict, w: int, h: int) -> str:
+    cx, cy = _centre(o)
+    cx, cy = cx / max(w, 1), cy / max(h, 1)
     v = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else "middle"
     hz = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else "centre"
     return "in the centre" if (v, hz) == ("middle", "centre") else f"in the {v} {hz}" if v != "middle" else f"on the {hz}"
 
 
 def _rel(a: dict, b: dict) -> str:
-    ax, ay = (a["bbox"][0] + a["bbox"][2]) / 2, (a["bbox"][1] + a["bbox"][3]) / 2
-    bx, by = (b["bbox"][0] + b["bbox"][2]) / 2, (b["bbox"][1] + b["bbox"][3]) / 2
+    (ax, ay), (bx, by) = _centre(a), _centre(b)
     if abs(ax - bx) >= abs(ay - by):
         return "to the left of" if ax < bx else "to the right of"
     return "above" if ay < by else "below"
 
 
-def _name(o: dict) -> str:
-    return " ".join(str(o[k]) for k in ("color", "shape") if k in o) or str(o.get("label") or o.get("name") or "object")
+def _sentence(text: str) -> str:
+    return text if text.endswith(".") else text + "."
 
 
 class CaptionsTeacher:
-    """Pairs written from the caption and the ground-truth objects (no model, no network)."""
+    """Pairs written from the caption and the ground-truth objects (no model, no network).
+    It reads only the request's checked objects (labels, colours, four-number boxes) and the
+    image's own size, so no metadata can make it fail."""
 
     name = "captions"
 
@@ -119,39 +127,47 @@ class CaptionsTeacher:
         return Result(turns=self.turns(req), finish_reason="stop")
 
     def turns(self, req: Request) -> list[dict]:
-        meta = req.meta or {}
-        objs = [o for o in meta.get("objects", []) if isinstance(o, dict) and "bbox" in o]
-        w, h = meta.get("width", 1), meta.get("height", 1)
+        objs = [o for o in req.objects or [] if o["bbox"] is not None]
         caption = (req.caption or "").strip()
-        names = [_name(o) for o in objs]
+        names = [object_name(o) for o in objs]
         listing = ", ".join(article(n) for n in names[:-1]) + (f" and {article(names[-1])}" if len(names) > 1 else article(names[0])) if names else ""
         if req.task == "negative":
             shows = f" The image shows {listing}." if listing else (f" It shows: {caption}" if caption else "")
             return [{"question": req.question, "answer": f"No, there is no {req.absent} in the image.{shows}"}]
         if not objs:  # no boxes: stay with what the caption says
-            if req.task == "detail":
-                return [{"question": "Describe the image in detail.", "answer": caption if caption.endswith(".") else caption + "."}]
-            return [{"question": "What does the image show?", "answer": caption if caption.endswith(".") else caption + "."}]
-        n = len(objs)
+            question = "Describe the image in detail." if req.task == "detail" else "What does the image show?"
+            return [{"question": question, "answer": _sentence(caption)}]
         if req.task == "conversation":
-            turns = [{"question": "What objects can you see in the image?",
-                      "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."}]
-            if n > 1:
-                turns.append({"question": f"Where is the {names[0]} relative to the {names[1]}?",
-                              "answer": f"The {names[0]} is {_rel(objs[0], objs[1])} the {names[1]}."})
-            turns.append({"question": f"What colour is the {objs[0].get('shape', 'first object')}?",
-                          "answer": f"It is {objs[0].get('color', 'not a single colour')}."})
-            return turns
+            return self._conversation(objs, names, listing)
         if req.task == "detail":
-            parts = [f"The image shows {listing} on a plain background."]
-            for o, nm in zip(objs, names):
-                side = o["bbox"][2] - o["bbox"][0]
-                size = "large" if side > 0.3 * min(w, h) else "small" if side < 0.22 * min(w, h) else "medium-sized"
-                parts.append(f"The {nm} is {size} and sits {_region(o, w, h)}.")
-            for a, b, na, nb in zip(objs, objs[1:], names, names[1:]):
-                parts.append(f"The {na} is {_rel(a, b)} the {nb}.")
-            return [{"question": "Describe the image in detail.", "answer": " ".join(parts)}]
-        # reasoning: which object is nearest the top, and what follows
+            return self._detail(objs, names, listing, req.width, req.height)
+        return self._reasoning(objs, names)
+
+    @staticmethod
+    def _conversation(objs: list[dict], names: list[str], listing: str) -> list[dict]:
+        n = len(objs)
+        turns = [{"question": "What objects can you see in the image?", "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."}]
+        if n > 1:
+            turns.append({"question": f"Where is the {names[0]} relative to the {names[1]}?",
+                          "answer": f"The {names[0]} is {_rel(objs[0], objs[1])} the {names[1]}."})
+        turns.append({"question": f"What colour is the {objs[0]['label']}?", "answer": f"It is {objs[0]['color'] or 'not a single colour'}."})
+        return turns
+
+    @staticmethod
+    def _detail(objs: list[dict], names: list[str], listing: str, w: int, h: int) -> list[dict]:
+        parts = [f"The image shows {listing} on a plain background."]
+        for o, nm in zip(objs, names):
+            side = o["bbox"][2] - o["bbox"][0]
+            size = "large" if side > 0.3 * min(w, h) else "small" if side < 0.22 * min(w, h) else "medium-sized"
+            parts.append(f"The {nm} is {size} and sits {_region(o, w, h)}.")
+        for a, b, na, nb in zip(objs, objs[1:], names, names[1:]):
+            parts.append(f"The {na} is {_rel(a, b)} the {nb}.")
+        return [{"question": "Describe the image in detail.", "answer": " ".join(parts)}]
+
+    @staticmethod
+    def _reasoning(objs: list[dict], names: list[str]) -> list[dict]:
+        """Which object is nearest the top, and what follows."""
+        n = len(objs)
         top = min(range(n), key=lambda i: objs[i]["bbox"][1])
         if n == 1:
             answer = f"There is only one object, {article(names[0])}, so it is also the one nearest the top of the image."
@@ -159,7 +175,7 @@ class CaptionsTeacher:
             others = [names[i] for i in range(n) if i != top]
             answer = (f"Comparing how high each object sits, the {names[top]} has the smallest distance to the top edge, "
                       f"while the {' and the '.join(others)} {'sit' if len(others) > 1 else 'sits'} lower. "
-                      f"So the {names[top]} is nearest the top, and its colour is {objs[top].get('color', 'unknown')}.")
+                      f"So the {names[top]} is nearest the top, and its colour is {objs[top]['color'] or 'unknown'}.")
         return [{"question": "Which object is nearest the top of the image, and what colour is it?", "answer": answer}]
 
 
@@ -213,22 +229,71 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+MIN_SECRET_CHARS = 6  # shorter "keys" are placeholders; scrubbing them would garble replies
+
+
+def secrets_of(api_key: str | None, base_url: str) -> list[bytes]:
+    """What must never be stored: the API key, and the credentials of a `user:password@` URL
+    (as typed, and as the Basic authorization header carries them)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(base_url)
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    found = [api_key or "", password, f"{user}:{password}" if password else ""]
+    out = [x.encode() for x in found if len(x) >= MIN_SECRET_CHARS]
+    out += [base64.b64encode(x) for x in out if b":" in x]
+    return sorted(set(out), key=len, reverse=True)
+
+
+class ReplyTooLarge(Exception):
+    pass
+
+
+class BadEncoding(Exception):
+    pass
+
+
+def _decompress(data: bytes, encoding: str, cap: int) -> bytes:
+    """A reply body as sent (we ask for identity), or gzip/deflate decompressed to at most `cap`
+    bytes (a small compressed reply may expand a thousandfold)."""
+    import zlib
+
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise BadEncoding(encoding)
+    d = zlib.decompressobj(zlib.MAX_WBITS | 32 if "gzip" in encoding else zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, cap + 1)
+    except zlib.error:
+        raise BadEncoding(encoding) from None
+    if len(out) > cap or d.unconsumed_tail:
+        raise ReplyTooLarge
+    return out
+
+
 class OpenAITeacher:
+    """An OpenAI-compatible chat-completions server. A reply is read as a stream and dropped
+    past `max_reply_bytes` (a failure, `reply_too_large`, not retried); every secret (the API
+    key, URL credentials) is cut out of a reply before any of it is parsed or stored."""
+
     name = "openai"
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 32, timeout: float = 60.0,
                  max_retries: int = 5, backoff: float = 0.5, backoff_cap: float = 30.0, max_tokens: int = 512,
                  temperature: float = 0.2, structured: bool = True, requests_per_s: float | None = None,
-                 tokens_per_min: float | None = None, seed: int = 0):
+                 tokens_per_min: float | None = None, seed: int = 0, max_reply_bytes: int = 1 << 20):
         import httpx
 
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.timeout, self.max_retries, self.backoff, self.backoff_cap = timeout, max_retries, backoff, backoff_cap
-        self.max_tokens, self.temperature = max_tokens, temperature
+        self.max_tokens, self.temperature, self.max_reply_bytes = max_tokens, temperature, max_reply_bytes
         self.structured = structured
         self.limiter = RateLimiter(requests_per_s, tokens_per_min)
         self.rng = random.Random(seed)
+        self.secrets = secrets_of(api_key, base_url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
                                         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
@@ -247,59 +312,98 @@ class OpenAITeacher:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "turns", "strict": True, "schema": TURNS_SCHEMA}}
         return body
 
+    def scrub(self, data: bytes) -> bytes:
+        for secret in self.secrets:
+            data = data.replace(secret, b"***")
+        return data
+
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.backoff_cap)
         return self.rng.uniform(0, min(self.backoff_cap, self.backoff * 2**attempt))  # full jitter
 
-    async def generate(self, req: Request) -> Result:
+    async def _post(self, body: dict, req: Request) -> tuple[int, str | None, bytes]:
+        """(status, Retry-After, reply bytes with secrets cut out), reading at most max_reply_bytes
+        off the wire and, for a compressed reply, at most max_reply_bytes once decompressed."""
+        async with self.client.stream("POST", "/chat/completions", content=orjson.dumps(body),
+                                      headers={"Content-Type": "application/json", "Accept-Encoding": "identity",
+                                               "X-Vlmtool-Request": req.key}) as r:
+            declared = r.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_reply_bytes:
+                raise ReplyTooLarge
+            buf = bytearray()
+            async for chunk in r.aiter_raw():
+                buf += chunk
+                if len(buf) > self.max_reply_bytes:
+                    raise ReplyTooLarge
+            data = _decompress(bytes(buf), r.headers.get("content-encoding", ""), self.max_reply_bytes)
+            return r.status_code, r.headers.get("retry-after"), self.scrub(data)
+
+    async def _attempt(self, body: dict, req: Request, res: Result) -> tuple[str, float | None]:
+        """One request: ("ok" | "downgrade" | a failure reason, Retry-After seconds). Fills `res` on ok."""
         import httpx
 
+        try:
+            status, retry_after, data = await asyncio.wait_for(self._post(body, req), self.timeout)
+        except (httpx.TimeoutException, asyncio.TimeoutError):
+            return "timeout", None
+        except httpx.TransportError:  # refused, reset, closed before a response
+            return "connection", None
+        except ReplyTooLarge:
+            return "reply_too_large", None
+        except BadEncoding:
+            return "malformed_response", None
+        except httpx.HTTPError:  # a body that cannot be decoded, too many redirects
+            return "malformed_response", None
+        if status == 200:
+            return self._parse(data, req, res), None
+        if status == 400 and "response_format" in body and b"response_format" in data:
+            return "downgrade", None
+        if status == 429:
+            return "rate_limited", retry_after_seconds(retry_after)
+        if status >= 500:
+            return "server_error", retry_after_seconds(retry_after)
+        return f"http_{status}", None
+
+    @staticmethod
+    def _parse(data: bytes, req: Request, res: Result) -> str:
+        try:
+            reply = orjson.loads(data)
+            choice = reply["choices"][0]
+            text = choice["message"]["content"] or ""
+            usage = reply.get("usage") or {}
+            prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+            return "malformed_response"
+        if not isinstance(text, str):
+            return "malformed_response"
+        res.prompt_tokens += prompt_tokens
+        res.completion_tokens += completion_tokens
+        res.finish_reason = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None
+        res.turns = parse_turns(text, req.task, req.question)
+        if res.turns is None:
+            res.unparsable = text[:200]
+        return "ok"
+
+    async def generate(self, req: Request) -> Result:
         res = Result()
         attempt = 0
         while True:
             body = self.body(req)
             await self.limiter.acquire(req.image_tokens + len(req.prompt) / 4 + self.max_tokens)
-            retry_after = None
-            try:
-                r = await self.client.post("/chat/completions", content=orjson.dumps(body),
-                                           headers={"Content-Type": "application/json", "X-Vlmtool-Request": req.key})
-            except httpx.TimeoutException:
-                reason = "timeout"
-            except httpx.TransportError:  # refused, reset, closed before a response
-                reason = "connection"
-            else:
-                if r.status_code == 200:
-                    try:
-                        data = orjson.loads(r.content)
-                        choice = data["choices"][0]
-                        text = choice["message"]["content"] or ""
-                    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-                        reason = "malformed_response"
-                    else:
-                        usage = data.get("usage") or {}
-                        res.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-                        res.completion_tokens += int(usage.get("completion_tokens") or 0)
-                        res.finish_reason = choice.get("finish_reason")
-                        res.turns = parse_turns(text, req.task, req.question)
-                        if res.turns is None:
-                            res.unparsable = text[:200]
-                        return res
-                elif r.status_code == 400 and "response_format" in body and b"response_format" in r.content:
-                    self.structured = False  # this server does not take json_schema: ask for JSON in the prompt alone
-                    continue
-                elif r.status_code == 429:
-                    reason, retry_after = "rate_limited", retry_after_seconds(r.headers.get("retry-after"))
-                elif r.status_code >= 500:
-                    reason, retry_after = "server_error", retry_after_seconds(r.headers.get("retry-after"))
-                else:  # other 4xx: retrying will not help
-                    res.failed = f"http_{r.status_code}"
-                    res.errors.append(res.failed)
-                    return res
-            res.errors.append(reason)
-            if attempt >= self.max_retries:
-                res.failed = reason
+            outcome, retry_after = await self._attempt(body, req, res)
+            if outcome == "ok":
+                return res
+            if outcome == "downgrade":
+                self.structured = False  # this server does not take json_schema: ask for JSON in the prompt alone
+                continue
+            res.errors.append(outcome)
+            if outcome in NOT_RETRIED or outcome.startswith("http_") or attempt >= self.max_retries:
+                res.failed = outcome  # other 4xx, a reply over the cap: retrying will not help
                 return res
             await asyncio.sleep(self._delay(attempt, retry_after))
             attempt += 1
             res.retries += 1
+
+
+NOT_RETRIED = ("reply_too_large",)

@@ -13,8 +13,8 @@ import re
 REASONS = ("empty", "truncated", "refusal", "degenerate", "duplicate", "hallucination", "not_negative", "unparsable")
 
 _REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i cannot|i can't|i can not|as an ai|i'?m unable|i am unable|"
-                      r"cannot (?:help|assist|see)|unable to (?:view|see|process) (?:the )?image)\b", re.I)
-_NEGATION = re.compile(r"\b(no|not|none|never|without|absent|isn'?t|aren'?t|doesn'?t|don'?t|nor)\b", re.I)
+                      r"cannot (?:help|assist|see)|unable to (?:view|see|process) (?:the )?image)\b", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(no|not|none|never|without|absent|isn'?t|aren'?t|doesn'?t|don'?t|nor)\b", re.IGNORECASE)
 _SENTENCE = re.compile(r"[^.!?;\n]+[.!?;]?")
 _WORD = re.compile(r"[a-z']+")
 

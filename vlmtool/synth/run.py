@@ -1,0 +1,236 @@
+"""The async side of `vlmtool synth`: a producer turns each shard's samples into requests,
+workers send them to the teacher, and every result is logged (and flushed) as it arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from vlmtool.core.job import redact
+from vlmtool.core.records import ReadOptions, Reject, iter_samples
+from vlmtool.core.samples import Sample, SampleError, clean_detail
+from vlmtool.core.shards import JobDir, ShardRef, dumps
+from vlmtool.errors import JobFailed
+from vlmtool.synth.objects import (
+    ObjectTables,
+    absent_object,
+    describe_objects,
+    sample_objects,
+)
+from vlmtool.synth.options import SynthOptions
+from vlmtool.synth.tasks import Request, article, request_key, tasks_for
+from vlmtool.synth.teachers import Result
+from vlmtool.synth.validate import Rejected, mentioned, normalize, validate
+
+
+@dataclass
+class Plan:
+    """What every request of a job is made from."""
+
+    opts: SynthOptions
+    prompts: dict[str, str]
+    weights: dict[str, float]
+    tables: ObjectTables  # labels counted over the inputs
+    file_vocabulary: list[str] | None  # --vocabulary: the candidate absent objects
+
+    @property
+    def read(self) -> ReadOptions:
+        o = self.opts
+        return ReadOptions(max_pixels=o.max_pixels, max_image_bytes=o.max_image_bytes, max_text_bytes=o.max_text_bytes)
+
+    def __post_init__(self):
+        # the names an answer is checked against for objects that are not there
+        self.vocabulary = sorted(set(self.tables.vocabulary) | set(self.file_vocabulary or []))
+
+    def negative(self, s: Sample, present: list[str] | None) -> tuple[str | None, str | None]:
+        """(the object a negative question asks about, None) or (None, why none is asked)."""
+        if present is None and not self.file_vocabulary:
+            return None, "no_object_metadata"  # nothing says what is absent: asking would guess
+        candidates = self.file_vocabulary or self.tables.vocabulary
+        if present is None:  # objects the caption names may well be there
+            named = mentioned(s.caption or "", candidates)
+            candidates = [c for c in candidates if c not in named]
+        absent = absent_object(s.key, present or [], candidates, self.opts.negatives, self.tables)
+        return (absent, None) if absent else (None, "no_absent_object")
+
+
+def _decoded(ref: ShardRef, s: Sample | Reject) -> Sample | Reject:
+    """The sample, if its image decodes (a teacher must not be sent a corrupt or truncated one)."""
+    if isinstance(s, Reject):
+        return s
+    try:
+        s.load_image(draft=(1, 1))
+    except SampleError as e:
+        return Reject(ref.name, s.key, e.reason, e.detail)
+    return s
+
+
+def new_state() -> dict:
+    return {"samples": 0, "rejected": Counter(), "rejects": [], "skipped": 0, "outstanding": 0, "produced": False,
+            "results": Counter(), "negatives_skipped": Counter(), "t0": time.perf_counter()}
+
+
+class Run:
+    """One rank's run over its pending shards."""
+
+    def __init__(self, job: JobDir, teacher, plan: Plan, done: dict[str, dict], log):
+        self.job, self.teacher, self.plan, self.done, self.log = job, teacher, plan, done, log
+        self.opts = plan.opts
+        self.stats = Counter()
+        self.reasons = Counter()  # rejected: / failed: reasons of this run
+        # duplicates: the same answer twice for one sample, or a long answer (>= 150 chars) anywhere
+        self.seen_answers = {a for r in done.values() if r["status"] == "ok" for a in self._answer_keys(r["key"], r.get("turns", []))}
+        self.shard_state: dict[str, dict] = {}
+        self.error: BaseException | None = None  # the first exception a worker met; the producer re-raises it
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc="synth", unit="req", file=sys.stderr, disable=not self.opts.progress, dynamic_ncols=True, mininterval=0.5)
+
+    # ---- producing requests
+    def requests(self, ref: ShardRef, state: dict):
+        for order, s in enumerate(iter_samples(ref, self.plan.read, objects_field=self.opts.objects_field)):
+            state["samples"] += 1
+            s = _decoded(ref, s)
+            if isinstance(s, Reject):
+                if self.opts.strict:
+                    raise JobFailed(f"--strict: sample {s.key!r} of {ref.url} rejected: {s.reason}" + (f" ({s.detail})" if s.detail else ""))
+                state["rejected"][s.reason] += 1
+                state["rejects"].append(s.row())
+                continue
+            yield from self._sample_requests(ref, order, s, state)
+
+    def _image_tokens(self, s: Sample) -> int:
+        from vlmtool.budget import image_tokens
+
+        try:
+            return image_tokens(self.opts.image_preset, s.width, s.height)
+        except Exception:  # noqa: BLE001 -- a size the preset cannot plan: the report counts it as 0
+            return 0
+
+    def _sample_requests(self, ref: ShardRef, order: int, s: Sample, state: dict):
+        objects = sample_objects(s.meta, self.opts.objects_field)
+        present = [o["label"] for o in objects] if objects is not None else None
+        img_tokens = self._image_tokens(s)
+        system = self.plan.prompts["system"]
+        for task in tasks_for(s.key, self.plan.weights, self.opts.per_sample):
+            question = absent = None
+            if task == "negative":
+                absent, why = self.plan.negative(s, present)
+                if absent is None:
+                    state["negatives_skipped"][why] += 1
+                    continue
+                question = f"Is there {article(absent)} in the image?"
+            prompt = self.plan.prompts[task].format(caption=s.caption, objects=describe_objects(objects), question=question or "")
+            key = request_key(s.key, ref.url, task, system + "\n" + prompt, self.teacher.name, self.teacher.model)
+            prev = self.done.get(key)
+            if prev is not None and prev["status"] in ("ok", "rejected"):
+                state["skipped"] += 1
+                continue
+            yield (order, Request(key, s.key, ref.name, ref.url, task, prompt, system, s.image_bytes, s.image_ext, s.caption,
+                                  objects, s.width, s.height, question, absent, img_tokens), present)
+
+    async def run(self, shards: list[ShardRef]) -> None:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=self.opts.concurrency * 2)
+        workers = [asyncio.create_task(self.worker(queue)) for _ in range(self.opts.concurrency)]
+        try:
+            for ref in shards:
+                state = self.shard_state[ref.name] = new_state()
+                for order, req, present in self.requests(ref, state):
+                    state["outstanding"] += 1
+                    await queue.put((ref, order, req, present))
+                    if self.error:
+                        raise self.error
+                state["produced"] = True
+                self.maybe_finish(ref)
+            await queue.join()
+            if self.error:
+                raise self.error
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self.bar.close()
+
+    def maybe_finish(self, ref: ShardRef) -> None:
+        st = self.shard_state[ref.name]
+        if st["produced"] and st["outstanding"] == 0 and not st.get("finished"):
+            st["finished"] = True
+            self.log.flush()
+            self.job.write_record(ref, {"samples": st["samples"], "ok": st["samples"] - sum(st["rejected"].values()),
+                                        "rejected": dict(st["rejected"]), "rejects": st["rejects"], "skipped_done": st["skipped"],
+                                        "results": dict(st["results"]), "negatives_skipped": dict(st["negatives_skipped"]),
+                                        "seconds": round(time.perf_counter() - st["t0"], 3)})
+
+    # ---- sending them
+    async def _generate(self, req: Request) -> Result:
+        """The teacher's result; a teacher that raises fails this request, never the job."""
+        try:
+            return await self.teacher.generate(req)
+        except Exception as e:  # noqa: BLE001 -- whatever one request meets, the others go on
+            detail = redact(clean_detail(f"{type(e).__name__}: {e}"))
+            if hasattr(self.teacher, "scrub"):
+                detail = self.teacher.scrub(detail.encode()).decode("utf-8", "replace")
+            return Result(failed="teacher_error", errors=["teacher_error"], detail=detail)
+
+    async def worker(self, queue: asyncio.Queue) -> None:
+        while True:
+            ref, order, req, present = await queue.get()
+            if self.error:  # stopping: drain the queue without sending
+                queue.task_done()
+                continue
+            try:
+                res = await self._generate(req)
+                self.record(ref, order, req, res, present)
+            except Exception as e:  # noqa: BLE001 -- a job failure (--strict) or a bug: stop the run, never hang it
+                self.error = self.error or e
+            finally:
+                queue.task_done()
+
+    def record(self, ref: ShardRef, order: int, req: Request, res: Result, present: list[str] | None) -> None:
+        row = self.judge(req, res, present)
+        row.update({"id": req.key, "key": req.sample_key, "shard": req.shard, "shard_url": redact(req.shard_url), "order": order,
+                    "task": req.task, "teacher": self.teacher.name, "model": self.teacher.model,
+                    "image": f"{req.shard}/{req.sample_key}.{req.image_ext or 'jpg'}", "retries": res.retries,
+                    "errors": res.errors, "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+                    "image_tokens": req.image_tokens})
+        self.log.write(dumps(row) + b"\n")
+        self.log.flush()  # a result on disk is a result the rerun will not ask for again
+        st = self.shard_state[ref.name]
+        st["results"][row["status"]] += 1
+        self.stats.update({"sent": 1, row["status"]: 1, "retries": res.retries, "prompt_tokens": res.prompt_tokens,
+                           "completion_tokens": res.completion_tokens, "image_tokens": req.image_tokens})
+        if row["status"] != "ok":
+            self.reasons[f"{row['status']}:{row['reason']}"] += 1
+            if self.opts.strict and row["status"] == "failed":
+                raise JobFailed(f"--strict: request for {req.sample_key} ({req.task}) failed: {row['reason']}")
+        self.bar.update()
+        st["outstanding"] -= 1
+        self.maybe_finish(ref)
+
+    def judge(self, req: Request, res: Result, present: list[str] | None) -> dict:
+        if res.failed:
+            return {"status": "failed", "reason": res.failed, **({"detail": res.detail} if res.detail else {})}
+        if res.turns is None:
+            return {"status": "rejected", "reason": "unparsable", "detail": res.unparsable}
+        try:
+            turns = validate(res.turns, req.task, present, self.plan.vocabulary, res.finish_reason, req.absent)
+        except Rejected as e:
+            return {"status": "rejected", "reason": e.reason, "detail": e.detail, "turns": res.turns}
+        keys = self._answer_keys(req.sample_key, turns)
+        if any(a in self.seen_answers for a in keys):
+            return {"status": "rejected", "reason": "duplicate", "turns": turns}
+        self.seen_answers.update(keys)
+        return {"status": "ok", "reason": None, "turns": turns}
+
+    @staticmethod
+    def _answer_keys(sample_key: str, turns: list[dict]) -> list[str]:
+        out = []
+        for t in turns:
+            norm = normalize(t["answer"])
+            out.append(f"{sample_key}\x1f{norm}")
+            if len(t["answer"]) >= 150:
+                out.append(norm)
+        return out
