@@ -32,7 +32,12 @@ class Truthful:
     Records every call."""
 
     def __init__(self, images):
-        self.objects = {_digest(Image.open(io.BytesIO(im.data))): im.objects for im in images}
+        self.objects = {}
+        for im in images:
+            try:
+                self.objects[_digest(Image.open(io.BytesIO(im.data)))] = im.objects
+            except OSError:  # a broken image: eval counts it and never asks about it
+                pass
         self.calls: list[tuple[bool, list[str]]] = []
 
     def answer(self, images, questions, max_new_tokens=16):
@@ -238,3 +243,49 @@ def test_chair_on_hand_made_descriptions():
     assert (s["mentions"], s["hallucinated"]) == (7, 3)
     assert s["chair_i"] == pytest.approx(3 / 7, abs=1e-6) and s["chair_s"] == 0.5
     assert s["most_hallucinated"] == {"traffic light": 2, "star": 1}
+
+
+def test_swap_pairs_from_a_questions_file(world, images, tmp_path):
+    probes = [p for ps in build_probes(images).values() for p in ps]
+    path = _coco_style(tmp_path, probes, "all.jsonl")
+    looks = evaluate(Truthful(images), [str(world)], EvalOptions(progress=False, tasks=("swap",), questions=(str(path),)))
+    prior = evaluate(Always("no"), [str(world)], EvalOptions(progress=False, tasks=("swap",), questions=(str(path),)))
+    assert looks["swap"]["flip_rate"] == 1.0 and looks["swap"]["both_correct"] == 1.0 and looks["swap"]["pairs"] > 20
+    assert prior["swap"]["flip_rate"] == 0.0 and prior["swap"]["pairs"] == looks["swap"]["pairs"]
+
+
+def test_broken_samples_are_counted_and_the_rest_evaluated(tmp_path):
+    from vlmtool.world import make_world
+
+    truth = make_world(tmp_path / "w", samples=30, shard_size=10, seed=2, broken=0.3, sizes="small")
+    data = read_images([str(tmp_path / "w")], progress=False)
+    s = evaluate(Truthful(data.images), [str(tmp_path / "w")], EvalOptions(progress=False, tasks=("pope",)))
+    broken = {k: v for k, v in truth["counts"]["broken"].items() if v}
+    assert broken and {**s["bad"]["rejected_samples"], **s["bad"]["images"]} == broken  # read rejects + images that fail to decode
+    assert s["images"] == 30 - sum(s["bad"]["rejected_samples"].values())
+    assert all(m["f1"] == 1.0 for m in s["pope"].values())
+
+
+def test_the_asker_batches_caches_and_counts_a_bad_image_once():
+    from vlmtool.evals.answerer import Asker, ImageError
+
+    class Echo:
+        def __init__(self):
+            self.batches = []
+
+        def answer(self, images, questions, max_new_tokens=16):
+            self.batches.append(len(questions))
+            return [f"{'seen' if images else 'blind'}: {q}" for q in questions]
+
+    def load(name):
+        if name == "bad":
+            raise ImageError("missing_image", name)
+        return Image.new("RGB", (8, 8))
+
+    model = Echo()
+    asker = Asker(model, load, batch_size=3, progress=False)
+    first = asker.ask([("a", "q1"), ("bad", "q1"), ("b", "q1"), ("a", "q2"), ("c", "q1"), (None, "q1")])
+    again = asker.ask([("a", "q1"), ("bad", "q2"), (None, "q1")])
+    assert first == ["seen: q1", None, "seen: q1", "seen: q2", "seen: q1", "blind: q1"]
+    assert again == ["seen: q1", None, "blind: q1"]
+    assert asker.bad == {"missing_image": 1} and max(model.batches) <= 3 and asker.asked == 5

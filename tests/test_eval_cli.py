@@ -112,3 +112,12 @@ def test_usage_errors_are_one_line(world, args, message):
     p = run_cli(*[str(world) if a == "WORLD" else a for a in args], check=False)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"vlmtool: error: {message}")
+
+
+def test_questions_only_writes_pope_files_without_a_model(world, tmp_path):
+    p = run_cli("eval", "pope", world, "--questions-only", "--out", tmp_path / "q", "--json", "--no-progress")
+    s = json.loads(p.stdout)
+    assert set(s["questions"]) == {"random", "popular", "adversarial"}
+    rows = [json.loads(x) for x in (tmp_path / "q" / "questions" / "pope_popular.jsonl").read_text().splitlines()]
+    assert len(rows) == s["probes"]["popular"] and {r["label"] for r in rows} == {"yes", "no"}
+    assert sum(r["label"] == "yes" for r in rows) * 2 == len(rows)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vlmtool.cli._app import DEVICE, JSON, PROGRESS, app, emit
+from vlmtool.cli._app import DEVICE, JSON, PROGRESS, app, emit, options
 
 eval_app = typer.Typer(help="Does the model look at the pixels? POPE, swap, blind and CHAIR for checkpoints.",
                        no_args_is_help=True, rich_markup_mode=None)
@@ -22,22 +22,28 @@ _TASKS = {
 }
 
 
-def _run(tasks: tuple[str, ...], p: dict) -> None:
-    from vlmtool.errors import UsageError
-    from vlmtool.evals import EvalOptions, compare, evaluate
-    from vlmtool.evals.report import comparison_table, table
+def _options(tasks: tuple[str, ...], p: dict):
+    from vlmtool.evals import EvalOptions
 
-    if not p["checkpoint"]:
-        raise UsageError("give the model to evaluate: --checkpoint DIR (repeat it to compare several)")
     if not p["blind"]:
         tasks = tuple(t for t in tasks if t != "blind")
     settings = tuple(s.strip() for s in p["settings"].split(",") if s.strip())
-    opts = EvalOptions(tasks=tasks, settings=settings, questions=tuple(p["questions"] or ()), image_root=p["image_root"],
-                       objects_field=p["objects_field"], vocabulary=p["vocabulary"], per_image=p["per_image"], limit=p["limit"],
-                       chair_images=p["chair_images"], seed=p["seed"], batch_size=p["batch_size"],
-                       max_new_tokens=p["max_new_tokens"], describe_tokens=p["describe_tokens"], device=p["device"],
-                       progress=p["progress"])
-    inputs = list(p["inputs"] or [])
+    return options(EvalOptions, {**p, "tasks": tasks, "settings": settings, "questions": tuple(p["questions"] or ())})
+
+
+def _run(tasks: tuple[str, ...], p: dict) -> None:
+    from vlmtool.errors import UsageError
+    from vlmtool.evals import compare, evaluate, write_probes
+    from vlmtool.evals.report import comparison_table, table
+
+    opts, inputs = _options(tasks, p), list(p["inputs"] or [])
+    if p["questions_only"]:
+        if not p["out"]:
+            raise UsageError("--questions-only writes the question files into --out DIR: give --out")
+        emit(write_probes(inputs, p["out"], opts), p["as_json"])
+        return
+    if not p["checkpoint"]:
+        raise UsageError("give the model to evaluate: --checkpoint DIR (repeat it to compare several)")
     if len(p["checkpoint"]) == 1:
         result = evaluate(p["checkpoint"][0], inputs, opts, out=p["out"])
         text = table(result)
@@ -72,6 +78,8 @@ def _register(name: str, tasks: tuple[str, ...], doc: str) -> None:
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Questions per call to the model.")] = 16,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens of a yes/no answer.")] = 8,
         describe_tokens: Annotated[int, typer.Option("--describe-tokens", min=1, help="Tokens of a CHAIR description.")] = 96,
+        questions_only: Annotated[bool, typer.Option(
+            "--questions-only", help="No model: write the built-in probes as POPE files into --out DIR/questions/ and stop.")] = False,
         device: str = DEVICE,
         out: Annotated[str | None, typer.Option(
             "--out", "-o", metavar="DIR", help="Write report.json, report.png, the question files and every answer here.")] = None,

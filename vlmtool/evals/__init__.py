@@ -19,24 +19,13 @@ questions about images (an `Answerer`; a checkpoint folder becomes one through
 
 from vlmtool.evals.answerer import Answerer, load_answerer
 from vlmtool.evals.pope import (
-           SETTINGS,
-           Probe,
-           build_probes,
-           read_questions,
-           write_questions,
+    SETTINGS,
+    Probe,
+    build_probes,
+    read_questions,
+    write_questions,
 )
-from vlmtool.evals.run import TASKS, EvalOptions, compare, evaluate
+from vlmtool.evals.run import TASKS, EvalOptions, compare, evaluate, write_probes
 
-__all__ = [
-           "SETTINGS",
-           "TASKS",
-           "Answerer",
-           "EvalOptions",
-           "Probe",
-           "build_probes",
-           "compare",
-           "evaluate",
-           "load_answerer",
-           "read_questions",
-           "write_questions",
-]
+__all__ = ["SETTINGS", "TASKS", "Answerer", "EvalOptions", "Probe", "build_probes", "compare", "evaluate", "load_answerer",
+           "read_questions", "write_probes", "write_questions"]

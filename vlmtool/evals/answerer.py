@@ -54,14 +54,18 @@ class Asker:
         self.batch_size = max(1, batch_size)
         self.progress = progress
         self.cache: dict[Key, str | None] = {}
-        self.bad: dict[str, int] = {}
+        self.bad: dict[str, int] = {}  # images that failed, by reason (each image once)
+        self.failed: set[str] = set()
         self.bad_examples: list[dict] = []
         self.asked = 0
 
     def _image(self, name: str):
+        if name in self.failed:
+            return None
         try:
             return self.load_image(name)
         except ImageError as e:
+            self.failed.add(name)
             self.bad[e.reason] = self.bad.get(e.reason, 0) + 1
             if len(self.bad_examples) < 10:
                 self.bad_examples.append({"image": name, "reason": e.reason, "detail": e.detail})

@@ -71,17 +71,18 @@ def _probes(opts: EvalOptions, data: ImageSet) -> tuple[dict[str, list[Probe]], 
     return build_probes(data.images, opts.per_image, opts.seed, opts.settings, extra), []
 
 
-def _no_probe_message(ctx: _Ctx) -> str:
-    if ctx.opts.questions:
-        return f"no probe could be read from --questions ({len(ctx.bad_lines)} bad lines)"
-    if not ctx.data.samples:
-        return "no sample could be read from the inputs" + (f" (rejects: {ctx.data.rejects})" if ctx.data.rejects else "")
-    if not ctx.data.with_objects():
-        return f"no sample has object metadata: give --objects-field (now {ctx.opts.objects_field!r}) or --questions"
+def _no_probe_message(opts: EvalOptions, data: ImageSet, bad_lines: list[dict]) -> str:
+    if opts.questions:
+        return f"no probe could be read from --questions ({len(bad_lines)} bad lines)"
+    if not data.samples:
+        return "no sample could be read from the inputs" + (f" (rejects: {data.rejects})" if data.rejects else "")
+    if not data.with_objects():
+        return f"no sample has object metadata: give --objects-field (now {opts.objects_field!r}) or --questions"
     return "no sample has both a present and an absent object to ask about"
 
 
-def _setup(answerer: Answerer, inputs: list[str] | None, opts: EvalOptions) -> _Ctx:
+def _load(inputs: list[str] | None, opts: EvalOptions) -> tuple[ImageSet, dict[str, list[Probe]], list[dict]]:
+    """The images and the probes (built, or read from --questions, with their bad lines)."""
     unknown = [t for t in opts.tasks if t not in TASKS] + [s for s in opts.settings if s not in SETTINGS]
     if unknown:
         raise UsageError(f"unknown task or setting {', '.join(unknown)}: tasks are {', '.join(TASKS)}, settings {', '.join(SETTINGS)}")
@@ -92,13 +93,30 @@ def _setup(answerer: Answerer, inputs: list[str] | None, opts: EvalOptions) -> _
     data = read_images(inputs, opts.objects_field, opts.limit, progress=opts.progress) if inputs else ImageSet()
     needs_probes = any(t in opts.tasks for t in ("pope", "blind", "swap"))
     probes, bad = _probes(opts, data) if needs_probes else ({}, [])
-    loader = ImageLoader(data.images, opts.image_root)
-    ctx = _Ctx(opts, data, Asker(answerer, loader, opts.batch_size, opts.progress), probes, bad)
-    if needs_probes and not any(probes.values()):
-        raise UsageError(_no_probe_message(ctx))
-    if "chair" in opts.tasks and not needs_probes and not data.with_objects():
-        raise UsageError(_no_probe_message(ctx))
-    return ctx
+    if (needs_probes and not any(probes.values())) or ("chair" in opts.tasks and not needs_probes and not data.with_objects()):
+        raise UsageError(_no_probe_message(opts, data, bad))
+    return data, probes, bad
+
+
+def _setup(answerer: Answerer, inputs: list[str] | None, opts: EvalOptions) -> _Ctx:
+    data, probes, bad = _load(inputs, opts)
+    asker = Asker(answerer, ImageLoader(data.images, opts.image_root), opts.batch_size, opts.progress)
+    return _Ctx(opts, data, asker, probes, bad)
+
+
+def write_probes(inputs: list[str], out: str | Path, opts: EvalOptions = EvalOptions()) -> dict:
+    """The built-in probes as POPE question files, OUT/questions/pope_SETTING.jsonl, without a
+    model (for other tools, or to run later with --questions)."""
+    from dataclasses import replace
+
+    from vlmtool.evals.pope import write_questions
+
+    if opts.questions:
+        raise UsageError("--questions-only writes the built-in probes: leave out --questions")
+    data, probes, _ = _load(inputs, replace(opts, tasks=("pope",)))
+    files = {s: str(write_questions(Path(out) / "questions" / f"pope_{s}.jsonl", ps)) for s, ps in probes.items()}
+    return {"out": str(out), "images": len(data.images), "probes": {s: len(ps) for s, ps in probes.items()}, "questions": files,
+            "bad": {"rejected_samples": data.rejects, "samples_without_objects": data.without_objects}}
 
 
 def _pope(ctx: _Ctx, blind: bool) -> dict:
