@@ -121,3 +121,20 @@ def test_questions_only_writes_pope_files_without_a_model(world, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "q" / "questions" / "pope_popular.jsonl").read_text().splitlines()]
     assert len(rows) == s["probes"]["popular"] and {r["label"] for r in rows} == {"yes", "no"}
     assert sum(r["label"] == "yes" for r in rows) * 2 == len(rows)
+
+
+def test_a_checkpoint_is_loaded_through_the_inference_api(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from vlmtool.errors import UsageError
+    from vlmtool.evals.run import resolve_answerer
+
+    ck = _checkpoint(tmp_path / "ck")
+    infer = types.ModuleType("vlmtool.vlm.infer")
+    infer.load_answerer = lambda checkpoint, device: ("loaded", checkpoint, device)
+    monkeypatch.setitem(sys.modules, "vlmtool.vlm.infer", infer)
+    assert resolve_answerer(str(ck), "cpu") == (("loaded", str(ck), "cpu"), str(ck))
+    monkeypatch.setitem(sys.modules, "vlmtool.vlm.infer", None)  # an install without it
+    with pytest.raises(UsageError, match="needs the inference API"):
+        resolve_answerer(str(ck))
