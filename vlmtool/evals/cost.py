@@ -3,7 +3,9 @@ sequence, KV-cache bytes for them, and the seconds it trained. Read from the che
 config.json and checkpoint.json (no torch, no weights loaded).
 
 - mlp (LLaVA-1.5): one LM position per visual feature, T_v from the vision tower recorded in
-  checkpoint.json (`tokens`, or (image_size / patch_size)^2 plus the CLS token when kept);
+  checkpoint.json (`tokens`, or budget's llava-1.5 count with the tower's image_size and
+  patch_size, (image_size / patch_size)^2, plus the CLS token when kept), as encode counts a
+  single view (AnyRes tiles add more per sample);
 - native (Fuyu): (image_size / patch_size)^2 patch positions plus one row-newline per row;
 - xattn (Flamingo): no visual position in the LM sequence; the cross-attention layers keep K and
   V of the T_v features instead, which is what its KV bytes count.
@@ -35,8 +37,11 @@ def tower_tokens(tower: dict | None) -> int | None:
         if isinstance(tower.get(k), int):
             return tower[k]
     size, patch = tower.get("image_size"), tower.get("patch_size")
-    if isinstance(size, int) and isinstance(patch, int) and patch > 0:
-        return (size // patch) ** 2 + (1 if tower.get("cls") else 0)
+    if isinstance(size, int) and isinstance(patch, int) and 0 < patch <= size:
+        from vlmtool.budget import image_tokens
+
+        # one fixed-resolution view, as encode counts it: LLaVA-1.5's rule with the tower's sizes
+        return image_tokens("llava-1.5", size, size, image_size=size, patch_size=patch) + (1 if tower.get("cls") else 0)
     return None
 
 
