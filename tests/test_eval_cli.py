@@ -107,9 +107,11 @@ def test_kv_bytes_per_connector(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["eval", "pope", "--checkpoint", "/nonexistent/ckpt", "WORLD"], "checkpoint /nonexistent/ckpt: no such folder"),
     (["eval", "pope", "WORLD"], "give the model to evaluate: --checkpoint DIR"),
+    (["eval", "pope", "WORLD", "--questions-only", "--out", "OUT", "--settings", "random,sideways"], "unknown task or setting sideways"),
+    (["eval", "pope", "WORLD", "--questions-only", "--out", "OUT", "--objects-field", "things", "--no-progress"], "no sample has object metadata: give --objects-field"),
 ])
-def test_usage_errors_are_one_line(world, args, message):
-    p = run_cli(*[str(world) if a == "WORLD" else a for a in args], check=False)
+def test_usage_errors_are_one_line(world, tmp_path, args, message):
+    p = run_cli(*[{"WORLD": str(world), "OUT": str(tmp_path / "out")}.get(a, a) for a in args], check=False)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"vlmtool: error: {message}")
 

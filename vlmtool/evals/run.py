@@ -86,6 +86,8 @@ def _load(inputs: list[str] | None, opts: EvalOptions) -> tuple[ImageSet, dict[s
     unknown = [t for t in opts.tasks if t not in TASKS] + [s for s in opts.settings if s not in SETTINGS]
     if unknown:
         raise UsageError(f"unknown task or setting {', '.join(unknown)}: tasks are {', '.join(TASKS)}, settings {', '.join(SETTINGS)}")
+    if not opts.settings and not opts.questions:
+        raise UsageError(f"--settings names no setting: use some of {', '.join(SETTINGS)}")
     if not inputs and not (opts.questions and opts.image_root):
         raise UsageError("give shards to evaluate on (INPUTS), or --questions FILE with --image-root DIR")
     if opts.image_root and not Path(opts.image_root).is_dir():
