@@ -1,0 +1,137 @@
+"""The eval report: a short table for people (stderr), report.json, report.png (bars per
+setting) and the files behind the numbers (the POPE question files, every answer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _grid(header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def table(summary: dict) -> str:
+    """POPE and blind per setting, then swap and CHAIR, as aligned text."""
+    lines = []
+    pope, blind = summary.get("pope", {}), summary.get("blind", {})
+    names = list(pope or blind)
+    if names:
+        rows = [[n, *(pope.get(n, {}).get(k) for k in KEYS), blind.get(n, {}).get("f1"), blind.get(n, {}).get("yes_ratio"),
+                 (pope.get(n) or blind.get(n))["n"]] for n in names]
+        lines.append(_grid(["setting", *KEYS, "blind_f1", "blind_yes", "n"], rows))
+    if "swap" in summary:
+        s = summary["swap"]
+        lines.append(f"swap: flip_rate {_fmt(s['flip_rate'])}, both_correct {_fmt(s['both_correct'])} over {s['pairs']} pairs")
+    if "chair" in summary:
+        c = summary["chair"]
+        lines.append(f"chair: CHAIR_i {_fmt(c['chair_i'])}, CHAIR_s {_fmt(c['chair_s'])} over {c['descriptions']} descriptions")
+    bad = summary.get("bad", {})
+    if bad.get("images") or bad.get("question_lines"):
+        lines.append(f"bad input: images {bad.get('images')}, question lines {bad.get('question_lines', 0)}")
+    return "\n".join(lines)
+
+
+def comparison_rows(runs: dict[str, dict]) -> list[dict]:
+    """One row per model: F1 per setting (and blind), swap flip rate, cost per sample."""
+    rows = []
+    for name, s in runs.items():
+        row = {"checkpoint": name, "connector": s["model"]["connector"]}
+        row.update({f"f1.{k}": v["f1"] for k, v in s.get("pope", {}).items()})
+        row.update({f"blind_f1.{k}": v["f1"] for k, v in s.get("blind", {}).items()})
+        row["flip_rate"] = s.get("swap", {}).get("flip_rate")
+        row["chair_i"] = s.get("chair", {}).get("chair_i")
+        row.update({k: s["model"][k] for k in ("visual_tokens", "kv_cache_bytes", "train_seconds")})
+        rows.append(row)
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    header = list(dict.fromkeys(k for r in rows for k in r))
+    return _grid(header, [[r.get(k) for k in header] for r in rows])
+
+
+def plot(summary: dict, path: str | Path) -> Path:
+    """Bars per setting: F1 and yes-ratio with the image, and F1 blind."""
+    from vlmtool.core.plots import figure, save
+
+    pope, blind = summary.get("pope", {}), summary.get("blind", {})
+    names = list(pope or blind)
+    fig, ax = figure(max(5.0, 1.6 * len(names) + 3), 4.0)
+    bars = [("F1", pope, "f1"), ("yes-ratio", pope, "yes_ratio"), ("F1 blind", blind, "f1")]
+    bars = [b for b in bars if b[1]]
+    width = 0.8 / max(1, len(bars))
+    for i, (label, src, key) in enumerate(bars):
+        ax.bar([x + i * width for x in range(len(names))], [src[n][key] for n in names], width, label=label)
+    ax.set_xticks([x + width * (len(bars) - 1) / 2 for x in range(len(names))], names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.set_xlabel("POPE setting")
+    extra = [f"{k} {_fmt(summary[t][k])}" for t, k in (("swap", "flip_rate"), ("chair", "chair_i"), ("chair", "chair_s")) if t in summary]
+    ax.set_title(f"{summary.get('checkpoint') or 'model'}" + (f" ({', '.join(extra)})" if extra else ""), fontsize=9)
+    if bars:
+        ax.legend(loc="lower right", fontsize=8)
+    return save(fig, path)
+
+
+def plot_comparison(rows: list[dict], path: str | Path) -> Path:
+    """Bars of POPE F1 per setting, one group per setting, one bar per model."""
+    from vlmtool.core.plots import figure, save
+
+    settings = [k[3:] for k in rows[0] if k.startswith("f1.")] if rows else []
+    fig, ax = figure(max(5.0, 1.8 * len(settings) + 3), 4.0)
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        ax.bar([x + i * width for x in range(len(settings))], [r[f"f1.{s}"] for s in settings], width, label=r["checkpoint"])
+    ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(settings))], settings)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("POPE F1")
+    ax.set_xlabel("POPE setting")
+    ax.legend(loc="lower right", fontsize=8)
+    return save(fig, path)
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_outputs(out: str | Path, summary: dict, probes: dict, answers: dict) -> None:
+    """OUT/report.json, OUT/report.png (with matplotlib), OUT/questions/pope_SETTING.jsonl (built-in
+    probes, POPE's format), OUT/answers.jsonl (every question asked and its answer)."""
+    from vlmtool.core.shards import atomic_write, write_json
+    from vlmtool.evals.pope import write_questions
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, ps in probes.items():
+        write_questions(out / "questions" / f"pope_{name}.jsonl", ps)
+    rows = [{"image": k[0], "question": k[1], "answer": v} for k, v in answers.items()]
+    atomic_write(out / "answers.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    if _have_matplotlib() and (summary.get("pope") or summary.get("blind")):
+        summary["report_png"] = str(plot(summary, out / "report.png"))
+    write_json(out / "report.json", summary)
+
+
+def write_comparison(out: str | Path, result: dict) -> None:
+    from vlmtool.core.shards import write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if _have_matplotlib() and result["table"] and any(k.startswith("f1.") for k in result["table"][0]):
+        result["report_png"] = str(plot_comparison(result["table"], out / "report.png"))
+    write_json(out / "report.json", result)

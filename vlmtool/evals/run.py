@@ -1,0 +1,222 @@
+"""One evaluation of one model: POPE (built-in settings or --questions files), the blind
+baseline, the swap test and CHAIR, into one JSON summary; and several models side by side."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlmtool.errors import JobFailed, UsageError
+from vlmtool.evals.answerer import Answerer, Asker, load_answerer
+from vlmtool.evals.chair import DESCRIBE, Vocabulary, chair_scores, read_synonyms
+from vlmtool.evals.data import ImageLoader, ImageSet, read_images
+from vlmtool.evals.metrics import pope_metrics
+from vlmtool.evals.pope import SETTINGS, Probe, build_probes, read_questions
+from vlmtool.evals.swap import pairs_from_images, pairs_from_probes, swap_metrics
+
+TASKS = ("pope", "blind", "swap", "chair")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    tasks: tuple[str, ...] = TASKS
+    settings: tuple[str, ...] = SETTINGS  # built-in POPE settings
+    questions: tuple[str, ...] = ()  # POPE JSONL files instead of built-in probes
+    image_root: str | None = None
+    objects_field: str = "objects"
+    vocabulary: str | None = None  # synonym file (CHAIR, and extra labels for negatives)
+    per_image: int = 3  # POPE: 3 yes + 3 no per image
+    limit: int = 1000  # images read from the inputs (0: all)
+    chair_images: int = 200  # images described for CHAIR (0: all)
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int = 8  # a yes/no answer
+    describe_tokens: int = 96  # a detail description
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class _Ctx:
+    """What one evaluation reads once and shares between its tasks."""
+
+    opts: EvalOptions
+    data: ImageSet
+    asker: Asker
+    probes: dict[str, list[Probe]]
+    bad_lines: list[dict] = field(default_factory=list)
+
+
+def resolve_answerer(model: str | Answerer, device: str = "auto") -> tuple[Answerer, str | None]:
+    """An Answerer, or a checkpoint folder made into one: (answerer, checkpoint path or None)."""
+    if isinstance(model, (str, Path)):
+        if not Path(model).is_dir():
+            raise UsageError(f"checkpoint {model}: no such folder")
+        return load_answerer(str(model), device), str(model)
+    return model, None
+
+
+def _probes(opts: EvalOptions, data: ImageSet) -> tuple[dict[str, list[Probe]], list[dict]]:
+    if opts.questions:
+        stems = [Path(q).stem for q in opts.questions]
+        if len(set(stems)) != len(stems):
+            raise UsageError("--questions: two files share a name; each file's stem names its results")
+        sets, bad = {}, []
+        for q, stem in zip(opts.questions, stems):
+            sets[stem], b = read_questions(q)
+            bad += b
+        return sets, bad
+    extra = list(read_synonyms(opts.vocabulary)) if opts.vocabulary else []
+    return build_probes(data.images, opts.per_image, opts.seed, opts.settings, extra), []
+
+
+def _no_probe_message(opts: EvalOptions, data: ImageSet, bad_lines: list[dict]) -> str:
+    if opts.questions:
+        return f"no probe could be read from --questions ({len(bad_lines)} bad lines)"
+    if not data.samples:
+        return "no sample could be read from the inputs" + (f" (rejects: {data.rejects})" if data.rejects else "")
+    if not data.with_objects():
+        return f"no sample has object metadata: give --objects-field (now {opts.objects_field!r}) or --questions"
+    return "no sample has both a present and an absent object to ask about"
+
+
+def _load(inputs: list[str] | None, opts: EvalOptions) -> tuple[ImageSet, dict[str, list[Probe]], list[dict]]:
+    """The images and the probes (built, or read from --questions, with their bad lines)."""
+    unknown = [t for t in opts.tasks if t not in TASKS] + [s for s in opts.settings if s not in SETTINGS]
+    if unknown:
+        raise UsageError(f"unknown task or setting {', '.join(unknown)}: tasks are {', '.join(TASKS)}, settings {', '.join(SETTINGS)}")
+    if not opts.settings and not opts.questions:
+        raise UsageError(f"--settings names no setting: use some of {', '.join(SETTINGS)}")
+    if not inputs and not (opts.questions and opts.image_root):
+        raise UsageError("give shards to evaluate on (INPUTS), or --questions FILE with --image-root DIR")
+    if opts.image_root and not Path(opts.image_root).is_dir():
+        raise UsageError(f"--image-root {opts.image_root}: no such folder")
+    data = read_images(inputs, opts.objects_field, opts.limit, progress=opts.progress) if inputs else ImageSet()
+    needs_probes = any(t in opts.tasks for t in ("pope", "blind", "swap"))
+    probes, bad = _probes(opts, data) if needs_probes else ({}, [])
+    if (needs_probes and not any(probes.values())) or ("chair" in opts.tasks and not needs_probes and not data.with_objects()):
+        raise UsageError(_no_probe_message(opts, data, bad))
+    return data, probes, bad
+
+
+def _setup(answerer: Answerer, inputs: list[str] | None, opts: EvalOptions) -> _Ctx:
+    data, probes, bad = _load(inputs, opts)
+    asker = Asker(answerer, ImageLoader(data.images, opts.image_root), opts.batch_size, opts.progress)
+    return _Ctx(opts, data, asker, probes, bad)
+
+
+def write_probes(inputs: list[str], out: str | Path, opts: EvalOptions = EvalOptions()) -> dict:
+    """The built-in probes as POPE question files, OUT/questions/pope_SETTING.jsonl, without a
+    model (for other tools, or to run later with --questions)."""
+    from dataclasses import replace
+
+    from vlmtool.evals.pope import write_questions
+
+    if opts.questions:
+        raise UsageError("--questions-only writes the built-in probes: leave out --questions")
+    data, probes, _ = _load(inputs, replace(opts, tasks=("pope",)))
+    files = {s: str(write_questions(Path(out) / "questions" / f"pope_{s}.jsonl", ps)) for s, ps in probes.items()}
+    return {"out": str(out), "images": len(data.images), "probes": {s: len(ps) for s, ps in probes.items()}, "questions": files,
+            "bad": {"rejected_samples": data.rejects, "samples_without_objects": data.without_objects}}
+
+
+def _pope(ctx: _Ctx, blind: bool) -> dict:
+    out = {}
+    for name, probes in ctx.probes.items():
+        answers = ctx.asker.ask([(None if blind else p.image, p.text) for p in probes], ctx.opts.max_new_tokens,
+                                desc=f"{'blind' if blind else 'pope'} {name}")
+        got = [(p.label, a) for p, a in zip(probes, answers) if a is not None]
+        out[name] = {**pope_metrics([g[0] for g in got], [g[1] for g in got]), "unanswered": len(probes) - len(got)}
+    return out
+
+
+def _swap(ctx: _Ctx) -> dict:
+    every = [p for ps in ctx.probes.values() for p in ps]
+    pairs = pairs_from_probes(every, ctx.opts.seed) if ctx.opts.questions else pairs_from_images(every, ctx.data.images, ctx.opts.seed)
+    n = ctx.opts.max_new_tokens
+    a = ctx.asker.ask([(p.with_object, p.text) for p in pairs], n, desc="swap")
+    b = ctx.asker.ask([(p.without_object, p.text) for p in pairs], n, desc="swap")
+    return swap_metrics(pairs, a, b)
+
+
+def _chair(ctx: _Ctx) -> dict:
+    labelled = ctx.data.with_objects()
+    if ctx.opts.chair_images:
+        labelled = labelled[: ctx.opts.chair_images]
+    synonyms = read_synonyms(ctx.opts.vocabulary) if ctx.opts.vocabulary else {}
+    vocab = Vocabulary({o for im in ctx.data.with_objects() for o in im.objects}, synonyms)
+    answers = ctx.asker.ask([(im.name, DESCRIBE) for im in labelled], ctx.opts.describe_tokens, desc="chair")
+    got = [(a, im.objects) for im, a in zip(labelled, answers) if a is not None]
+    out = chair_scores([g[0] for g in got], [g[1] for g in got], vocab)
+    return {**out, "unanswered": len(labelled) - len(got), "prompt": DESCRIBE}
+
+
+def _check_answered(ctx: _Ctx, summary: dict) -> None:
+    """A run that answered nothing that needs an image fails with the cause."""
+    seen = sum(m["n"] for m in summary.get("pope", {}).values()) + summary.get("swap", {}).get("pairs", 0) \
+        + summary.get("chair", {}).get("descriptions", 0)
+    if seen or set(ctx.opts.tasks) <= {"blind"}:
+        return
+    ex = ctx.asker.bad_examples[0] if ctx.asker.bad_examples else None
+    cause = f": {sum(ctx.asker.bad.values())} images failed, e.g. {ex['image']!r} ({ex['reason']}: {ex['detail']})" if ex else ""
+    raise JobFailed("no probe could be answered" + cause)
+
+
+def evaluate(model: str | Answerer, inputs: list[str] | None = None, opts: EvalOptions = EvalOptions(),
+             out: str | Path | None = None) -> dict:
+    """Evaluate one model (a checkpoint folder or an Answerer) on shards (INPUTS: a world folder,
+    shard paths or patterns) and/or POPE question files; returns the JSON summary, also written
+    with report.png, the question files and every answer into `out` when given.
+
+    Summary keys: pope.<setting>.{accuracy,precision,recall,f1,yes_ratio,...}, blind (same
+    keys), swap.{flip_rate,both_correct,pairs}, chair.{chair_i,chair_s,...}, model (connector,
+    visual tokens, KV bytes, train seconds), bad (images that failed, bad question lines,
+    rejected samples), checkpoint."""
+    t0 = time.perf_counter()
+    answerer, checkpoint = resolve_answerer(model, opts.device)
+    ctx = _setup(answerer, inputs, opts)
+    summary: dict = {"checkpoint": checkpoint, "source": "questions" if opts.questions else "built-in",
+                     "inputs": list(inputs or []), "questions": list(opts.questions), "images": len(ctx.data.images),
+                     "probes": {k: len(v) for k, v in ctx.probes.items()}}
+    for task, run in (("pope", lambda: _pope(ctx, False)), ("blind", lambda: _pope(ctx, True)), ("swap", lambda: _swap(ctx)),
+                      ("chair", lambda: _chair(ctx))):
+        if task in opts.tasks:
+            summary[task] = run()
+    from vlmtool.evals.cost import model_cost
+
+    summary["model"] = model_cost(checkpoint, answerer)
+    summary["bad"] = {"images": dict(ctx.asker.bad), "image_examples": ctx.asker.bad_examples,
+                      "question_lines": len(ctx.bad_lines), "line_examples": ctx.bad_lines[:10],
+                      "rejected_samples": ctx.data.rejects, "samples_without_objects": ctx.data.without_objects,
+                      "stopped_at_limit": ctx.data.truncated}
+    _check_answered(ctx, summary)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    if out is not None:
+        from vlmtool.evals.report import write_outputs
+
+        summary["out"] = str(out)
+        write_outputs(out, summary, ctx.probes if not opts.questions else {}, ctx.asker.cache)
+    return summary
+
+
+def _names(models: list) -> list[str]:
+    names = [Path(m).name if isinstance(m, (str, Path)) else type(m).__name__ for m in models]
+    return [f"{i}-{n}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def compare(models: list, inputs: list[str] | None = None, opts: EvalOptions = EvalOptions(),
+            out: str | Path | None = None) -> dict:
+    """Several models on the same probes, side by side: {"checkpoints": {name: summary}, "table":
+    rows of POPE F1 per setting, blind F1, swap flip rate, visual tokens, KV bytes, train seconds}."""
+    from vlmtool.evals.report import comparison_rows, write_comparison
+
+    if not models:
+        raise UsageError("give at least one --checkpoint")
+    runs = {}
+    for name, m in zip(_names(models), models):
+        runs[name] = evaluate(m, inputs, opts, out=Path(out) / name if out is not None else None)
+    result = {"checkpoints": runs, "table": comparison_rows(runs)}
+    if out is not None:
+        write_comparison(out, result)
+    return result
