@@ -11,6 +11,17 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Fast by default: tests marked slow run in CI (CI=true, as .ci/run sets), with
+    VLMTOOL_SLOW=1, or when a -m expression is given (`-m slow` runs only them)."""
+    if os.environ.get("CI") or os.environ.get("VLMTOOL_SLOW") or config.getoption("markexpr"):
+        return
+    skip = pytest.mark.skip(reason="slow: runs in CI (CI=true) or with VLMTOOL_SLOW=1 / -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def run_cli(*args, input=None, env=None, check=True, timeout=300):
     """Run `python -m vlmtool ARGS` as a user would; returns the CompletedProcess."""
     e = {**os.environ, **(env or {})}

@@ -1,3 +1,4 @@
+import pytest
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     assert orjson.loads((out / "open_clip_config.json").read_bytes())["model_cfg"]["embed_dim"] == 64
 
 
+@pytest.mark.slow  # two torchrun ranks
 def test_ddp_under_torchrun_gathers_negatives_and_saves_once(tmp_path):
     out = tmp_path / "ddp"
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547", "-m", "vlmtool",

@@ -21,6 +21,7 @@ def _auroc(pos, neg):
     return float((p > n).mean() + 0.5 * (p == n).mean())
 
 
+@pytest.mark.slow  # trains a CLIP for 150 steps (shared fixture)
 def test_clip_train_learns_to_tell_matched_from_mismatched(trained_clip, heldout_world, tmp_path):
     model_dir, summary = trained_clip
     assert summary["loss_last"] < summary["loss_first"] / 2
@@ -44,6 +45,7 @@ def test_clip_train_learns_to_tell_matched_from_mismatched(trained_clip, heldout
         assert report[k] is not None
 
 
+@pytest.mark.slow  # trains a CLIP for 150 steps (shared fixture)
 def test_scores_equal_open_clip_encode(trained_clip, tmp_path):
     import torch
     from PIL import Image
@@ -74,6 +76,7 @@ def test_scores_equal_open_clip_encode(trained_clip, tmp_path):
     assert checked >= 15
 
 
+@pytest.mark.slow  # trains a CLIP for 150 steps (shared fixture)
 def test_fast_preprocessing_stays_within_0005_of_exact(trained_clip, tmp_path):
     from vlmtool.world import make_world
 
@@ -87,6 +90,7 @@ def test_fast_preprocessing_stays_within_0005_of_exact(trained_clip, tmp_path):
     assert dev <= 0.005
 
 
+@pytest.mark.slow  # trains a CLIP for 150 steps (shared fixture)
 def test_keep_fraction_half_across_two_torchrun_ranks(trained_clip, heldout_world, tmp_path):
     model_dir, _ = trained_clip
     one = json_out(run_cli("filter", heldout_world, "--out", tmp_path / "one", "--pretrained", model_dir, "--keep-fraction", "0.5",
@@ -110,6 +114,7 @@ def test_keep_fraction_half_across_two_torchrun_ranks(trained_clip, heldout_worl
     assert {rec["rank"] for rec in manifest["shards"].values()} == {0, 1}
 
 
+@pytest.mark.slow  # trains a CLIP for 150 steps (shared fixture)
 def test_broken_samples_are_counted_skipped_and_listed(trained_clip, heldout_world, tmp_path):
     model_dir, _ = trained_clip
     s = json_out(run_cli("filter", heldout_world, "--out", tmp_path / "f", "--pretrained", model_dir, "--min-score", "0.5",
@@ -129,6 +134,7 @@ def test_broken_samples_are_counted_skipped_and_listed(trained_clip, heldout_wor
     assert all((r["score"] is None) == (r["reason"] not in (None, "below_threshold")) for r in rows)
 
 
+@pytest.mark.slow  # trains a CLIP for 150 steps (shared fixture)
 def test_kept_shards_hold_original_bytes_and_keys(trained_clip, tmp_path):
     """Local tars are copied block for block; piped ones record by record: the same members."""
     model_dir, _ = trained_clip
@@ -151,6 +157,7 @@ def test_kept_shards_hold_original_bytes_and_keys(trained_clip, tmp_path):
         assert {name.split(".")[0] for name in outs[0]} == kept
 
 
+@pytest.mark.slow  # trains a CLIP for 150 steps (shared fixture)
 def test_sigkill_then_rerun_gives_the_same_bytes(trained_clip, heldout_world, tmp_path):
     model_dir, _ = trained_clip
     args = ["--pretrained", str(model_dir), "--keep-fraction", "0.6", "--no-progress", "--workers", "1", "--batch-size", "16"]

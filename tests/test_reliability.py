@@ -29,6 +29,7 @@ def tiny_model(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # several CLI processes
 def test_filter_over_the_hostile_corpus_counts_every_fault_and_the_same_with_workers(corpus, tiny_model, tmp_path, monkeypatch):
     out, truth = corpus
     monkeypatch.chdir(tmp_path)  # where a shell run by a shard's name would write
@@ -67,6 +68,7 @@ def test_out_naming_a_file_is_one_line(tmp_path):
     assert p.returncode == 2 and "is a file" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow  # several CLI processes
 def test_two_jobs_on_one_folder_cannot_interleave(tmp_path):
     """The second launch on a busy folder is refused at once; after the first ends it resumes."""
     slow = "\n".join(f"pipe:sleep 1; cat {p}" for p in sorted((FIXTURES / "shapes").glob("*.tar"))) + "\n"

@@ -25,6 +25,7 @@ def _records(job):
     return {p.stem: (orjson.loads(p.read_bytes()), p.stat().st_mtime_ns) for p in (job / "_done").glob("*.json")}
 
 
+@pytest.mark.slow  # several CLI processes
 def test_sigkill_mid_run_then_rerun_counts_each_sample_once(many_shards, tmp_path):
     # Each shard arrives through a slow pipe (webdataset's pipe: URLs), so the kill lands mid-job.
     inputs = "\n".join(f"pipe:sleep 0.25; cat {p}" for p in sorted(many_shards.glob("*.tar")))
@@ -55,6 +56,7 @@ def test_sigkill_mid_run_then_rerun_counts_each_sample_once(many_shards, tmp_pat
     assert len(rejects) == len(set(rejects)) == sum(s["rejected"].values())
 
 
+@pytest.mark.slow  # several CLI processes
 def test_torchrun_two_ranks_match_one_process(many_shards, tmp_path):
     one = orjson.loads(run_cli("inspect", many_shards, "--out", tmp_path / "one", "--no-progress", "--json").stdout)
     p = subprocess.run(
@@ -73,6 +75,7 @@ def test_torchrun_two_ranks_match_one_process(many_shards, tmp_path):
         assert rank == manifest["shards"][name]["index"] % 2
 
 
+@pytest.mark.slow  # several CLI processes
 def test_slurm_variables_assign_ranks(many_shards, tmp_path):
     outs = []
     for r in range(3):

@@ -146,7 +146,9 @@ class CaptionsTeacher:
     @staticmethod
     def _conversation(objs: list[dict], names: list[str], listing: str) -> list[dict]:
         n = len(objs)
-        turns = [{"question": "What objects can you see in the image?", "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."}]
+        asked = objs[-1]["label"]  # a presence probe answered yes, the counterpart of the negative task's no (POPE's balance)
+        turns = [{"question": f"Is there {article(asked)} in the image?", "answer": f"Yes, there is {article(asked)} in the image."},
+                 {"question": "What objects can you see in the image?", "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."}]
         if n > 1:
             turns.append({"question": f"Where is the {names[0]} relative to the {names[1]}?",
                           "answer": f"The {names[0]} is {_rel(objs[0], objs[1])} the {names[1]}."})

@@ -1,0 +1,68 @@
+"""Peak memory (RSS) of each job on the hostile corpus (with a huge caption) and on worlds of
+growing size: bounded memory means the peak stays flat as the input grows.
+
+    python bench/rss.py --huge-caption-mb 300 --sizes 2000,20000,100000
+
+Each job runs as its own process (`python -m vlmtool ...`); its peak RSS, children included, is
+read from the kernel (getrusage RUSAGE_CHILDREN of a fresh waiter process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+WAITER = """
+import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+sys.stderr.write(p.stderr.decode()[-2000:] if p.returncode else "")
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)
+"""
+
+
+def peak_mb(args: list[str]) -> tuple[float, int]:
+    """Peak RSS in MB of `python -m vlmtool ARGS` (the largest of its processes) and its exit code."""
+    out = subprocess.run([sys.executable, "-c", WAITER, sys.executable, "-m", "vlmtool", *args], capture_output=True, text=True)
+    kb, rc = out.stdout.split()
+    return int(kb) / 1024, int(rc)
+
+
+def jobs(data: Path, tmp: Path, model: Path) -> dict[str, list[str]]:
+    return {
+        "inspect": ["inspect", str(data), "--out", str(tmp / "inspect"), "--no-progress"],
+        "filter": ["filter", str(data), "--out", str(tmp / "filter"), "--pretrained", str(model), "--min-score", "0", "--no-progress"],
+        "synth": ["synth", str(data), "--out", str(tmp / "synth"), "--teacher", "captions", "--no-progress"],
+        "budget": ["budget", str(data), "-m", "llava-1.5,qwen2-vl", "--json", "--no-progress"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--huge-caption-mb", type=int, default=300)
+    ap.add_argument("--sizes", default="2000,20000")
+    a = ap.parse_args()
+    from vlmtool.world import make_faults, make_world
+
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="vlmtool-rss-") as t:
+        tmp = Path(t)
+        model = tmp / "clip"
+        subprocess.run([sys.executable, "-m", "vlmtool", "clip-train", str(Path(__file__).parent.parent / "fixtures" / "shapes"),
+                        "--out", str(model), "--steps", "1", "--batch-size", "8", "--workers", "0", "--no-progress"], check=True,
+                       capture_output=True)
+        make_faults(tmp / "corpus", huge_caption_bytes=a.huge_caption_mb << 20)
+        results["corpus"] = {name: peak_mb(args) for name, args in jobs(tmp / "corpus", tmp / "c", model).items()}
+        for n in (int(x) for x in a.sizes.split(",")):
+            make_world(tmp / f"w{n}", samples=n, shard_size=1000, seed=n, sizes="small", progress=False)
+            results[f"world_{n}"] = {name: peak_mb(args) for name, args in jobs(tmp / f"w{n}", tmp / f"r{n}", model).items()}
+    print(json.dumps(results, indent=1))
+    for where, row in results.items():
+        print(f"{where:>12}: " + "  ".join(f"{k} {mb:.0f} MB (exit {rc})" for k, (mb, rc) in row.items()), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
