@@ -4,8 +4,8 @@ import sys
 
 import orjson
 import pytest
-
 from conftest import FIXTURES, run_cli
+
 from vlmtool.budget import image_plan, image_tokens, preset_options, video_tokens
 from vlmtool.budget.video import frame_budget, plan_video, probe, select_frames
 from vlmtool.errors import UsageError
@@ -18,7 +18,7 @@ def test_quick_estimate_imports_no_torch_and_answers_json():
         "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted({m.split('.')[0] for m in sys.modules}))))\n"
         "from vlmtool.cli import main\nmain()\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 0, p.stderr
     mods = set(p.stderr.split("MODULES ", 1)[1].split())
     assert not mods & {"torch", "open_clip", "numpy", "av", "webdataset"}
@@ -138,14 +138,17 @@ def test_bad_input_gives_clear_messages(tmp_path):
     for args, msg in cases:
         p = run_cli("budget", *args, check=False)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
-    bad_video = tmp_path / "x.mp4"
+    bad_video = tmp_path / "v" / "x.mp4"
+    bad_video.parent.mkdir()
     bad_video.write_bytes(b"not a video")
     p = run_cli("budget", bad_video, "--context", "10000", check=False)
-    assert p.returncode == 2 and "cannot read video" in p.stderr
-    bad_img = tmp_path / "x.jpg"
+    assert p.returncode == 1 and "cannot read video" in p.stderr and "Traceback" not in p.stderr  # an input failed: 1, like a broken shard
+    bad_img = tmp_path / "i" / "x.jpg"
+    bad_img.parent.mkdir()
     bad_img.write_bytes(b"nope")
-    p = run_cli("budget", tmp_path, "--json", "--no-progress")
-    assert json.loads(p.stdout)["errors"][0]["source"].endswith("x.jpg")
+    p = run_cli("budget", bad_img.parent, "--json", "--no-progress")  # a bad image in a folder: a counted reject, exit 0
+    s = json.loads(p.stdout)
+    assert s["errors"][0]["source"].endswith("x.jpg") and s["rejects"] == {"unreadable_image": 1}
 
 
 def test_draw_writes_an_overlay(tmp_path):

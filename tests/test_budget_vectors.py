@@ -23,9 +23,8 @@ def _cases():
         for row in rows:
             if "tokens" in row or "error" in row:
                 yield pytest.param(preset, options, row, id=f"{key}-{row['size'][0]}x{row['size'][1]}")
-            if preset == "qwen2-vl":  # Qwen2.5-VL uses the same processor and checkpoint defaults
-                if "tokens" in row or "error" in row:
-                    yield pytest.param("qwen2.5-vl", options, row, id=f"qwen2.5-{key}-{row['size'][0]}x{row['size'][1]}")
+            if preset == "qwen2-vl" and ("tokens" in row or "error" in row):  # Qwen2.5-VL: the same processor and defaults
+                yield pytest.param("qwen2.5-vl", options, row, id=f"qwen2.5-{key}-{row['size'][0]}x{row['size'][1]}")
 
 
 @pytest.mark.parametrize("preset, options, row", list(_cases()))
@@ -59,5 +58,5 @@ def test_idefics_helper_and_processor_agree_where_both_ran():
     for name in ("idefics3", "smolvlm", "smolvlm-256m"):
         for row in VECTORS[name]:
             if "rows_cols" in row and row["rows_cols"][0]:
-                n, r, c = row["helper_patches"]
+                _, r, c = row["helper_patches"]
                 assert [r, c] == row["rows_cols"], (name, row)

@@ -10,7 +10,6 @@ from pathlib import Path
 from vlmtool.budget import video_tokens
 from vlmtool.errors import UsageError
 
-VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".gif")
 STRATEGIES = ("uniform", "fps", "content")
 
 
@@ -32,8 +31,10 @@ def probe(path: str | Path) -> VideoInfo:
     """Size, frame rate, frame count and duration from the container (no decoding)."""
     import av
 
+    from vlmtool.core.shards import open_input
+
     try:
-        with av.open(str(path)) as c:
+        with open_input(str(path)) as f, av.open(f) as c:
             if not c.streams.video:
                 raise UsageError(f"{path}: no video stream")
             s = c.streams.video[0]
@@ -44,11 +45,11 @@ def probe(path: str | Path) -> VideoInfo:
                 duration = c.duration / 1_000_000
             else:
                 duration = 0.0
-            frames = int(s.frames or 0) or (int(round(duration * fps)) if fps else 0)
+            frames = int(s.frames or 0) or (round(duration * fps) if fps else 0)
             return VideoInfo(str(path), s.codec_context.width, s.codec_context.height, fps, frames, duration)
     except UsageError:
         raise
-    except Exception as e:  # av.error.InvalidDataError, FileNotFoundError, ...
+    except Exception as e:  # noqa: BLE001 - PyAV raises many kinds (InvalidDataError, OSError, ...): each is one line
         raise UsageError(f"{path}: cannot read video ({type(e).__name__}: {e})") from None
 
 
