@@ -137,11 +137,12 @@ def _from_file(path: str, max_image_pixels: int) -> Item:
 
 def iter_items(inputs: list[str], stdin=None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Item]:
     """Images from the inputs as every job takes them (core's expand_inputs: files, folders, brace
-    patterns, globs, `-` for names on stdin, pipe:/URL streams): image files and tar shards."""
+    patterns, globs, `-` for names on stdin, pipe:/URL streams): image files and tar shards.
+    Video and audio inputs are for split_inputs' callers; pass the rest."""
     for path in expand_inputs(inputs, stdin, INPUT_SUFFIXES):
-        if path.lower().endswith(TAR_SUFFIXES):
-            yield from _from_tar(path, max_image_pixels)
-        elif path.lower().endswith(IMAGE_SUFFIXES):
+        if path.lower().endswith(TAR_SUFFIXES) or (is_stream(path) and not path.lower().endswith(IMAGE_SUFFIXES)):
+            yield from _from_tar(path, max_image_pixels)  # a stream is a shard unless it names an image
+        else:  # an image, or a file named on its own whatever its suffix: its header says what it is
             yield _from_file(path, max_image_pixels)
 
 

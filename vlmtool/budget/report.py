@@ -129,7 +129,7 @@ def extras(opts: BudgetOptions, tokens: int, billed: float | None = None) -> dic
     if opts.kv_layers is not None:
         extra["kv_bytes"] = kv_cache_bytes(tokens, opts.kv_layers, opts.kv_heads, opts.head_dim, opts.kv_dtype)
     if opts.price_per_mtok is not None:
-        extra["price"] = round((tokens if billed is None else billed) / 1e6 * opts.price_per_mtok, 6)
+        extra["price"] = round((tokens if billed is None else billed) / 1e6 * opts.price_per_mtok, 10)
     return extra
 
 

@@ -52,7 +52,7 @@ class Inputs:
         got.video_numbers = any(v is not None for v in (opts.frames, opts.duration, opts.context, opts.fps))
         if opts.inputs:
             got.videos, got.audio, rest = split_inputs(expand_inputs(opts.inputs, suffixes=INPUT_SUFFIXES))
-            if len(opts.inputs) == 1 and rest == [opts.inputs[0]] and rest[0].lower().endswith(IMAGE_SUFFIXES):
+            if len(rest) == 1 and rest[0] in opts.inputs and rest[0].lower().endswith(IMAGE_SUFFIXES):  # one image, named
                 got.image_files = rest
             else:
                 got.dataset = rest

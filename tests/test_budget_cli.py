@@ -1,0 +1,251 @@
+"""budget takes inputs, exits and prices like every other job, and answers hostile sizes with a
+count or one line (issues 9 and 10)."""
+
+import io
+import json
+import shutil
+import struct
+import zlib
+
+import pytest
+from conftest import FIXTURES, run_cli
+
+from vlmtool.budget import (
+    PRESETS,
+    image_plan,
+    image_tokens,
+    preset_options,
+    video_tokens,
+)
+from vlmtool.budget.registry import RANGES
+from vlmtool.budget.report import BudgetOptions, report
+from vlmtool.errors import UsageError
+
+SHARDS = sorted((FIXTURES / "shapes").glob("*.tar"))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that only declares its size: signature, IHDR, IEND (no pixels)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def shards(tmp_path):
+    d = tmp_path / "w"
+    d.mkdir()
+    for i, s in enumerate(SHARDS):
+        shutil.copy(s, d / f"{i:05d}.tar")
+    return d
+
+
+def _report(**options) -> list[dict]:
+    """The package's entry point in-process (the CLI builds the same BudgetOptions): its JSON lines."""
+    out = io.BytesIO()
+    report(BudgetOptions(json=True, progress=False, **options), out)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def _summary(*args, **kw):
+    p = run_cli("budget", *args, "--json", "--no-progress", **kw)
+    return json.loads(p.stdout)
+
+
+def test_inputs_are_taken_like_every_job(shards, monkeypatch):
+    monkeypatch.chdir(shards.parent)
+    whole = _summary("w")
+    assert whole["items"] > 0 and not whole["inputs_failed"]
+    for spec in ("w/{00000..00001}.tar", "w/*.tar", f"pipe:cat {shards}/00000.tar"):
+        got = _summary(spec, "w/00001.tar") if spec.startswith("pipe:") else _summary(spec)
+        assert got["models"] == whole["models"], spec
+    listed = _summary("-", input="w/00000.tar\nw/00001.tar\n")
+    assert listed["models"] == whole["models"]
+
+
+def test_missing_inputs_exit_2_and_failed_inputs_exit_1(shards, monkeypatch):
+    monkeypatch.chdir(shards.parent)
+    for spec in ("w/nosuch.tar", "w/{00000..00009}.tar", "nothing*.tar"):
+        p = run_cli("budget", spec, check=False)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, (spec, p.stderr)
+    (shards / "zz.tar").write_bytes(b"this is not a tar" * 100)
+    p = run_cli("budget", "w", "--json", "--no-progress", check=False)
+    s = json.loads(p.stdout)  # the summary of what could be read is still printed
+    assert p.returncode == 1 and s["inputs_failed"] == ["w/zz.tar"] and s["rejects"]["broken_tar"] == 1
+    assert "could not be read" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("budget", "pipe:exit 3", "w/00000.tar", "--json", "--no-progress", check=False)
+    assert p.returncode == 1 and json.loads(p.stdout)["inputs_failed"] == ["pipe:exit 3"]
+
+
+def test_a_name_that_exists_is_a_file_not_a_command(shards, monkeypatch):
+    monkeypatch.chdir(shards)
+    evil = "pipe:touch PWNED;cat 00000.tar #.tar"
+    shutil.copy("00000.tar", evil)
+    s = _summary(".")
+    assert not (shards / "PWNED").exists()
+    assert s["items"] == 2 * _summary("00000.tar")["items"] + _summary("00001.tar")["items"]
+
+
+def test_an_image_and_a_video_each_get_their_row(tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (640, 480)).save(photo)
+    video = FIXTURES / "shapes" / "videos" / "00000.mp4"
+    rows = [json.loads(x) for x in run_cli("budget", photo, video, "-m", "qwen2-vl", "--json").stdout.splitlines()]
+    assert [r.get("source") or r.get("video") for r in rows] == [str(photo), str(video)]
+    assert rows[0]["tokens"] == image_tokens("qwen2-vl", 640, 480)
+    assert rows[1]["tokens"] == video_tokens("qwen2-vl", rows[1]["frames"], rows[1]["width"], rows[1]["height"])
+    table = run_cli("budget", photo, video, "-m", "qwen2-vl").stdout
+    assert str(photo) in table and str(video) in table
+
+
+def test_draw_with_more_than_one_image_is_refused(tmp_path):
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (300, 200)).save(tmp_path / name)
+    for args in ([tmp_path / "a.png", tmp_path / "b.png"], [tmp_path], ["--size", "10x10", "--size", "20x20"],
+                 ["--size", "10x10", "-m", "llava-1.5,qwen2-vl"]):
+        p = run_cli("budget", *args, "--draw", tmp_path / "x.png", check=False)
+        assert p.returncode == 2 and "--draw needs exactly one image" in p.stderr, args
+        assert not (tmp_path / "x.png").exists()
+
+
+# The vendors' published worked examples: size, options, tokens billed, and where given, price.
+#   OpenAI, platform.openai.com/docs/guides/images-vision "Calculating costs": gpt-4o 1024x1024 high =
+#   85 + 170 x 4 = 765; 2048x4096 -> 768x1536 -> 6 tiles = 1105; detail low = 85. gpt-4o-mini the
+#   same tiles at 2833 + 5667 a tile. gpt-4.1-mini: 1024x1024 = 1024 patches, 1800x2400 = 1452
+#   patches, billed x 1.62.
+#   Anthropic, docs.anthropic.com build-with-claude/vision "Calculate image costs" (Claude Sonnet at
+#   $3 / MTok): 200x200 ~54 tokens ~$0.00016; 1000x1000 ~1334 ~$0.004; 1092x1092 ~1590 ~$0.0048.
+#   Google, ai.google.dev/gemini-api/docs/tokens: both sides <= 384 px: 258 tokens; else 258 a
+#   768 px tile.
+HOSTED = [
+    ("gpt-4o", 1024, 1024, {}, 765, 2.5, None), ("gpt-4o", 2048, 4096, {}, 1105, 2.5, None),
+    ("gpt-4o", 4096, 8192, {"detail": "low"}, 85, 2.5, None),
+    ("gpt-4o-mini", 1024, 1024, {}, 2833 + 4 * 5667, 0.15, None),
+    ("gpt-4.1-mini", 1024, 1024, {}, 1658.88, 0.4, None), ("gpt-4.1-mini", 1800, 2400, {}, 2352.24, 0.4, None),
+    ("gpt-4.1-mini", 1920, 1080, {}, 2442.96, 2.5, None),  # issue 10: priced 1508 patches before
+    ("claude", 200, 200, {}, 54, 3.0, "0.00016"), ("claude", 1000, 1000, {}, 1334, 3.0, "0.004"),
+    ("claude", 1092, 1092, {}, 1590, 3.0, "0.0048"),
+    ("gemini", 384, 384, {}, 258, 0.3, None), ("gemini", 1000, 1000, {}, 4 * 258, 0.3, None),
+]
+
+
+@pytest.mark.parametrize("model, w, h, options, billed, rate, published_price", HOSTED)
+def test_hosted_presets_are_priced_from_billed_tokens(model, w, h, options, billed, rate, published_price):
+    assert image_plan(model, w, h, **options).billed_tokens == pytest.approx(billed)
+    [row] = _report(size=(f"{w}x{h}",), model=model, set=tuple(f"{k}={v}" for k, v in options.items()), price_per_mtok=rate)
+    assert row["price"] == pytest.approx(billed * rate / 1e6, abs=1e-6)
+    if published_price:
+        assert f"{row['price']:.2g}" == published_price
+
+
+def test_cli_prices_the_issue_example():
+    p = run_cli("budget", "--size", "1920x1080", "-m", "gpt-4.1-mini", "--price-per-mtok", "2.5")
+    assert "2442.96" in p.stdout and f"{2442.96 * 2.5 / 1e6:.10g}" in p.stdout
+
+
+def test_dataset_price_uses_billed_tokens():
+    s = _summary(FIXTURES / "shapes", "-m", "gpt-4.1-mini", "--price-per-mtok", "1")
+    st = s["models"]["gpt-4.1-mini"]
+    assert st["billed"] == pytest.approx(st["total"] * 1.62, abs=0.05) and st["price"] == pytest.approx(st["billed"] / 1e6)
+
+
+def test_huge_sizes_are_counted_not_built():
+    # 23 GB and an OOM kill before: the tile count is arithmetic, the part list is not listed
+    p = run_cli("budget", "--size", "99999999x99999999", "-m", "gemini,gpt-4o,custom,idefics3", "--set", "tile_size=14")
+    assert "not listed" not in p.stdout  # several plans: no parts table at all
+    gemini = json.loads(run_cli("budget", "--size", "99999999x99999999", "-m", "gemini", "--json").stdout)
+    assert gemini["tokens"] == 258 * 130209 ** 2 and gemini["parts"] is None and gemini["n_parts"] == 130209 ** 2
+    custom = json.loads(run_cli("budget", "--size", "99999999x99999999", "-m", "custom", "--set", "tile_size=14", "--set", "max_tiles=1024",
+                                "--json").stdout)  # hung before: a loop over every grid up to 7 million tiles a side
+    assert custom["tokens"] == 576 * (32 * 32 + 1) and custom["grid"] == [32, 32]
+    one = run_cli("budget", "--size", "99999999x99999999", "-m", "gemini").stdout
+    assert f"{130209 ** 2} parts (more than --max-parts 64: not listed)" in one
+    with pytest.raises(UsageError, match="more than"):
+        _ = image_plan("gemini", 99999999, 99999999).parts
+
+
+def test_headers_declaring_huge_images(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "bomb.png").write_bytes(png_header(2**31 - 1, 2**31 - 1))
+    (d / "big.png").write_bytes(png_header(40000, 40000))
+    s = _summary(d, "-m", "qwen2-vl,gemini")
+    assert s["items"] == 2 and s["rejects"] == {"too_large": 1} and s["models"]["qwen2-vl"]["images"] == 1
+    assert s["models"]["gemini"]["total"] == 258 * 53 * 53
+    p = run_cli("budget", d / "big.png", "-m", "qwen2-vl", "--json")
+    assert json.loads(p.stdout)["tokens"] == image_tokens("qwen2-vl", 40000, 40000)
+    p = run_cli("budget", d / "bomb.png", check=False)
+    assert p.returncode == 1 and "max-image-pixels" in p.stderr and "Traceback" not in p.stderr
+    s = _summary(d, "--max-image-pixels", "100")
+    assert s["rejects"] == {"too_large": 2}
+
+
+@pytest.mark.parametrize("w, h", [(5000, 2), (2049, 1), (10**6, 1), (1, 10**6)])
+def test_openai_tiles_for_extreme_aspect_ratios(w, h):
+    plan = image_plan("gpt-4o", w, h)  # a ZeroDivisionError before
+    assert plan.tokens == 85 + 170 * plan.grid[0] * plan.grid[1] and min(plan.resized) >= 1
+    assert sum(p.tokens for p in plan.parts) == plan.tokens
+
+
+BAD_SETS = [("qwen2-vl", "max_pixels=0"), ("qwen2-vl", "patch_size=0"), ("llava-next", "tile_size=0"),
+            ("llava-next", "grid_pinpoints=0x0"), ("internvl2.5", "max_tiles=1e8"), ("internvl2.5", "max_tiles=100000000"),
+            ("custom", "tile_size=-1"), ("custom", "merge=0"), ("gemma3", "do_pan_and_scan=maybe"), ("gpt-4o", "detail=medium"),
+            ("gpt-4.1-mini", "multiplier=nan"), ("gpt-4.1-mini", "multiplier=-1"), ("llava-next", "grid_pinpoints=336"),
+            ("claude", "pixels_per_token=0"), ("gemini", "tile_size=0"), ("qwen2-vl", "min_pixels=99999999999999999")]
+
+
+@pytest.mark.parametrize("model, pair", BAD_SETS)
+def test_bad_set_values_are_refused_by_name(model, pair):
+    with pytest.raises(UsageError, match=pair.split("=")[0]) as e:
+        _report(size=("1920x1080",), model=model, set=(pair,))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("options", [{"model": ","}, {"model": " , "}, {"model": "nosuch"}, {"model": "llava-1.5,nosuch"},
+                                     {"seconds": 3.0}, {"select": "nosuch", "frames": 4}, {"size": ("99999999999x2",)}])
+def test_unknown_or_empty_names_are_refused(options):
+    with pytest.raises(UsageError) as e:
+        _report(**{"size": ("10x10",), **options})
+    assert "\n" not in str(e.value)
+
+
+def test_cli_refusals_are_one_line_and_exit_2():
+    for args in (["-m", ","], ["--set", "max_pixels=0", "-m", "qwen2-vl"], ["--set", "max_tiles=1e8", "-m", "internvl2.5"]):
+        p = run_cli("budget", "--size", "1920x1080", *args, check=False)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+
+
+def _extremes(preset):
+    """Each option at the ends of its range, and the defaults."""
+    yield {}
+    for key, default in preset_options(preset).items():
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        low, high = PRESETS[preset].ranges.get(key) or RANGES.get(key) or ((1, 2**31 - 1) if isinstance(default, int) else (1e-6, 1e6))
+        yield {key: low}
+        yield {key: high}
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if PRESETS[p].image])
+def test_every_option_in_range_gives_a_count_or_one_usage_error(preset):
+    """The class of issue 9's tracebacks: any in-range value, any size -> an int or a UsageError."""
+    for options in _extremes(preset):
+        for w, h in [(1, 1), (1, 10**6), (10**6, 1), (1920, 1080), (99999999, 99999999)]:
+            try:
+                n = image_tokens(preset, w, h, **options)
+            except UsageError:
+                continue
+            assert isinstance(n, int) and n >= 0, (preset, options, w, h)
+
+
+def test_progress_on_stderr_and_json_alone_on_stdout():
+    p = run_cli("budget", FIXTURES / "shapes", "--json", "--progress")
+    json.loads(p.stdout)  # one object, nothing else
+    assert "budget:" in p.stderr and "img" in p.stderr
+    p = run_cli("budget", FIXTURES / "shapes", "--rows", "--progress")
+    assert all(json.loads(line) for line in p.stdout.splitlines())
