@@ -249,3 +249,20 @@ def test_progress_on_stderr_and_json_alone_on_stdout():
     assert "budget:" in p.stderr and "img" in p.stderr
     p = run_cli("budget", FIXTURES / "shapes", "--rows", "--progress")
     assert all(json.loads(line) for line in p.stdout.splitlines())
+
+
+def test_audio_files_are_timed_from_their_header(tmp_path):
+    import wave
+
+    clip = tmp_path / "clip.wav"
+    with wave.open(str(clip), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 24000)  # 1.5 s
+    rows = [json.loads(x) for x in run_cli("budget", clip, "-m", "qwen2-audio,whisper,gemini", "--json").stdout.splitlines()]
+    assert [(r["model"], r["seconds"], r["tokens"]) for r in rows] == [("qwen2-audio", 1.5, 37), ("whisper", 1.5, 1500), ("gemini", 1.5, 48)]
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF nothing")
+    p = run_cli("budget", bad, "-m", "whisper", check=False)
+    assert p.returncode == 1 and "cannot read audio" in p.stderr and "Traceback" not in p.stderr

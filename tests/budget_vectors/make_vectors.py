@@ -43,11 +43,11 @@ def arr(w, h):
     return np.zeros((h, w, 3), dtype=np.uint8)
 
 
-def safe(fn):
+def safe(fn, *args):
     try:
-        return fn()
-    except ValueError as e:
-        return {"error": str(e)}
+        return fn(*args)
+    except (ValueError, ZeroDivisionError) as e:  # the reference refuses the size
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def llava_next_like(proc_cls, image_processor, num_image_tokens=None, patch_size=14, vision_aspect_ratio=None, extra=1, strategy="default"):
@@ -62,17 +62,211 @@ def llava_next_like(proc_cls, image_processor, num_image_tokens=None, patch_size
     return count
 
 
+def images(ip, w, h, **kw):
+    """Run an image processor's own preprocess on a w x h array (sizes of REAL only)."""
+    return ip(arr(w, h), return_tensors="np", input_data_format="channels_last", **kw)
+
+
+def count_rows(sizes, count, real=None):
+    """[{size, tokens | error}] from count(w, h); with real(w, h) -> dict, that too for REAL sizes."""
+    rows = []
+    for w, h in sizes:
+        n = safe(count, w, h)
+        row = {"size": [w, h], "tokens": int(n)} if not isinstance(n, dict) else {"size": [w, h], **n}
+        if real is not None and "tokens" in row and (w, h) in REAL and w * h <= 4_500_000:
+            got = safe(real, w, h)
+            row = {"size": [w, h], **got} if "error" in got else {**row, **got}  # the processor itself refuses it
+        rows.append(row)
+    return rows
+
+
+def frontier(vectors: dict) -> None:
+    """The 2025 families (issue 14): each processor class built from its config values in code."""
+    import inspect
+    from types import SimpleNamespace
+
+    from transformers.image_utils import SizeDict
+    from transformers.models.cohere2_vision.image_processing_cohere2_vision import (
+        Cohere2VisionImageProcessor,
+    )
+    from transformers.models.glm4v.image_processing_pil_glm4v import (
+        Glm4vImageProcessorPil,
+    )
+    from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
+    from transformers.models.idefics2.image_processing_pil_idefics2 import (
+        Idefics2ImageProcessorPil,
+    )
+    from transformers.models.llama4 import image_processing_llama4 as llama4
+    from transformers.models.llama4.processing_llama4 import Llama4Processor
+    from transformers.models.pixtral.image_processing_pil_pixtral import (
+        PixtralImageProcessorPil,
+        get_resize_output_image_size,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import (
+        Qwen3VLVideoProcessor,
+    )
+
+    def default(cls, name):
+        return inspect.signature(cls.__init__).parameters[name].default
+
+    # Qwen3-VL (Qwen/Qwen3-VL-* preprocessor_config.json: patch 16, 65536..16777216 pixels).
+    ip = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 65536, "longest_edge": 16777216})
+    vectors["qwen3-vl"] = count_rows(SIZES, lambda w, h: ip.get_number_of_image_patches(h, w) // 4,
+                                     lambda w, h: {"grid_thw": [int(x) for x in images(ip, w, h)["image_grid_thw"][0]]})
+    # GLM-4.1V: the class defaults.
+    ip = Glm4vImageProcessorPil()
+    vectors["glm4.1v"] = count_rows(SIZES, lambda w, h: ip.get_number_of_image_patches(h, w) // 4,
+                                    lambda w, h: {"grid_thw": [int(x) for x in images(ip, w, h)["image_grid_thw"][0]]})
+    for name, vp in (("qwen3-vl:video", Qwen3VLVideoProcessor()), ("glm4.1v:video", Glm4vVideoProcessor())):
+        rows = []
+        for frames in (1, 2, 3, 4, 8, 15, 16, 64, 300):
+            for w, h in [(640, 360), (1920, 1080), (160, 120), (1280, 720), (28, 28), (3000, 200), (10, 4000)]:
+                n = safe(lambda vp, f, h, w: vp.get_num_of_video_patches(f, h, w, videos_kwargs={}) // 4, vp, frames, h, w)
+                rows.append({"frames": frames, "size": [w, h], **({"tokens": int(n)} if not isinstance(n, dict) else n)})
+        vectors[name] = rows
+
+    # Llama 4 (meta-llama/Llama-4-Scout-17B-16E-Instruct: 336 px tiles, max_patches 16, patch 14,
+    # pixel shuffle 0.5). The image processor needs torchvision; its canvas choice is its own functions.
+    import torch
+
+    per_tile = (336 // default(Llama4Processor, "patch_size")) ** 2 // round(1 / default(Llama4Processor, "pixel_shuffle_ratio") ** 2)
+    possible = torch.tensor(llama4.find_supported_resolutions(16, SizeDict(height=336, width=336)))
+
+    def llama4_count(w, h):
+        rh, rw = (int(x) for x in llama4.get_best_fit((h, w), possible, resize_to_max_canvas=False))
+        n = (rh // 336) * (rw // 336)
+        return per_tile * (n + 1 if n > 1 else 1)
+
+    vectors["llama4"] = count_rows(SIZES, llama4_count)
+
+    # Pixtral 12B (patch 16, longest 1024, no merge) and Mistral Small 3.1 (patch 14, longest 1540,
+    # spatial merge 2): the processor's placeholder count is (h // (patch * merge)) * (w // ...)
+    # of the image processor's output size.
+    for name, patch, longest, merge in (("pixtral", 16, 1024, 1), ("mistral3", 14, 1540, 2)):
+        ip = PixtralImageProcessorPil(patch_size={"height": patch, "width": patch}, size={"longest_edge": longest})
+
+        def pix_count(w, h, patch=patch, longest=longest, merge=merge):
+            rh, rw = get_resize_output_image_size(arr(w, h), size=(longest, longest), patch_size=(patch, patch), input_data_format="channels_last")
+            if not rh // (patch * merge) or not rw // (patch * merge):  # replace_image_token indexes an empty list
+                raise ValueError(f"resized to {rw}x{rh}: no {patch * merge} px token row or column")
+            return (rh // (patch * merge)) * (rw // (patch * merge))
+
+        def pix_real(w, h, ip=ip, patch=patch, merge=merge):
+            rh, rw = (int(x) for x in images(ip, w, h)["image_sizes"][0])
+            return {"real_tokens": (rh // (patch * merge)) * (rw // (patch * merge))}
+
+        vectors[name] = count_rows(SIZES, pix_count, pix_real)
+
+    # Aya Vision (GotOcr2 tiling of 364 px, max 12, thumbnail; 169 a tile), InternVL3 (448, 12, 256).
+    for name, tile, per in (("aya-vision", 364, 169), ("internvl3", 448, 256)):
+        ip = GotOcr2ImageProcessorPil(crop_to_patches=True, min_patches=1, max_patches=12, size={"height": tile, "width": tile})
+        vectors[name] = count_rows(SIZES, lambda w, h, ip=ip, per=per: per * ip.get_number_of_image_patches(h, w),
+                                   lambda w, h, ip=ip, per=per: {"real_tokens": per * int(images(ip, w, h)["num_patches"][0])})
+
+    # Command A Vision: class defaults (512 px, 1..12, patch 16 -> 256 a tile). The image processor
+    # needs torchvision; its count method runs on its class attributes.
+    cohere = SimpleNamespace(**{k: getattr(Cohere2VisionImageProcessor, k) for k in ("min_patches", "max_patches", "size", "crop_to_patches")})
+    vectors["command-a-vision"] = count_rows(
+        SIZES, lambda w, h: Cohere2VisionImageProcessor.patch_size ** 2 * Cohere2VisionImageProcessor.get_number_of_image_patches(cohere, h, w))
+
+    # Idefics2 with image splitting (off by default: always 64).
+    ip = Idefics2ImageProcessorPil(do_image_splitting=True)
+    vectors["idefics2:do_image_splitting=true"] = [
+        {"size": [w, h], **safe(lambda w, h: {"tokens": 64 * int(images(ip, w, h)["pixel_values"].shape[1])}, w, h)} for w, h in REAL if w * h <= 4_500_000]
+
+    # Fixed-length encoders: the processors' own defaults and the release configs' image_seq_length.
+    from transformers.models.deepseek_vl.processing_deepseek_vl import (
+        DeepseekVLProcessor,
+    )
+    from transformers.models.gemma3n.processing_gemma3n import Gemma3nProcessor
+    from transformers.models.idefics2.processing_idefics2 import Idefics2Processor
+    from transformers.models.janus.processing_janus import JanusProcessor
+
+    fixed = {"deepseek-vl": default(DeepseekVLProcessor, "num_image_tokens"), "janus": default(JanusProcessor, "num_image_tokens"),
+             "gemma3n": default(Gemma3nProcessor, "image_seq_length"), "idefics2": default(Idefics2Processor, "image_seq_len"),
+             "florence2": 577, "paligemma-224": (224 // 14) ** 2, "paligemma-448": (448 // 14) ** 2, "paligemma-896": (896 // 14) ** 2}
+    for name, n in fixed.items():
+        vectors[name] = [{"size": [w, h], "tokens": n} for w, h in SIZES]
+
+
+SECONDS = [1, 1.5, 2.7, 5, 10, 29.99, 30, 30.01, 45, 60, 90.5, 119.99, 120]
+
+
+def audio(vectors: dict) -> None:
+    """Audio tokens for 1 s to 2 min clips, from the feature extractors run on that many samples."""
+    import inspect
+
+    from transformers.models.gemma3n.processing_gemma3n import Gemma3nProcessor
+    from transformers.models.phi4_multimodal.feature_extraction_phi4_multimodal import (
+        Phi4MultimodalFeatureExtractor,
+    )
+    from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
+        _get_feat_extract_output_lengths,
+    )
+    from transformers.models.whisper.feature_extraction_whisper import (
+        WhisperFeatureExtractor,
+    )
+
+    whisper_fe, phi4_fe = WhisperFeatureExtractor(), Phi4MultimodalFeatureExtractor()
+    rows = {k: [] for k in ("whisper", "qwen2-audio", "qwen2.5-omni", "phi4-mm", "gemma3n:audio")}
+    for sec in SECONDS:
+        n = round(sec * 16000)
+        wave = np.zeros(n, dtype=np.float32)
+        # Whisper: each 30 s window padded to 3000 frames; the encoder's stride-2 conv halves them.
+        windows = [wave[i : i + whisper_fe.n_samples] for i in range(0, n, whisper_fe.n_samples)]
+        rows["whisper"].append({"seconds": sec, "tokens": sum(whisper_fe(w, sampling_rate=16000)["input_features"].shape[-1] // 2 for w in windows)})
+        # Qwen2-Audio / Qwen2.5-Omni: the processors' _process_audio (padding max_length, attention mask).
+        mask = whisper_fe(wave, sampling_rate=16000, return_attention_mask=True, padding="max_length")["attention_mask"]
+        frames = int(mask.sum(-1)[0])
+        rows["qwen2-audio"].append({"seconds": sec, "tokens": (((frames - 1) // 2 + 1) - 2) // 2 + 1})
+        rows["qwen2.5-omni"].append({"seconds": sec, "tokens": int(_get_feat_extract_output_lengths(np.array(frames)))})
+        rows["phi4-mm"].append({"seconds": sec, "tokens": int(phi4_fe(wave, sampling_rate=16000)["audio_embed_sizes"][0])})
+        rows["gemma3n:audio"].append({"seconds": sec, "tokens": inspect.signature(Gemma3nProcessor.__init__).parameters["audio_seq_length"].default})
+    vectors["audio"] = rows
+
+
 def main() -> None:
-    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    if sys.argv[1:] == ["--frontier"]:  # remake only the frontier vectors, keep the rest
+        data = json.loads(OUT.read_text())
+        frontier(data["vectors"])
+        audio(data["vectors"])
+        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {OUT} (frontier vectors, transformers {transformers.__version__})")
+        return
+    from transformers.models.gemma3.image_processing_pil_gemma3 import (
+        Gemma3ImageProcessorPil,
+    )
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
+    from transformers.models.idefics3.image_processing_pil_idefics3 import (
+        Idefics3ImageProcessorPil,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
     from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
-    from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+    from transformers.models.llava_onevision.processing_llava_onevision import (
+        LlavaOnevisionProcessor,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
+        Qwen2VLVideoProcessor,
+    )
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import (
+        SmolVLMImageProcessorPil,
+    )
 
     vectors: dict[str, list] = {}
 
@@ -101,7 +295,7 @@ def main() -> None:
     ip = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056, patch_size=14, merge_size=2, temporal_patch_size=2)
     rows = []
     for w, h in SIZES:
-        n = safe(lambda: ip.get_number_of_image_patches(h, w) // 4)
+        n = safe(lambda h, w: ip.get_number_of_image_patches(h, w) // 4, h, w)
         row = {"size": [w, h], "tokens": n} if isinstance(n, int) else {"size": [w, h], **n}
         if isinstance(n, int) and (w, h) in REAL and w * h <= 4_500_000:
             thw = ip(arr(w, h), return_tensors="np", input_data_format="channels_last")["image_grid_thw"][0]
@@ -111,7 +305,7 @@ def main() -> None:
     vectors["qwen2-vl"] = rows
     ip_small = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=1003520)
     vectors["qwen2-vl:max_pixels=1003520"] = [
-        ({"size": [w, h], "tokens": n} if isinstance(n := safe(lambda: ip_small.get_number_of_image_patches(h, w) // 4), int) else {"size": [w, h], **n})
+        ({"size": [w, h], "tokens": n} if isinstance(n := safe(lambda h, w: ip_small.get_number_of_image_patches(h, w) // 4, h, w), int) else {"size": [w, h], **n})
         for w, h in SIZES]
 
     vp = Qwen2VLVideoProcessor()
@@ -169,6 +363,9 @@ def main() -> None:
     vectors["gpt-4.1-mini"] = [{"size": [1024, 1024], "tokens": 1024, "billed": 1658.88}, {"size": [1800, 2400], "tokens": 1452, "billed": 2352.24}]
     vectors["claude"] = [{"size": [200, 200], "tokens": 54}, {"size": [1000, 1000], "tokens": 1334}, {"size": [1092, 1092], "tokens": 1590}]
     vectors["gemini"] = [{"size": [384, 384], "tokens": 258}, {"size": [100, 300], "tokens": 258}]
+
+    frontier(vectors)
+    audio(vectors)
 
     meta = {"transformers": transformers.__version__, "python": sys.version.split()[0], "script": "tests/budget_vectors/make_vectors.py"}
     OUT.write_text(json.dumps({"meta": meta, "vectors": vectors}, indent=1, sort_keys=True) + "\n")

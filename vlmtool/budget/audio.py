@@ -23,7 +23,77 @@ def gemini_audio(seconds: float, tokens_per_second: int = 32) -> int:
     return math.ceil(_check_seconds(seconds) * tokens_per_second)
 
 
-PRESETS: list = []
+def _samples(seconds: float, sampling_rate: int) -> int:
+    """Samples of a clip resampled to the feature extractor's rate."""
+    return round(_check_seconds(seconds) * sampling_rate)
+
+
+def whisper(seconds: float, window_seconds: int = 30, tokens_per_window: int = 1500) -> int:
+    """Whisper: the feature extractor pads (or cuts) audio to 30 s windows of 3000 log-mel frames,
+    and the encoder's stride-2 convolution gives 1500 positions a window; long-form transcription
+    runs consecutive windows. Ref: transformers models/whisper/feature_extraction_whisper.py
+    (chunk_length 30, hop_length 160), configuration_whisper.py (max_source_positions 1500)."""
+    return tokens_per_window * max(1, math.ceil(_check_seconds(seconds) / window_seconds))
+
+
+def _whisper_frames(seconds: float, sampling_rate: int, hop_length: int, max_seconds: int) -> int:
+    """Unpadded log-mel frames of a clip, cut at max_seconds (the Whisper feature extractor's
+    attention mask, read every hop_length samples)."""
+    return min(-(-_samples(seconds, sampling_rate) // hop_length), max_seconds * sampling_rate // hop_length)
+
+
+def _two_strides(frames: int) -> int:
+    """Ref: transformers models/qwen2_5_omni/processing_qwen2_5_omni.py _get_feat_extract_output_lengths."""
+    return ((frames - 1) // 2 + 1 - 2) // 2 + 1 if frames else 0
+
+
+def qwen2_audio(seconds: float, sampling_rate: int = 16000, hop_length: int = 160, max_seconds: int = 30) -> int:
+    """Qwen2-Audio: Whisper log-mel frames of the clip (cut at 30 s), a stride-2 convolution and a
+    stride-2 pooling: about 25 tokens a second, 750 at most. Ref: transformers
+    models/qwen2_audio/processing_qwen2_audio.py (num_audio_tokens)."""
+    return _two_strides(_whisper_frames(seconds, sampling_rate, hop_length, max_seconds))
+
+
+def qwen25_omni(seconds: float, sampling_rate: int = 16000, hop_length: int = 160, max_seconds: int = 30) -> int:
+    """Qwen2.5-Omni audio: the Qwen2-Audio rule (Whisper frames cut at 30 s, two stride-2 steps).
+    Ref: transformers models/qwen2_5_omni/processing_qwen2_5_omni.py _get_num_audio_tokens."""
+    return _two_strides(_whisper_frames(seconds, sampling_rate, hop_length, max_seconds))
+
+
+def phi4_mm(seconds: float, sampling_rate: int = 16000, win_length: int = 400, hop_length: int = 160, audio_compression_rate: int = 8,
+            audio_downsample_rate: int = 1) -> int:
+    """Phi-4-multimodal audio: 25 ms windows every 10 ms, compressed 8x (ceil), then the qformer's
+    downsample (1). Ref: transformers models/phi4_multimodal/feature_extraction_phi4_multimodal.py
+    (feature_lengths, _compute_audio_embed_size)."""
+    n = _samples(seconds, sampling_rate)
+    if n < win_length:
+        raise UsageError(f"phi4-mm: a clip under {win_length / sampling_rate:g} s has no audio frame")
+    frames = (n - win_length) // hop_length + 1
+    return -(-(-(-frames // audio_compression_rate)) // audio_downsample_rate)
+
+
+def gemma3n_audio(seconds: float, audio_seq_length: int = 188) -> int:
+    """Gemma 3n audio: 188 tokens a clip (the feature extractor cuts at 30 s). Ref: transformers
+    models/gemma3n/processing_gemma3n.py (audio_seq_length 188), feature_extraction_gemma3n.py
+    (max_length 480000 samples)."""
+    _check_seconds(seconds)
+    return audio_seq_length
+
+
+def _preset(name: str, source: str, audio) -> object:
+    from vlmtool.budget.presets import Preset
+
+    return Preset(name, source, "class", audio=audio)
+
+
+_TX = "transformers models/"
+PRESETS: list = [
+    _preset("whisper", _TX + "whisper/feature_extraction_whisper.py", whisper),
+    _preset("qwen2-audio", _TX + "qwen2_audio/processing_qwen2_audio.py", qwen2_audio),
+    _preset("qwen2.5-omni", _TX + "qwen2_5_omni/processing_qwen2_5_omni.py", qwen25_omni),
+    _preset("phi4-mm", _TX + "phi4_multimodal/feature_extraction_phi4_multimodal.py", phi4_mm),
+    _preset("gemma3n", _TX + "gemma3n/processing_gemma3n.py", gemma3n_audio),
+]
 
 
 def probe_audio(path: str) -> float:

@@ -11,9 +11,10 @@ This module imports neither torch nor numpy: a quick estimate answers at shell s
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vlmtool.errors import UsageError
 
@@ -636,3 +637,41 @@ def custom(width: int, height: int, image_size: int = 336, patch_size: int = 14,
     n = p * (rows * cols + len(thumb))
     return Plan("custom", width, height, n, 0, _tiles(rows, cols, p, width, height, thumb), grid=(rows, cols), n_parts=rows * cols + len(thumb),
                 note=f"N={rows * cols} tiles x P_t={p} + P_0={p if thumbnail else 0}")
+
+
+# ---------------------------------------------------------------------------------- the registry's entries
+
+
+MODALITIES = ("image", "video", "audio")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str  # the reference the rule follows
+    config: str  # "release": the main release's published config; "class": the processor class defaults
+    image: Callable[..., Plan] | None = None
+    video: Callable[..., int] | None = None  # (num_frames, width, height, **options); None: each frame is an image
+    audio: Callable[..., int] | None = None  # (seconds, **options)
+    ranges: dict = field(default_factory=dict)  # option -> (low, high), beside the shared RANGES
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if self.rule(m) is not None)
+
+    def rule(self, modality: str) -> Callable | None:
+        if modality == "video":
+            return self.video or (self.image and _frames_as_images(self.name))
+        return getattr(self, modality)
+
+
+def _frames_as_images(name: str) -> Callable[..., int]:
+    """A video rule for a preset without one: every frame is encoded as an image."""
+    from vlmtool.budget import image_tokens
+    from vlmtool.budget.registry import PRESETS
+
+    def frames(num_frames: int, width: int, height: int, **options) -> int:
+        return num_frames * image_tokens(name, width, height, **options) if num_frames else 0
+
+    frames.__signature__ = inspect.signature(PRESETS[name].image)  # the image's options
+    return frames

@@ -11,50 +11,29 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from functools import cache
 
 from vlmtool.budget import audio as A
 from vlmtool.budget import frontier as F
 from vlmtool.budget import presets as P
+from vlmtool.budget.presets import Preset
 from vlmtool.errors import UsageError
 
-MODALITIES = ("image", "video", "audio")
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    source: str  # the reference the rule follows
-    config: str  # "release": the main release's published config; "class": the processor class defaults
-    image: Callable[..., P.Plan] | None = None
-    video: Callable[..., int] | None = None  # (num_frames, width, height, **options); None: each frame is an image
-    audio: Callable[..., int] | None = None  # (seconds, **options)
-    ranges: dict = field(default_factory=dict)  # option -> (low, high), beside the shared RANGES
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in MODALITIES if self.rule(m) is not None)
-
-    def rule(self, modality: str) -> Callable | None:
-        if modality == "video":
-            return self.video or (self.image and _frames_as_images(self.name))
-        return getattr(self, modality)
-
-
-def _frames_as_images(name: str) -> Callable[..., int]:
-    """A video rule for a preset without one: every frame is encoded as an image."""
-    from vlmtool.budget import image_tokens
-
-    def frames(num_frames: int, width: int, height: int, **options) -> int:
-        return num_frames * image_tokens(name, width, height, **options) if num_frames else 0
-
-    frames.__signature__ = inspect.signature(PRESETS[name].image)  # the image's options
-    return frames
-
-
 _TX = "transformers models/"
-PRESETS: dict[str, Preset] = {p.name: p for p in [
+def _merged(presets: list[Preset]) -> dict[str, Preset]:
+    """name -> Preset; a name given twice (an image and an audio rule) is one preset with both."""
+    out: dict[str, Preset] = {}
+    for p in presets:
+        if p.name in out:
+            q = out[p.name]
+            p = replace(q, video=q.video or p.video, audio=q.audio or p.audio, image=q.image or p.image,
+                        source=f"{q.source}; {p.source}" if p.source not in q.source else q.source)
+        out[p.name] = p
+    return out
+
+
+PRESETS: dict[str, Preset] = _merged([
     Preset("llava-1.5", _TX + "llava/processing_llava.py", "release", P.llava_15),
     Preset("llava-next", _TX + "llava_next/processing_llava_next.py", "release", P.llava_next),
     Preset("llava-onevision", _TX + "llava_onevision/processing_llava_onevision.py", "release", P.llava_onevision, P.llava_onevision_video),
@@ -73,7 +52,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("custom", "N_img = N x P_t + P_0 (docs/budget.md)", "release", P.custom, ranges={"tile_size": (0, 1 << 16)}),
     *F.PRESETS,
     *A.PRESETS,
-]}
+])
 
 # Option ranges by name (inclusive), shared by every preset that has the option; a preset may
 # narrow or widen one (`ranges`). Unlisted ints are 1 .. 2^31-1, unlisted floats finite and > 0.
