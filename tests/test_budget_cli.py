@@ -12,6 +12,7 @@ from conftest import FIXTURES, run_cli
 
 from vlmtool.budget import (
     PRESETS,
+    audio_tokens,
     image_plan,
     image_tokens,
     preset_options,
@@ -220,10 +221,10 @@ def test_cli_refusals_are_one_line_and_exit_2():
         assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
 
 
-def _extremes(preset):
+def _extremes(preset, modality="image"):
     """Each option at the ends of its range, and the defaults."""
     yield {}
-    for key, default in preset_options(preset).items():
+    for key, default in preset_options(preset, modality).items():
         if isinstance(default, bool) or not isinstance(default, (int, float)):
             continue
         low, high = PRESETS[preset].ranges.get(key) or RANGES.get(key) or ((1, 2**31 - 1) if isinstance(default, int) else (1e-6, 1e6))
@@ -231,16 +232,30 @@ def _extremes(preset):
         yield {key: high}
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if PRESETS[p].image])
+def _count_or_usage_error(count, *args, **options):
+    try:
+        n = count(*args, **options)
+    except UsageError:
+        return
+    assert isinstance(n, int) and n >= 0, (args, options)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_option_in_range_gives_a_count_or_one_usage_error(preset):
     """The class of issue 9's tracebacks: any in-range value, any size -> an int or a UsageError."""
-    for options in _extremes(preset):
-        for w, h in [(1, 1), (1, 10**6), (10**6, 1), (1920, 1080), (99999999, 99999999)]:
-            try:
-                n = image_tokens(preset, w, h, **options)
-            except UsageError:
-                continue
-            assert isinstance(n, int) and n >= 0, (preset, options, w, h)
+    sizes = [(1, 1), (1, 10**6), (10**6, 1), (1920, 1080), (99999999, 99999999)]
+    for modality in PRESETS[preset].modalities:
+        for options in _extremes(preset, modality):
+            if modality == "image":
+                for w, h in sizes:
+                    _count_or_usage_error(image_tokens, preset, w, h, **options)
+            elif modality == "video":
+                for frames in (0, 1, 2, 7, 10**4):
+                    for w, h in sizes[:4]:
+                        _count_or_usage_error(video_tokens, preset, frames, w, h, **options)
+            else:
+                for seconds in (0, 0.01, 1, 30.5, 10**6):
+                    _count_or_usage_error(audio_tokens, preset, seconds, **options)
 
 
 def test_progress_on_stderr_and_json_alone_on_stdout():

@@ -69,7 +69,8 @@ def phi4_mm(seconds: float, sampling_rate: int = 16000, win_length: int = 400, h
     if n < win_length:
         raise UsageError(f"phi4-mm: a clip under {win_length / sampling_rate:g} s has no audio frame")
     frames = (n - win_length) // hop_length + 1
-    return -(-(-(-frames // audio_compression_rate)) // audio_downsample_rate)
+    compressed = -(-frames // audio_compression_rate)  # ceil, as the reference's integer + (remainder > 0)
+    return -(-compressed // audio_downsample_rate)
 
 
 def gemma3n_audio(seconds: float, audio_seq_length: int = 188) -> int:
