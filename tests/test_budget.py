@@ -164,3 +164,16 @@ def test_draw_writes_an_overlay(tmp_path):
 def test_table_for_humans_lists_parts():
     out = run_cli("budget", "--size", "1000x400", "-m", "llava-next").stdout
     assert "tile" in out and "newlines" in out and "2040" in out
+
+
+@pytest.mark.parametrize("preset", ["qwen3-vl", "glm4.1v"])
+def test_frame_budgets_for_the_temporal_merge_presets(preset):
+    # a whole temporal patch (2 frames) is the least these processors take; the plan never asks for 1
+    fb = frame_budget(preset, 16000, 1280, 720)
+    assert fb["min_frames"] == 2 and fb["f_max"] >= 2
+    assert video_tokens(preset, fb["f_max"], 1280, 720) <= 16000 < video_tokens(preset, fb["f_max"] + 1, 1280, 720)
+    with pytest.raises(UsageError, match="temporal_patch_size"):
+        video_tokens(preset, 1, 1280, 720)
+    video = FIXTURES / "shapes" / "videos" / "00000.mp4"
+    plan = plan_video(preset, probe(video), budget=2000, strategy="content")
+    assert 2 <= plan["selected"] == len(plan["timestamps"]) and plan["tokens"] <= 2000

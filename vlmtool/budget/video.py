@@ -53,29 +53,43 @@ def probe(path: str | Path) -> VideoInfo:
         raise UsageError(f"{path}: cannot read video ({type(e).__name__}: {e})") from None
 
 
+def min_frames(preset: str, width: int, height: int, **options) -> int:
+    """The fewest frames the preset's video processor takes (Qwen3-VL and GLM-4.1V need a whole
+    temporal patch: 2); UsageError with the rule's reason when none up to 64 is accepted."""
+    error = None
+    for n in range(1, 65):
+        try:
+            video_tokens(preset, n, width, height, **options)
+            return n
+        except UsageError as e:
+            error = e
+    raise error
+
+
 def frame_budget(preset: str, budget: int, width: int, height: int, reserved: int = 0, max_frames: int | None = None, **options) -> dict:
     """f_max = the largest frame count whose tokens fit budget - reserved, found exactly from
     video_tokens (for a linear rule that is floor((B - R) / P))."""
     room = budget - reserved
-    one = video_tokens(preset, 1, width, height, **dict(options))
+    first = min_frames(preset, width, height, **options)
+    one = video_tokens(preset, first, width, height, **options)
     if room < one:
-        raise UsageError(f"a budget of {budget} tokens ({reserved} reserved for text) is smaller than one frame "
+        raise UsageError(f"a budget of {budget} tokens ({reserved} reserved for text) is smaller than {first} frame(s) "
                          f"({one} tokens for {preset} at {width}x{height})")
-    lo, hi = 1, 2
+    lo, hi = first, 2 * first
     cap = max_frames if max_frames is not None else 10**7
-    while hi <= cap and video_tokens(preset, hi, width, height, **dict(options)) <= room:
+    while hi <= cap and video_tokens(preset, hi, width, height, **options) <= room:
         lo, hi = hi, hi * 2
     hi = min(hi, cap + 1)
     while hi - lo > 1:  # video_tokens grows with frames: the last count that fits
         mid = (lo + hi) // 2
-        if video_tokens(preset, mid, width, height, **dict(options)) <= room:
+        if video_tokens(preset, mid, width, height, **options) <= room:
             lo = mid
         else:
             hi = mid
     f_max = lo
-    tokens = video_tokens(preset, f_max, width, height, **dict(options))
+    tokens = video_tokens(preset, f_max, width, height, **options)
     return {"model": preset, "budget": budget, "reserved": reserved, "tokens_per_frame": round(tokens / f_max, 3),
-            "first_frame_tokens": one, "f_max": f_max, "tokens": tokens}
+            "first_frame_tokens": one, "min_frames": first, "f_max": f_max, "tokens": tokens}
 
 
 def change_curve(path: str | Path, size: int = 64, max_rate: float = 8.0, threshold: float = 12.0) -> tuple[list[float], list[float]]:
@@ -181,6 +195,8 @@ def plan_video(preset: str, info: VideoInfo, budget: int | None = None, reserved
         n = min(n, num_frames)
     path = info.path if strategy == "content" else None
     ts = select_frames(info, n, strategy, sample_fps, path)
+    if ts and len(ts) < min_frames(preset, info.width, info.height, **options):
+        raise UsageError(f"{info.path or 'video'}: {len(ts)} frame(s) selected, fewer than {preset}'s video processor takes")
     tokens = video_tokens(preset, len(ts), info.width, info.height, **dict(options))
     out = {**info.to_json(), **fb, "strategy": strategy, "temporal_pool": pool, "selected": len(ts), "timestamps": ts, "tokens": tokens}
     if budget is not None:
