@@ -132,7 +132,7 @@ def frontier(vectors: dict) -> None:
         vectors[name] = rows
 
     # Llama 4 (meta-llama/Llama-4-Scout-17B-16E-Instruct: 336 px tiles, max_patches 16, patch 14,
-    # pixel shuffle 0.5). The image processor needs torchvision; its canvas choice is its own functions.
+    # pixel shuffle 0.5): every size from the image processor's canvas functions, REAL sizes run.
     import torch
 
     per_tile = (336 // default(Llama4Processor, "patch_size")) ** 2 // round(1 / default(Llama4Processor, "pixel_shuffle_ratio") ** 2)
@@ -143,7 +143,14 @@ def frontier(vectors: dict) -> None:
         n = (rh // 336) * (rw // 336)
         return per_tile * (n + 1 if n > 1 else 1)
 
-    vectors["llama4"] = count_rows(SIZES, llama4_count)
+    ip = llama4.Llama4ImageProcessor(max_patches=16, size={"height": 336, "width": 336})
+
+    def llama4_real(w, h):
+        out = ip(arr(w, h), return_tensors="pt", input_data_format="channels_last")  # bf16 pixels: numpy cannot hold them
+        rh, rw = (int(x) for x in out["aspect_ratios"][0])
+        return {"real_tokens": per_tile * (rh * rw + 1 if rh * rw > 1 else 1)}
+
+    vectors["llama4"] = count_rows(SIZES, llama4_count, llama4_real)
 
     # Pixtral 12B (patch 16, longest 1024, no merge) and Mistral Small 3.1 (patch 14, longest 1540,
     # spatial merge 2): the processor's placeholder count is (h // (patch * merge)) * (w // ...)
@@ -169,16 +176,48 @@ def frontier(vectors: dict) -> None:
         vectors[name] = count_rows(SIZES, lambda w, h, ip=ip, per=per: per * ip.get_number_of_image_patches(h, w),
                                    lambda w, h, ip=ip, per=per: {"real_tokens": per * int(images(ip, w, h)["num_patches"][0])})
 
-    # Command A Vision: class defaults (512 px, 1..12, patch 16 -> 256 a tile). The image processor
-    # needs torchvision; its count method runs on its class attributes.
+    # Command A Vision: class defaults (512 px, 1..12, patch 16 -> 256 a tile): its count method for
+    # every size, the image processor run for REAL sizes.
     cohere = SimpleNamespace(**{k: getattr(Cohere2VisionImageProcessor, k) for k in ("min_patches", "max_patches", "size", "crop_to_patches")})
+    ip = Cohere2VisionImageProcessor()
     vectors["command-a-vision"] = count_rows(
-        SIZES, lambda w, h: Cohere2VisionImageProcessor.patch_size ** 2 * Cohere2VisionImageProcessor.get_number_of_image_patches(cohere, h, w))
+        SIZES, lambda w, h: Cohere2VisionImageProcessor.patch_size ** 2 * Cohere2VisionImageProcessor.get_number_of_image_patches(cohere, h, w),
+        lambda w, h: {"real_tokens": Cohere2VisionImageProcessor.patch_size ** 2 * int(images(ip, w, h)["num_patches"][0])})
 
     # Idefics2 with image splitting (off by default: always 64).
     ip = Idefics2ImageProcessorPil(do_image_splitting=True)
     vectors["idefics2:do_image_splitting=true"] = [
         {"size": [w, h], **safe(lambda w, h: {"tokens": 64 * int(images(ip, w, h)["pixel_values"].shape[1])}, w, h)} for w, h in REAL if w * h <= 4_500_000]
+
+    # Phi-4-multimodal (class defaults: 448 px crops, dynamic_hd 36, patch 14). Every size: the
+    # processor's own dynamic_preprocess with torchvision's resize and pad swapped for shape-only
+    # stand-ins (the count depends on shapes alone) and _preprocess's token formula on the mask it
+    # returns; REAL sizes: the whole image processor run for real (real_tokens).
+    from transformers.models.phi4_multimodal import (
+        image_processing_phi4_multimodal as phi4,
+    )
+
+    blank = torch.zeros(1, 1, 1, dtype=torch.uint8)
+    shapes_only = SimpleNamespace(resize=lambda im, hw, **kw: blank.expand(3, *hw),
+                                  pad=lambda im, pad, **kw: blank.expand(3, im.shape[-2] + pad[3], im.shape[-1] + pad[2]))
+    P4 = phi4.Phi4MultimodalImageProcessor
+    mask_size = P4.size["height"] // P4.patch_size
+
+    def phi4_count(w, h):
+        real_tvf, phi4.tvF = phi4.tvF, shapes_only
+        try:
+            _, mask = P4.dynamic_preprocess(P4(), blank.expand(3, h, w), P4.size["height"], P4.patch_size, mask_size, max_num=P4.dynamic_hd)
+        finally:
+            phi4.tvF = real_tvf
+        mh, mw = mask.shape
+        m = mask.reshape(mh // mask_size, mask_size, mw // mask_size, mask_size).transpose(1, 2).reshape(-1, mask_size, mask_size)
+        d = m[:, 0::2, 0::2].reshape(mh // mask_size, mw // mask_size, mask_size // 2 + mask_size % 2, mask_size // 2 + mask_size % 2)
+        d = d.transpose(1, 2)
+        d = d.reshape(d.size(0) * d.size(1), d.size(2) * d.size(3))
+        return 256 + 1 + int(d.sum().item()) + int(d[:, 0].sum().item()) + 16
+
+    ip = P4()
+    vectors["phi4-mm"] = count_rows(SIZES, phi4_count, lambda w, h: {"real_tokens": int(images(ip, w, h)["num_img_tokens"][0])})
 
     # Fixed-length encoders: the processors' own defaults and the release configs' image_seq_length.
     from transformers.models.deepseek_vl.processing_deepseek_vl import (

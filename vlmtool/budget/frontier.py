@@ -146,6 +146,50 @@ def command_a_vision(width: int, height: int, tile_size: int = 512, min_tiles: i
                 n_parts=n)
 
 
+# ---------------------------------------------------------------------------------- Phi-4-multimodal
+
+
+def phi4_mm(width: int, height: int, crop_size: int = 448, patch_size: int = 14, dynamic_hd: int = 36) -> Plan:
+    """Phi-4-multimodal: the image is padded onto cols x rows crops of 448 px (ceil of its size, or
+    the closest aspect ratio within 36 crops), each crop's 32x32 patch mask pooled 2x2; tokens =
+    256 (global image) + 1 + the kept pooled cells + one newline per pooled row + 16. Ref:
+    transformers models/phi4_multimodal/image_processing_phi4_multimodal.py dynamic_preprocess and
+    the num_img_tokens formula of _preprocess."""
+    _check_size(width, height)
+    if crop_size % patch_size:
+        raise UsageError("phi4-mm: crop_size must be a multiple of patch_size")
+    cols, rows = math.ceil(width / crop_size), math.ceil(height / crop_size)
+    if cols * rows > dynamic_hd:  # the reference's find_closest_aspect_ratio over its target ratios
+        cols, rows = tiled_canvas(height, width, crop_size, 1, dynamic_hd)
+    tw, th = crop_size * cols, crop_size * rows
+    if tw / width < th / height:
+        new_w, new_h, pad_w, pad_h = tw, int(height * (tw / width)), 0, th - int(height * (tw / width))
+    else:
+        new_w, new_h, pad_w, pad_h = int(width * (th / height)), th, tw - int(width * (th / height)), 0
+    if min(new_h, th) < 10 or min(new_w, tw) < 10:
+        raise UsageError(f"phi4-mm: {width}x{height} is too extreme an aspect ratio (resized to {new_w}x{new_h})")
+    mask = crop_size // patch_size
+    kept_cols = mask * cols - (pad_w // patch_size if pad_w >= patch_size else 0)
+    kept_rows = mask * rows - (pad_h // patch_size if pad_h >= patch_size else 0)
+    pooled_cols, pooled_rows = -(-kept_cols // 2), -(-kept_rows // 2)  # the mask read every other cell
+    base = (mask // 2 + mask % 2) ** 2
+    n = base + 1 + pooled_rows * pooled_cols + pooled_rows + 16
+    crops = _tiles(rows, cols, 0, width, height, fx=crop_size * width / new_w, fy=crop_size * height / new_h, name="crop")
+
+    def layout() -> list[Part]:  # tokens by part: global 256 + 16 newlines + 1; each crop its kept pooled cells
+        parts = [Part("global", base + 16 + 1, (0, 0, width, height))]
+        per = mask // 2 + mask % 2
+        for p in crops():
+            r, c = p.grid
+            cells_r = max(0, min(per, pooled_rows - r * per))
+            cells_c = max(0, min(per, pooled_cols - c * per))
+            parts.append(Part("crop", cells_r * cells_c, p.box, p.grid))
+        parts.append(Part("newlines", pooled_rows))
+        return parts
+
+    return Plan("phi4-mm", width, height, n, 0, layout, grid=(rows, cols), resized=(tw, th), n_parts=rows * cols + 2)
+
+
 # ---------------------------------------------------------------------------------- Llama 4
 
 
@@ -318,4 +362,5 @@ PRESETS = [
     Preset("paligemma-896", _TX + "paligemma/processing_paligemma.py", "release", paligemma(896)),
     Preset("idefics2", _TX + "idefics2/processing_idefics2.py, image_processing_idefics2.py", "class", idefics2),
     Preset("gemma3n", _TX + "gemma3n/processing_gemma3n.py", "class", gemma3n),
+    Preset("phi4-mm", _TX + "phi4_multimodal/image_processing_phi4_multimodal.py", "class", phi4_mm),
 ]
