@@ -63,7 +63,7 @@ RANGES: dict[str, tuple] = {
     "patch": (1, 4096), "longest_edge": _SIDE, "shortest_edge": _SIDE, "small_side": _SIDE, "max_long_edge": _SIDE,
     "min_tiles": _COUNT, "max_tiles": _COUNT, "max_num_crops": _COUNT, "pan_and_scan_max_num_crops": _COUNT,
     "pan_and_scan_min_crop_size": _SIDE, "merge": (1, 64), "merge_size": (1, 64), "temporal_patch_size": (1, 64),
-    "max_patches": (1, 1 << 20), "pixel_shuffle_ratio": (1 / 64, 1.0), "min_patches": _COUNT, "multiplier": (1e-6, 1e6), "pan_and_scan_min_ratio_to_activate": (1.0, 1e6),
+    "max_patches": (1, 1 << 20), "pixel_shuffle_ratio": (1 / 64, 1.0), "dynamic_hd": _COUNT, "crop_size": _SIDE, "min_patches": _COUNT, "multiplier": (1e-6, 1e6), "pan_and_scan_min_ratio_to_activate": (1.0, 1e6),
 }
 CHOICES = {"detail": ("low", "high", "auto")}
 MAX_PINPOINTS = 256
