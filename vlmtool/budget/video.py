@@ -73,7 +73,8 @@ def frame_budget(preset: str, budget: int, width: int, height: int, reserved: in
     first = min_frames(preset, width, height, **options)
     one = video_tokens(preset, first, width, height, **options)
     if room < one:
-        raise UsageError(f"a budget of {budget} tokens ({reserved} reserved for text) is smaller than {first} frame(s) "
+        least = "one frame" if first == 1 else f"the {first} frames {preset}'s video processor takes at least"
+        raise UsageError(f"a budget of {budget} tokens ({reserved} reserved for text) is smaller than {least} "
                          f"({one} tokens for {preset} at {width}x{height})")
     lo, hi = first, 2 * first
     cap = max_frames if max_frames is not None else 10**7
