@@ -219,6 +219,27 @@ def frontier(vectors: dict) -> None:
     ip = P4()
     vectors["phi4-mm"] = count_rows(SIZES, phi4_count, lambda w, h: {"real_tokens": int(images(ip, w, h)["num_img_tokens"][0])})
 
+    # Ovis2: class defaults (no cropping: 256); with crop_to_patches the covering-area grid, from
+    # the image processor's own function for every size and its preprocess for REAL sizes.
+    from transformers.models.ovis2 import image_processing_pil_ovis2 as ovis2
+    from transformers.models.ovis2.processing_ovis2 import Ovis2Processor
+
+    seq = default(Ovis2Processor, "image_seq_length")
+    side = ovis2.Ovis2ImageProcessorPil.size["height"]
+
+    def ovis2_count(w, h):
+        cols, rows = ovis2.get_min_tile_covering_grid((h, w), target_patch_size=side, max_image_tiles=12)
+        return seq * (1 + rows * cols if rows * cols > 1 else 1)
+
+    ip = ovis2.Ovis2ImageProcessorPil(crop_to_patches=True)
+
+    def ovis2_real(w, h):
+        rows, cols = (int(x) for x in images(ip, w, h)["grids"][0])
+        return {"real_tokens": seq * (1 + rows * cols if rows * cols > 1 else 1)}
+
+    vectors["ovis2:crop_to_patches=true"] = count_rows(SIZES, ovis2_count, ovis2_real)
+    vectors["ovis2"] = [{"size": [w, h], "tokens": seq} for w, h in SIZES]
+
     # Fixed-length encoders: the processors' own defaults and the release configs' image_seq_length.
     from transformers.models.deepseek_vl.processing_deepseek_vl import (
         DeepseekVLProcessor,

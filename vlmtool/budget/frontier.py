@@ -146,6 +146,58 @@ def command_a_vision(width: int, height: int, tile_size: int = 512, min_tiles: i
                 n_parts=n)
 
 
+def _covering_area(w: int, h: int, side: int) -> float:
+    """Ref: transformers models/ovis2/image_processing_ovis2.py compute_patch_covering_area."""
+    w, h = max(w, h), min(w, h)
+    if w > side:
+        h, w = h / w * side, side
+    return w * h
+
+
+def ovis2_grid(height: int, width: int, side: int, max_tiles: int, threshold: float = 0.9) -> tuple[int, int]:
+    """(cols, rows) of the fewest tiles covering more than 90% of the image at tile resolution.
+    The reference splits the image with the tuple's first number as rows while it crops with it
+    as columns; both are kept. Ref: transformers models/ovis2/image_processing_ovis2.py
+    get_min_tile_covering_grid, split_image_into_grid."""
+    grids = sorted(((a, b) for a in range(1, max_tiles + 1) for b in range(1, max_tiles // a + 1)), key=lambda g: g[0] * g[1])
+    scored = []
+    for g in grids:
+        rh, cw = height // g[0], width // g[1]
+        area = 0.0
+        for r in range(g[0]):
+            for c in range(g[1]):
+                x1 = width if c == g[1] - 1 else (c + 1) * cw
+                y1 = height if r == g[0] - 1 else (r + 1) * rh
+                area += _covering_area(x1 - c * cw, y1 - r * rh, side)
+        scored.append((g, area / (width * height)))
+    good = [x for x in scored if x[1] > threshold]
+    if good:
+        return min(good, key=lambda x: (x[0][0] * x[0][1], -x[1]))[0]
+    return min(scored, key=lambda x: (-x[1], x[0][0] * x[0][1]))[0]
+
+
+def ovis2(width: int, height: int, tile_size: int = 384, image_seq_length: int = 256, crop_to_patches: bool = False,
+          max_tiles: int = 12, use_covering_area_grid: bool = True) -> Plan:
+    """Ovis2: 256 tokens for the whole image; with crop_to_patches (off in the class defaults) the
+    image is also cut in the fewest tiles covering 90% of it (or the closest aspect ratio), 256
+    each, between <IMG_START> <IMG_GRID> ... <IMG_END> with column and row separators. Ref:
+    transformers models/ovis2/processing_ovis2.py replace_image_token, image_processing_ovis2.py."""
+    _check_size(width, height)
+    whole = Part("image", image_seq_length, (0, 0, width, height))
+    if not crop_to_patches or max_tiles <= 1:
+        return Plan("ovis2", width, height, image_seq_length, 3, [whole], grid=(1, 1))
+    if use_covering_area_grid:
+        cols, rows = ovis2_grid(height, width, tile_size, max_tiles)
+    else:
+        cols, rows = tiled_canvas(height, width, tile_size, 1, max_tiles)
+    n = rows * cols
+    if n == 1:
+        return Plan("ovis2", width, height, image_seq_length, 3, [whole], grid=(1, 1))
+    return Plan("ovis2", width, height, image_seq_length * (n + 1), 3 + rows * (cols - 1) + rows - 1,
+                lambda: [whole] + _tiles(rows, cols, image_seq_length, width, height)(), grid=(rows, cols),
+                resized=(cols * tile_size, rows * tile_size), n_parts=n + 1)
+
+
 # ---------------------------------------------------------------------------------- Phi-4-multimodal
 
 
@@ -363,4 +415,5 @@ PRESETS = [
     Preset("idefics2", _TX + "idefics2/processing_idefics2.py, image_processing_idefics2.py", "class", idefics2),
     Preset("gemma3n", _TX + "gemma3n/processing_gemma3n.py", "class", gemma3n),
     Preset("phi4-mm", _TX + "phi4_multimodal/image_processing_phi4_multimodal.py", "class", phi4_mm),
+    Preset("ovis2", _TX + "ovis2/processing_ovis2.py, image_processing_ovis2.py", "class", ovis2, ranges={"max_tiles": (1, 64)}),
 ]
