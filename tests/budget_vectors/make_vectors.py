@@ -240,6 +240,20 @@ def frontier(vectors: dict) -> None:
     vectors["ovis2:crop_to_patches=true"] = count_rows(SIZES, ovis2_count, ovis2_real)
     vectors["ovis2"] = [{"size": [w, h], "tokens": seq} for w, h in SIZES]
 
+    # Molmo2 (the Molmo processor in transformers; class defaults): get_image_grid_and_crops for
+    # every size, the image processor run for REAL sizes; tokens = low-res + high-res pooled grids.
+    from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
+
+    ip = Molmo2ImageProcessor()
+
+    def molmo_tokens(grid):
+        low_h, low_w, high_h, high_w = (int(x) for x in grid)
+        return low_h * low_w + high_h * high_w
+
+    vectors["molmo"] = count_rows(SIZES, lambda w, h: molmo_tokens(ip.get_image_grid_and_crops(h, w, {})[0]),
+                                  lambda w, h: {"real_tokens": molmo_tokens(ip(arr(w, h), return_tensors="pt",
+                                                                               input_data_format="channels_last")["image_grids"][0])})
+
     # Fixed-length encoders: the processors' own defaults and the release configs' image_seq_length.
     from transformers.models.deepseek_vl.processing_deepseek_vl import (
         DeepseekVLProcessor,

@@ -198,6 +198,48 @@ def ovis2(width: int, height: int, tile_size: int = 384, image_seq_length: int =
                 resized=(cols * tile_size, rows * tile_size), n_parts=n + 1)
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b as torch divides floats: a positive over 0 is inf, a negative -inf, 0 over 0 nan."""
+    if b:
+        return a / b
+    return math.nan if a == 0 else math.copysign(math.inf, a)
+
+
+def molmo_tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, int]:
+    """(rows, cols) needing the least upscaling (else the least downscaling), candidates ordered by
+    area then rows; the sizes may be <= 0 for a small image, as in the reference. Ref: transformers
+    models/molmo2/image_processing_molmo2.py select_tiling."""
+    tilings = sorted(((h, w) for h in range(1, max_crops + 1) for w in range(1, max_crops + 1) if h * w <= max_crops),
+                     key=lambda t: (t[0] * t[1], t[0]))
+    scales = [min(_ratio(t[0] * window, height), _ratio(t[1] * window, width)) for t in tilings]
+    if all(s < 1 for s in scales):
+        return tilings[scales.index(max(scales))]
+    up = [s if not s < 1.0 else 10e9 for s in scales]
+    return tilings[up.index(min(up))]
+
+
+def molmo(width: int, height: int, crop_size: int = 378, patch_size: int = 14, max_crops: int = 8, overlap_margin: int = 4,
+          pooling: int = 2) -> Plan:
+    """Molmo (Molmo2, the Molmo processor in transformers): a 378 px low-resolution view plus up to 8
+    overlapping 378 px crops (4-patch margins) on the best-fitting canvas, patch features pooled
+    2x2; tokens = the pooled low-res grid (14x14) + the pooled high-res grid; a column token ends
+    each row. Ref: transformers models/molmo2/image_processing_molmo2.py get_image_grid_and_crops,
+    processing_molmo2.py replace_image_token."""
+    _check_size(width, height)
+    window_patches = crop_size // patch_size - 2 * overlap_margin
+    if window_patches < 1:
+        raise UsageError("molmo: crop_size / patch_size must exceed twice overlap_margin")
+    margin = 2 * overlap_margin * patch_size
+    rows, cols = molmo_tiling(height - margin, width - margin, window_patches * patch_size, max_crops)
+    high_h = -(-(rows * window_patches + 2 * overlap_margin) // pooling)
+    high_w = -(-(cols * window_patches + 2 * overlap_margin) // pooling)
+    low = -(-(crop_size // patch_size) // pooling)
+    n = low * low + high_h * high_w
+    layout = [Part("image", low * low, (0, 0, width, height)), Part("crops", high_h * high_w, (0, 0, width, height))]
+    return Plan("molmo", width, height, n, 4 + low + high_h, layout, grid=(rows, cols),
+                note=f"{rows}x{cols} overlapping crops, pooled grid {high_h}x{high_w} + {low}x{low}")
+
+
 # ---------------------------------------------------------------------------------- Phi-4-multimodal
 
 
@@ -415,5 +457,7 @@ PRESETS = [
     Preset("idefics2", _TX + "idefics2/processing_idefics2.py, image_processing_idefics2.py", "class", idefics2),
     Preset("gemma3n", _TX + "gemma3n/processing_gemma3n.py", "class", gemma3n),
     Preset("phi4-mm", _TX + "phi4_multimodal/image_processing_phi4_multimodal.py", "class", phi4_mm),
+    Preset("molmo", _TX + "molmo2/image_processing_molmo2.py, processing_molmo2.py (Molmo2)", "class", molmo,
+           ranges={"max_crops": (1, 64)}),
     Preset("ovis2", _TX + "ovis2/processing_ovis2.py, image_processing_ovis2.py", "class", ovis2, ranges={"max_tiles": (1, 64)}),
 ]
