@@ -54,29 +54,38 @@ def _summary(*args, **kw):
     return json.loads(p.stdout)
 
 
+def _dataset(*inputs, **options) -> dict:
+    [summary] = _report(inputs=inputs, **options)
+    return summary
+
+
 def test_inputs_are_taken_like_every_job(shards, monkeypatch):
     monkeypatch.chdir(shards.parent)
-    whole = _summary("w")
+    whole = _dataset("w")
     assert whole["items"] > 0 and not whole["inputs_failed"]
-    for spec in ("w/{00000..00001}.tar", "w/*.tar", f"pipe:cat {shards}/00000.tar"):
-        got = _summary(spec, "w/00001.tar") if spec.startswith("pipe:") else _summary(spec)
-        assert got["models"] == whole["models"], spec
-    listed = _summary("-", input="w/00000.tar\nw/00001.tar\n")
+    for specs in (["w/{00000..00001}.tar"], ["w/*.tar"], [f"pipe:cat {shards}/00000.tar", "w/00001.tar"]):
+        assert _dataset(*specs)["models"] == whole["models"], specs
+    monkeypatch.setattr("sys.stdin", io.StringIO("w/00000.tar\nw/00001.tar\n"))
+    assert _dataset("-")["models"] == whole["models"]
+    listed = _summary("-", input="w/00000.tar\nw/00001.tar\n")  # and through the command line
     assert listed["models"] == whole["models"]
 
 
 def test_missing_inputs_exit_2_and_failed_inputs_exit_1(shards, monkeypatch):
     monkeypatch.chdir(shards.parent)
     for spec in ("w/nosuch.tar", "w/{00000..00009}.tar", "nothing*.tar"):
-        p = run_cli("budget", spec, check=False)
-        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, (spec, p.stderr)
+        with pytest.raises(UsageError):
+            _dataset(spec)
+    p = run_cli("budget", "w/{00000..00009}.tar", check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
     (shards / "zz.tar").write_bytes(b"this is not a tar" * 100)
     p = run_cli("budget", "w", "--json", "--no-progress", check=False)
     s = json.loads(p.stdout)  # the summary of what could be read is still printed
     assert p.returncode == 1 and s["inputs_failed"] == ["w/zz.tar"] and s["rejects"]["broken_tar"] == 1
     assert "could not be read" in p.stderr and "Traceback" not in p.stderr
-    p = run_cli("budget", "pipe:exit 3", "w/00000.tar", "--json", "--no-progress", check=False)
-    assert p.returncode == 1 and json.loads(p.stdout)["inputs_failed"] == ["pipe:exit 3"]
+    out = io.BytesIO()
+    result = report(BudgetOptions(inputs=("pipe:exit 3", "w/00000.tar"), json=True, progress=False), out)
+    assert json.loads(out.getvalue())["inputs_failed"] == ["pipe:exit 3"] and "pipe:exit 3" in result.failed
 
 
 def test_a_name_that_exists_is_a_file_not_a_command(shards, monkeypatch):
@@ -85,7 +94,7 @@ def test_a_name_that_exists_is_a_file_not_a_command(shards, monkeypatch):
     shutil.copy("00000.tar", evil)
     s = _summary(".")
     assert not (shards / "PWNED").exists()
-    assert s["items"] == 2 * _summary("00000.tar")["items"] + _summary("00001.tar")["items"]
+    assert s["items"] == 2 * _dataset("00000.tar")["items"] + _dataset("00001.tar")["items"]
 
 
 def test_an_image_and_a_video_each_get_their_row(tmp_path):
@@ -107,11 +116,13 @@ def test_draw_with_more_than_one_image_is_refused(tmp_path):
 
     for name in ("a.png", "b.png"):
         Image.new("RGB", (300, 200)).save(tmp_path / name)
-    for args in ([tmp_path / "a.png", tmp_path / "b.png"], [tmp_path], ["--size", "10x10", "--size", "20x20"],
-                 ["--size", "10x10", "-m", "llava-1.5,qwen2-vl"]):
-        p = run_cli("budget", *args, "--draw", tmp_path / "x.png", check=False)
-        assert p.returncode == 2 and "--draw needs exactly one image" in p.stderr, args
-        assert not (tmp_path / "x.png").exists()
+    for options in ({"inputs": (str(tmp_path / "a.png"), str(tmp_path / "b.png"))}, {"inputs": (str(tmp_path),)},
+                    {"size": ("10x10", "20x20")}, {"size": ("10x10",), "model": "llava-1.5,qwen2-vl"}):
+        with pytest.raises(UsageError, match="--draw needs exactly one image"):
+            _report(draw=str(tmp_path / "x.png"), **options)
+    p = run_cli("budget", tmp_path / "a.png", tmp_path / "b.png", "--draw", tmp_path / "x.png", check=False)
+    assert p.returncode == 2 and "--draw needs exactly one image" in p.stderr
+    assert not (tmp_path / "x.png").exists()
 
 
 # The vendors' published worked examples: size, options, tokens billed, and where given, price.
@@ -157,12 +168,12 @@ def test_dataset_price_uses_billed_tokens():
 
 def test_huge_sizes_are_counted_not_built():
     # 23 GB and an OOM kill before: the tile count is arithmetic, the part list is not listed
-    p = run_cli("budget", "--size", "99999999x99999999", "-m", "gemini,gpt-4o,custom,idefics3", "--set", "tile_size=14")
-    assert "not listed" not in p.stdout  # several plans: no parts table at all
-    gemini = json.loads(run_cli("budget", "--size", "99999999x99999999", "-m", "gemini", "--json").stdout)
+    rows = _report(size=("99999999x99999999",), model="gemini,gpt-4o,custom,idefics3", set=("tile_size=14",))
+    assert [(r["model"], r["parts"]) for r in rows if r["n_parts"] > 64] == [("gemini", None), ("idefics3", None)]  # not listed
+    [gemini] = _report(size=("99999999x99999999",), model="gemini")
     assert gemini["tokens"] == 258 * 130209 ** 2 and gemini["parts"] is None and gemini["n_parts"] == 130209 ** 2
-    custom = json.loads(run_cli("budget", "--size", "99999999x99999999", "-m", "custom", "--set", "tile_size=14", "--set", "max_tiles=1024",
-                                "--json").stdout)  # hung before: a loop over every grid up to 7 million tiles a side
+    # hung before: a loop over every grid up to 7 million tiles a side
+    [custom] = _report(size=("99999999x99999999",), model="custom", set=("tile_size=14", "max_tiles=1024"))
     assert custom["tokens"] == 576 * (32 * 32 + 1) and custom["grid"] == [32, 32]
     one = run_cli("budget", "--size", "99999999x99999999", "-m", "gemini").stdout
     assert f"{130209 ** 2} parts (more than --max-parts 64: not listed)" in one
