@@ -292,3 +292,30 @@ def test_audio_files_are_timed_from_their_header(tmp_path):
     bad.write_bytes(b"RIFF nothing")
     p = run_cli("budget", bad, "-m", "whisper", check=False)
     assert p.returncode == 1 and "cannot read audio" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_video_with_sound_counts_its_sound_for_the_presets_that_hear_it(tmp_path):
+    import av
+    import numpy as np
+
+    clip = tmp_path / "talk.mp4"
+    with av.open(str(clip), "w") as c:
+        v = c.add_stream("mpeg4", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        for _ in range(20):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")))
+        for i in range(32):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            c.mux(a.encode(frame))
+        c.mux(v.encode())
+        c.mux(a.encode())
+    rows = [json.loads(x) for x in run_cli("budget", clip, "-m", "qwen2.5-omni,whisper,qwen2-vl", "--json").stdout.splitlines()]
+    video = [(r["model"], r["tokens"]) for r in rows if "video" in r]
+    sound = [(r["model"], r["tokens"]) for r in rows if "audio" in r]
+    assert video == [("qwen2.5-omni", video_tokens("qwen2.5-omni", 20, 64, 48)), ("qwen2-vl", video_tokens("qwen2-vl", 20, 64, 48))]
+    seconds = next(r["seconds"] for r in rows if "audio" in r)
+    assert 1.9 < seconds < 2.2  # from the header, not decoded
+    assert sound == [("qwen2.5-omni", audio_tokens("qwen2.5-omni", seconds)), ("whisper", 1500)]

@@ -123,7 +123,15 @@ def frontier(vectors: dict) -> None:
     ip = Glm4vImageProcessorPil()
     vectors["glm4.1v"] = count_rows(SIZES, lambda w, h: ip.get_number_of_image_patches(h, w) // 4,
                                     lambda w, h: {"grid_thw": [int(x) for x in images(ip, w, h)["image_grid_thw"][0]]})
-    for name, vp in (("qwen3-vl:video", Qwen3VLVideoProcessor()), ("glm4.1v:video", Glm4vVideoProcessor())):
+    from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
+        Qwen2_5OmniProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
+        Qwen2VLVideoProcessor,
+    )
+
+    omni = Qwen2VLVideoProcessor(size=Qwen2_5OmniProcessor.videos_kwargs["size"])  # the Omni processor's video sizes
+    for name, vp in (("qwen3-vl:video", Qwen3VLVideoProcessor()), ("glm4.1v:video", Glm4vVideoProcessor()), ("qwen2.5-omni:video", omni)):
         rows = []
         for frames in (1, 2, 3, 4, 8, 15, 16, 64, 300):
             for w, h in [(640, 360), (1920, 1080), (160, 120), (1280, 720), (28, 28), (3000, 200), (10, 4000)]:

@@ -81,17 +81,27 @@ def gemma3n_audio(seconds: float, audio_seq_length: int = 188) -> int:
     return audio_seq_length
 
 
-def _preset(name: str, source: str, audio) -> object:
+def _preset(name: str, source: str, audio, video=None) -> object:
     from vlmtool.budget.presets import Preset
 
-    return Preset(name, source, "class", audio=audio)
+    return Preset(name, source, "class", audio=audio, video=video)
+
+
+def qwen25_omni_video(num_frames: int, width: int, height: int, min_pixels: int = 128 * 28 * 28, max_pixels: int = 768 * 28 * 28,
+                      patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2) -> int:
+    """Qwen2.5-Omni video: the Qwen2-VL video rule at the processor's video sizes (128 to 768
+    28x28 cells a frame); with use_audio_in_video its sound's tokens (qwen25_omni) are interleaved
+    with these. Ref: transformers models/qwen2_5_omni/processing_qwen2_5_omni.py (videos_kwargs)."""
+    from vlmtool.budget.presets import qwen_video_tokens
+
+    return qwen_video_tokens(num_frames, width, height, min_pixels, max_pixels, patch_size, merge_size, temporal_patch_size)
 
 
 _TX = "transformers models/"
 PRESETS: list = [
     _preset("whisper", _TX + "whisper/feature_extraction_whisper.py", whisper),
     _preset("qwen2-audio", _TX + "qwen2_audio/processing_qwen2_audio.py", qwen2_audio),
-    _preset("qwen2.5-omni", _TX + "qwen2_5_omni/processing_qwen2_5_omni.py", qwen25_omni),
+    _preset("qwen2.5-omni", _TX + "qwen2_5_omni/processing_qwen2_5_omni.py", qwen25_omni, qwen25_omni_video),
     _preset("phi4-mm", _TX + "phi4_multimodal/feature_extraction_phi4_multimodal.py", phi4_mm),
     _preset("gemma3n", _TX + "gemma3n/processing_gemma3n.py", gemma3n_audio),
 ]

@@ -71,10 +71,12 @@ class Inputs:
             out.append(partial(image_section, targets=image_targets, files=self.image_files))
         if self.dataset:
             out.append(partial(dataset_section, paths=self.dataset))
-        if self.videos or self.video_numbers:
+        has = {mod: any(mod in PRESETS[m].modalities for m in models) for mod in ("video", "audio")}
+        if (self.videos or self.video_numbers) and (has["video"] or not has["audio"]):
             out.append(partial(video_section, paths=self.videos, sizes=self.sizes if self.video_numbers else []))
-        if self.audio or opts.seconds is not None:
-            out.append(partial(audio_section, paths=self.audio))
+        soundtracks = self.videos if has["audio"] else []  # a video's sound, for the presets that hear it
+        if self.audio or opts.seconds is not None or soundtracks:
+            out.append(partial(audio_section, paths=self.audio, soundtracks=soundtracks))
         single = len(image_targets) + len(self.image_files) == 1 and len(out) == 1 and len(models) == 1
         if opts.draw and not (single and not self.dataset):
             raise UsageError("--draw needs exactly one image (or one --size) and one model, and nothing else to budget")
@@ -211,13 +213,16 @@ def _billed(model: str, tokens: int, options: dict) -> float | None:
     return None if mult is None else round(tokens * mult, 2)
 
 
-def audio_section(opts: BudgetOptions, models: list[str], out: BinaryIO, result: Result, paths: list[str]) -> None:
+def audio_section(opts: BudgetOptions, models: list[str], out: BinaryIO, result: Result, paths: list[str], soundtracks: list[str]) -> None:
+    """Audio files, --seconds, and the sound of videos (a video without sound, or one the video
+    section already reports as unreadable, adds nothing here)."""
     from vlmtool.budget import audio_tokens
     from vlmtool.budget.audio import probe_audio
 
     models = _for(models, "audio")
     st = settings(opts, models, "audio")
-    clips = _readable(probe_audio, paths, result) + ([("--seconds", opts.seconds)] if opts.seconds is not None else [])
+    clips = _readable(probe_audio, paths, result) + _readable(probe_audio, soundtracks, Result())
+    clips += [("--seconds", opts.seconds)] if opts.seconds is not None else []
     rows = []
     for src, seconds in clips:
         for m in models:
