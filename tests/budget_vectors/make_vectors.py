@@ -16,6 +16,7 @@ examples of their documentation.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import random
 import sys
@@ -23,7 +24,78 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import transformers
+from transformers.image_utils import SizeDict
+from transformers.models.cohere2_vision.image_processing_cohere2_vision import (
+    Cohere2VisionImageProcessor,
+)
+from transformers.models.deepseek_vl.processing_deepseek_vl import (
+    DeepseekVLProcessor,
+)
+from transformers.models.gemma3.image_processing_pil_gemma3 import (
+    Gemma3ImageProcessorPil,
+)
+from transformers.models.gemma3n.processing_gemma3n import Gemma3nProcessor
+from transformers.models.glm4v.image_processing_pil_glm4v import (
+    Glm4vImageProcessorPil,
+)
+from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+    GotOcr2ImageProcessorPil,
+)
+from transformers.models.idefics2.image_processing_pil_idefics2 import (
+    Idefics2ImageProcessorPil,
+)
+from transformers.models.idefics2.processing_idefics2 import Idefics2Processor
+from transformers.models.idefics3.image_processing_pil_idefics3 import (
+    Idefics3ImageProcessorPil,
+)
+from transformers.models.janus.processing_janus import JanusProcessor
+from transformers.models.llama4 import image_processing_llama4 as llama4
+from transformers.models.llama4.processing_llama4 import Llama4Processor
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
+)
+from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
+from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+    LlavaOnevisionImageProcessorPil,
+)
+from transformers.models.llava_onevision.processing_llava_onevision import (
+    LlavaOnevisionProcessor,
+)
+from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
+from transformers.models.ovis2 import image_processing_pil_ovis2 as ovis2
+from transformers.models.ovis2.processing_ovis2 import Ovis2Processor
+from transformers.models.phi4_multimodal import (
+    image_processing_phi4_multimodal as phi4,
+)
+from transformers.models.phi4_multimodal.feature_extraction_phi4_multimodal import (
+    Phi4MultimodalFeatureExtractor,
+)
+from transformers.models.pixtral.image_processing_pil_pixtral import (
+    PixtralImageProcessorPil,
+    get_resize_output_image_size,
+)
+from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
+    Qwen2_5OmniProcessor,
+    _get_feat_extract_output_lengths,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+    Qwen2VLImageProcessorPil,
+)
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
+    Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import (
+    Qwen3VLVideoProcessor,
+)
+from transformers.models.smolvlm.image_processing_pil_smolvlm import (
+    SmolVLMImageProcessorPil,
+)
+from transformers.models.whisper.feature_extraction_whisper import (
+    WhisperFeatureExtractor,
+)
 
 OUT = Path(__file__).with_name("vectors.json")
 
@@ -80,41 +152,7 @@ def count_rows(sizes, count, real=None):
     return rows
 
 
-def frontier(vectors: dict) -> None:
-    """The 2025 families (issue 14): each processor class built from its config values in code."""
-    import inspect
-    from types import SimpleNamespace
-
-    from transformers.image_utils import SizeDict
-    from transformers.models.cohere2_vision.image_processing_cohere2_vision import (
-        Cohere2VisionImageProcessor,
-    )
-    from transformers.models.glm4v.image_processing_pil_glm4v import (
-        Glm4vImageProcessorPil,
-    )
-    from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
-        GotOcr2ImageProcessorPil,
-    )
-    from transformers.models.idefics2.image_processing_pil_idefics2 import (
-        Idefics2ImageProcessorPil,
-    )
-    from transformers.models.llama4 import image_processing_llama4 as llama4
-    from transformers.models.llama4.processing_llama4 import Llama4Processor
-    from transformers.models.pixtral.image_processing_pil_pixtral import (
-        PixtralImageProcessorPil,
-        get_resize_output_image_size,
-    )
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import (
-        Qwen3VLVideoProcessor,
-    )
-
-    def default(cls, name):
-        return inspect.signature(cls.__init__).parameters[name].default
-
+def _qwen3_glm(vectors: dict) -> None:
     # Qwen3-VL (Qwen/Qwen3-VL-* preprocessor_config.json: patch 16, 65536..16777216 pixels).
     ip = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 65536, "longest_edge": 16777216})
     vectors["qwen3-vl"] = count_rows(SIZES, lambda w, h: ip.get_number_of_image_patches(h, w) // 4,
@@ -123,12 +161,6 @@ def frontier(vectors: dict) -> None:
     ip = Glm4vImageProcessorPil()
     vectors["glm4.1v"] = count_rows(SIZES, lambda w, h: ip.get_number_of_image_patches(h, w) // 4,
                                     lambda w, h: {"grid_thw": [int(x) for x in images(ip, w, h)["image_grid_thw"][0]]})
-    from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
-        Qwen2_5OmniProcessor,
-    )
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
-        Qwen2VLVideoProcessor,
-    )
 
     omni = Qwen2VLVideoProcessor(size=Qwen2_5OmniProcessor.videos_kwargs["size"])  # the Omni processor's video sizes
     for name, vp in (("qwen3-vl:video", Qwen3VLVideoProcessor()), ("glm4.1v:video", Glm4vVideoProcessor()), ("qwen2.5-omni:video", omni)):
@@ -139,9 +171,10 @@ def frontier(vectors: dict) -> None:
                 rows.append({"frames": frames, "size": [w, h], **({"tokens": int(n)} if not isinstance(n, dict) else n)})
         vectors[name] = rows
 
+
+def _llama4_vectors(vectors: dict) -> None:
     # Llama 4 (meta-llama/Llama-4-Scout-17B-16E-Instruct: 336 px tiles, max_patches 16, patch 14,
     # pixel shuffle 0.5): every size from the image processor's canvas functions, REAL sizes run.
-    import torch
 
     per_tile = (336 // default(Llama4Processor, "patch_size")) ** 2 // round(1 / default(Llama4Processor, "pixel_shuffle_ratio") ** 2)
     possible = torch.tensor(llama4.find_supported_resolutions(16, SizeDict(height=336, width=336)))
@@ -160,6 +193,8 @@ def frontier(vectors: dict) -> None:
 
     vectors["llama4"] = count_rows(SIZES, llama4_count, llama4_real)
 
+
+def _pixtral_vectors(vectors: dict) -> None:
     # Pixtral 12B (patch 16, longest 1024, no merge) and Mistral Small 3.1 (patch 14, longest 1540,
     # spatial merge 2): the processor's placeholder count is (h // (patch * merge)) * (w // ...)
     # of the image processor's output size.
@@ -178,12 +213,16 @@ def frontier(vectors: dict) -> None:
 
         vectors[name] = count_rows(SIZES, pix_count, pix_real)
 
+
+def _gotocr2_vectors(vectors: dict) -> None:
     # Aya Vision (GotOcr2 tiling of 364 px, max 12, thumbnail; 169 a tile), InternVL3 (448, 12, 256).
     for name, tile, per in (("aya-vision", 364, 169), ("internvl3", 448, 256)):
         ip = GotOcr2ImageProcessorPil(crop_to_patches=True, min_patches=1, max_patches=12, size={"height": tile, "width": tile})
         vectors[name] = count_rows(SIZES, lambda w, h, ip=ip, per=per: per * ip.get_number_of_image_patches(h, w),
                                    lambda w, h, ip=ip, per=per: {"real_tokens": per * int(images(ip, w, h)["num_patches"][0])})
 
+
+def _cohere_vectors(vectors: dict) -> None:
     # Command A Vision: class defaults (512 px, 1..12, patch 16 -> 256 a tile): its count method for
     # every size, the image processor run for REAL sizes.
     cohere = SimpleNamespace(**{k: getattr(Cohere2VisionImageProcessor, k) for k in ("min_patches", "max_patches", "size", "crop_to_patches")})
@@ -192,18 +231,19 @@ def frontier(vectors: dict) -> None:
         SIZES, lambda w, h: Cohere2VisionImageProcessor.patch_size ** 2 * Cohere2VisionImageProcessor.get_number_of_image_patches(cohere, h, w),
         lambda w, h: {"real_tokens": Cohere2VisionImageProcessor.patch_size ** 2 * int(images(ip, w, h)["num_patches"][0])})
 
+
+def _idefics2_vectors(vectors: dict) -> None:
     # Idefics2 with image splitting (off by default: always 64).
     ip = Idefics2ImageProcessorPil(do_image_splitting=True)
     vectors["idefics2:do_image_splitting=true"] = [
         {"size": [w, h], **safe(lambda w, h: {"tokens": 64 * int(images(ip, w, h)["pixel_values"].shape[1])}, w, h)} for w, h in REAL if w * h <= 4_500_000]
 
+
+def _phi4_vectors(vectors: dict) -> None:
     # Phi-4-multimodal (class defaults: 448 px crops, dynamic_hd 36, patch 14). Every size: the
     # processor's own dynamic_preprocess with torchvision's resize and pad swapped for shape-only
     # stand-ins (the count depends on shapes alone) and _preprocess's token formula on the mask it
     # returns; REAL sizes: the whole image processor run for real (real_tokens).
-    from transformers.models.phi4_multimodal import (
-        image_processing_phi4_multimodal as phi4,
-    )
 
     blank = torch.zeros(1, 1, 1, dtype=torch.uint8)
     shapes_only = SimpleNamespace(resize=lambda im, hw, **kw: blank.expand(3, *hw),
@@ -227,10 +267,10 @@ def frontier(vectors: dict) -> None:
     ip = P4()
     vectors["phi4-mm"] = count_rows(SIZES, phi4_count, lambda w, h: {"real_tokens": int(images(ip, w, h)["num_img_tokens"][0])})
 
+
+def _ovis2_vectors(vectors: dict) -> None:
     # Ovis2: class defaults (no cropping: 256); with crop_to_patches the covering-area grid, from
     # the image processor's own function for every size and its preprocess for REAL sizes.
-    from transformers.models.ovis2 import image_processing_pil_ovis2 as ovis2
-    from transformers.models.ovis2.processing_ovis2 import Ovis2Processor
 
     seq = default(Ovis2Processor, "image_seq_length")
     side = ovis2.Ovis2ImageProcessorPil.size["height"]
@@ -248,9 +288,10 @@ def frontier(vectors: dict) -> None:
     vectors["ovis2:crop_to_patches=true"] = count_rows(SIZES, ovis2_count, ovis2_real)
     vectors["ovis2"] = [{"size": [w, h], "tokens": seq} for w, h in SIZES]
 
+
+def _molmo_vectors(vectors: dict) -> None:
     # Molmo2 (the Molmo processor in transformers; class defaults): get_image_grid_and_crops for
     # every size, the image processor run for REAL sizes; tokens = low-res + high-res pooled grids.
-    from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
 
     ip = Molmo2ImageProcessor()
 
@@ -262,13 +303,9 @@ def frontier(vectors: dict) -> None:
                                   lambda w, h: {"real_tokens": molmo_tokens(ip(arr(w, h), return_tensors="pt",
                                                                                input_data_format="channels_last")["image_grids"][0])})
 
+
+def _fixed_vectors(vectors: dict) -> None:
     # Fixed-length encoders: the processors' own defaults and the release configs' image_seq_length.
-    from transformers.models.deepseek_vl.processing_deepseek_vl import (
-        DeepseekVLProcessor,
-    )
-    from transformers.models.gemma3n.processing_gemma3n import Gemma3nProcessor
-    from transformers.models.idefics2.processing_idefics2 import Idefics2Processor
-    from transformers.models.janus.processing_janus import JanusProcessor
 
     fixed = {"deepseek-vl": default(DeepseekVLProcessor, "num_image_tokens"), "janus": default(JanusProcessor, "num_image_tokens"),
              "gemma3n": default(Gemma3nProcessor, "image_seq_length"), "idefics2": default(Idefics2Processor, "image_seq_len"),
@@ -280,20 +317,20 @@ def frontier(vectors: dict) -> None:
 SECONDS = [1, 1.5, 2.7, 5, 10, 29.99, 30, 30.01, 45, 60, 90.5, 119.99, 120]
 
 
+def frontier(vectors: dict) -> None:
+    """The 2025 families (issue 14): each processor class built from its config values in code."""
+    for part in (_qwen3_glm, _llama4_vectors, _pixtral_vectors, _gotocr2_vectors, _cohere_vectors, _idefics2_vectors, _phi4_vectors, _ovis2_vectors, _molmo_vectors, _fixed_vectors):
+        part(vectors)
+
+
+def default(cls, name):
+    """A processor's own default for an __init__ argument."""
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
 def audio(vectors: dict) -> None:
     """Audio tokens for 1 s to 2 min clips, from the feature extractors run on that many samples."""
-    import inspect
 
-    from transformers.models.gemma3n.processing_gemma3n import Gemma3nProcessor
-    from transformers.models.phi4_multimodal.feature_extraction_phi4_multimodal import (
-        Phi4MultimodalFeatureExtractor,
-    )
-    from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
-        _get_feat_extract_output_lengths,
-    )
-    from transformers.models.whisper.feature_extraction_whisper import (
-        WhisperFeatureExtractor,
-    )
 
     whisper_fe, phi4_fe = WhisperFeatureExtractor(), Phi4MultimodalFeatureExtractor()
     rows = {k: [] for k in ("whisper", "qwen2-audio", "qwen2.5-omni", "phi4-mm", "gemma3n:audio")}
@@ -313,48 +350,12 @@ def audio(vectors: dict) -> None:
     vectors["audio"] = rows
 
 
-def main() -> None:
-    if sys.argv[1:] == ["--frontier"]:  # remake only the frontier vectors, keep the rest
-        data = json.loads(OUT.read_text())
-        frontier(data["vectors"])
-        audio(data["vectors"])
-        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {OUT} (frontier vectors, transformers {transformers.__version__})")
-        return
-    from transformers.models.gemma3.image_processing_pil_gemma3 import (
-        Gemma3ImageProcessorPil,
-    )
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
-        GotOcr2ImageProcessorPil,
-    )
-    from transformers.models.idefics3.image_processing_pil_idefics3 import (
-        Idefics3ImageProcessorPil,
-    )
-    from transformers.models.llava_next.image_processing_pil_llava_next import (
-        LlavaNextImageProcessorPil,
-    )
-    from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
-    from transformers.models.llava_onevision.processing_llava_onevision import (
-        LlavaOnevisionProcessor,
-    )
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
-        Qwen2VLVideoProcessor,
-    )
-    from transformers.models.smolvlm.image_processing_pil_smolvlm import (
-        SmolVLMImageProcessorPil,
-    )
-
-    vectors: dict[str, list] = {}
-
+def _llava15_vectors(vectors: dict) -> None:
     # LLaVA-1.5: CLIP 336 crop, (336 // 14)^2 + 1 CLS - 1 (strategy default) (processing_llava.py)
     vectors["llava-1.5"] = [{"size": [w, h], "tokens": (336 // 14) ** 2} for w, h in SIZES]
 
+
+def _llava_next_vectors(vectors: dict) -> None:
     # LLaVA-NeXT (llava-hf/llava-v1.6-mistral-7b-hf): pinpoints, 336 tiles, CLS removed.
     ip = LlavaNextImageProcessorPil(image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
                                     size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
@@ -368,11 +369,15 @@ def main() -> None:
         rows.append(row)
     vectors["llava-next"] = rows
 
+
+def _llava_ov_vectors(vectors: dict) -> None:
     # LLaVA-OneVision (llava-hf/llava-onevision-qwen2-7b-ov-hf): 729 tokens, anyres_max_9, strategy full.
     ip = LlavaOnevisionImageProcessorPil()
     count = llava_next_like(LlavaOnevisionProcessor, ip, num_image_tokens=729, vision_aspect_ratio="anyres_max_9", strategy="full")
     vectors["llava-onevision"] = [{"size": [w, h], "tokens": count(w, h, 384)} for w, h in SIZES]
 
+
+def _qwen2_vectors(vectors: dict) -> None:
     # Qwen2-VL / Qwen2.5-VL: the hub preprocessor config's min/max pixels.
     ip = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056, patch_size=14, merge_size=2, temporal_patch_size=2)
     rows = []
@@ -398,6 +403,8 @@ def main() -> None:
             vrows.append({"frames": frames, "size": [w, h], "tokens": int(n)})
     vectors["qwen2-vl:video"] = vrows
 
+
+def _internvl_vectors(vectors: dict) -> None:
     # InternVL 2.5: GotOcr2-style tiling (448 px, 1..12 tiles, thumbnail), 256 tokens a tile.
     ip = GotOcr2ImageProcessorPil(crop_to_patches=True, min_patches=1, max_patches=12, size={"height": 448, "width": 448})
     rows = []
@@ -411,6 +418,8 @@ def main() -> None:
         rows.append(row)
     vectors["internvl2.5"] = rows
 
+
+def _idefics3_vectors(vectors: dict) -> None:
     # Idefics3 / SmolVLM: run the real preprocess (rows/cols of the split), then seq_len per image.
     for name, longest, tile, seq in (("idefics3", 1456, 364, 169), ("smolvlm", 1536, 384, 81), ("smolvlm-256m", 2048, 512, 64)):
         cls = Idefics3ImageProcessorPil if name == "idefics3" else SmolVLMImageProcessorPil
@@ -427,6 +436,8 @@ def main() -> None:
             rows.append(row)
         vectors[name] = rows
 
+
+def _gemma3_vectors(vectors: dict) -> None:
     # Gemma 3 with pan-and-scan on (google/gemma-3-4b-it arguments); off, it is always 256.
     ip = Gemma3ImageProcessorPil(size={"height": 896, "width": 896}, do_pan_and_scan=True, pan_and_scan_min_crop_size=256,
                                  pan_and_scan_max_num_crops=4, pan_and_scan_min_ratio_to_activate=1.2)
@@ -437,6 +448,20 @@ def main() -> None:
         rows.append({"size": [w, h], "tokens": 256 * (1 + crops), "crops": crops})
     vectors["gemma3:do_pan_and_scan=true"] = rows
     vectors["gemma3"] = [{"size": [w, h], "tokens": 256} for w, h in SIZES]
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--frontier"]:  # remake only the frontier vectors, keep the rest
+        data = json.loads(OUT.read_text())
+        frontier(data["vectors"])
+        audio(data["vectors"])
+        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {OUT} (frontier vectors, transformers {transformers.__version__})")
+        return
+
+    vectors: dict[str, list] = {}
+    for part in (_llava15_vectors, _llava_next_vectors, _llava_ov_vectors, _qwen2_vectors, _internvl_vectors, _idefics3_vectors, _gemma3_vectors):
+        part(vectors)
 
     # Hosted APIs: the documentation's worked examples.
     vectors["gpt-4o"] = [{"size": [1024, 1024], "tokens": 765}, {"size": [2048, 4096], "tokens": 1105},
