@@ -177,3 +177,12 @@ def test_frame_budgets_for_the_temporal_merge_presets(preset):
     video = FIXTURES / "shapes" / "videos" / "00000.mp4"
     plan = plan_video(preset, probe(video), budget=2000, strategy="content")
     assert 2 <= plan["selected"] == len(plan["timestamps"]) and plan["tokens"] <= 2000
+
+
+def test_a_header_claiming_endless_frames_is_planned_up_to_the_cap():
+    from vlmtool.budget.video import VideoInfo
+
+    info = VideoInfo(None, 640, 360, 30.0, 2**40, 2**40 / 30)  # what a lying header may say
+    plan = plan_video("qwen3-vl", info, budget=10**9, max_frames=5000)
+    assert plan["selected"] == len(plan["timestamps"]) == plan["f_max"] == 5000
+    assert plan["tokens"] == video_tokens("qwen3-vl", 5000, 640, 360)

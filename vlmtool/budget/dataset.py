@@ -122,7 +122,8 @@ def _from_tar_slow(path: str, max_image_pixels: int) -> Iterator[Item]:
         yield Item(path, error=f"broken tar: {_message(e)}", reason="broken_tar")
 
 
-def _from_file(path: str, max_image_pixels: int) -> Item:
+def read_image(path: str, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Item:
+    """One image file's size from its header (opened with open_input), or the reject reason."""
     try:
         with open_input(path) as f:
             data = f.read(65536)
@@ -143,7 +144,7 @@ def iter_items(inputs: list[str], stdin=None, max_image_pixels: int = DEFAULT_MA
         if path.lower().endswith(TAR_SUFFIXES) or (is_stream(path) and not path.lower().endswith(IMAGE_SUFFIXES)):
             yield from _from_tar(path, max_image_pixels)  # a stream is a shard unless it names an image
         else:  # an image, or a file named on its own whatever its suffix: its header says what it is
-            yield _from_file(path, max_image_pixels)
+            yield read_image(path, max_image_pixels)
 
 
 def split_inputs(paths: list[str]) -> tuple[list[str], list[str], list[str]]:

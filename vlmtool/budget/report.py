@@ -45,6 +45,7 @@ class BudgetOptions:
     price_per_mtok: float | None = None
     max_image_pixels: int = 1 << 32
     max_parts: int = 64
+    max_frames: int = 100_000
     rows: bool = False
     json: bool = False
     list: bool = False

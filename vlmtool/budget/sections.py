@@ -103,11 +103,11 @@ def _for(models: list[str], modality: str) -> list[str]:
 
 
 def image_section(opts: BudgetOptions, models: list[str], out: BinaryIO, result: Result, targets: list, files: list[str]) -> None:
-    from vlmtool.budget.dataset import _from_file
+    from vlmtool.budget.dataset import read_image
 
     targets = list(targets)
     for path in files:
-        item = _from_file(path, opts.max_image_pixels)
+        item = read_image(path, opts.max_image_pixels)
         if item.error:
             raise JobFailed(f"{path}: {item.error}")
         targets.append((path, item.width, item.height, path))
@@ -191,7 +191,7 @@ def video_section(opts: BudgetOptions, models: list[str], out: BinaryIO, result:
                 r = {**info.to_json(), "model": m, "frames_counted": n, "temporal_pool": opts.temporal_pool,
                      "tokens": video_tokens(m, n, info.width, info.height, **o)}
             else:
-                r = plan_video(m, info, opts.context, opts.reserved, opts.select, opts.sample_fps, opts.frames, **o)
+                r = plan_video(m, info, opts.context, opts.reserved, opts.select, opts.sample_fps, opts.frames, opts.max_frames, **o)
             rows.append({**r, **extras(opts, r["tokens"], _billed(m, r["tokens"], o))})
     if opts.json:
         for r in rows:

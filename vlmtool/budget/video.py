@@ -180,20 +180,25 @@ def select_frames(info: VideoInfo, n: int, strategy: str = "uniform", sample_fps
     return [round(times[i], 4) for i in sorted(out)]
 
 
+DEFAULT_MAX_FRAMES = 100_000  # the most frames a plan lists (a header may claim any count)
+
+
 def plan_video(preset: str, info: VideoInfo, budget: int | None = None, reserved: int = 0, strategy: str = "uniform",
-               sample_fps: float | None = None, num_frames: int | None = None, **options) -> dict:
-    """The whole frame plan for one video: P, f_max, the chosen timestamps and the totals."""
+               sample_fps: float | None = None, num_frames: int | None = None, max_frames: int = DEFAULT_MAX_FRAMES, **options) -> dict:
+    """The whole frame plan for one video: P, f_max, the chosen timestamps and the totals. At most
+    max_frames frames are planned, whatever the budget or the header allows."""
     pool = int(options.get("temporal_pool", 1) or 1)
     if budget is None and num_frames is None:
         num_frames = info.frames
     if budget is not None:
-        fb = frame_budget(preset, budget, info.width, info.height, reserved, **options)
+        fb = frame_budget(preset, budget, info.width, info.height, reserved, max_frames=max_frames, **options)
         n = fb["f_max"]
     else:
         fb = {"model": preset, "budget": None, "reserved": reserved}
         n = int(num_frames or 0)
     if num_frames is not None:
         n = min(n, num_frames)
+    n = min(n, max_frames)
     path = info.path if strategy == "content" else None
     ts = select_frames(info, n, strategy, sample_fps, path)
     if ts and len(ts) < min_frames(preset, info.width, info.height, **options):

@@ -36,6 +36,7 @@ def budget_cmd(
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", metavar="DTYPE", help="KV cache dtype: fp32, bf16, fp16, fp8, int8, int4."),
     price_per_mtok: float | None = typer.Option(None, "--price-per-mtok", min=0.0, help="Price per million input tokens, applied to the billed tokens."),
     max_image_pixels: int = typer.Option(1 << 32, "--max-image-pixels", min=1, help="Datasets: an image whose header declares more pixels is rejected (too_large)."),
+    max_frames: int = typer.Option(100_000, "--max-frames", min=1, help="Video: plan and list at most this many frames, whatever the budget or the header allows."),
     max_parts: int = typer.Option(64, "--max-parts", min=1, help="List a plan's parts (tiles, crops) only up to this many."),
     rows: bool = typer.Option(False, "--rows", help="Datasets: one JSON line per image and model on stdout instead of the summary."),
     json: bool = typer.Option(False, "--json", help="Machine output: JSON lines (one per size and model), or one summary object for datasets."),
