@@ -4,8 +4,8 @@ import sys
 
 import orjson
 import pytest
-
 from conftest import FIXTURES, run_cli
+
 from vlmtool.budget import image_plan, image_tokens, preset_options, video_tokens
 from vlmtool.budget.video import frame_budget, plan_video, probe, select_frames
 from vlmtool.errors import UsageError
@@ -18,7 +18,7 @@ def test_quick_estimate_imports_no_torch_and_answers_json():
         "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted({m.split('.')[0] for m in sys.modules}))))\n"
         "from vlmtool.cli import main\nmain()\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 0, p.stderr
     mods = set(p.stderr.split("MODULES ", 1)[1].split())
     assert not mods & {"torch", "open_clip", "numpy", "av", "webdataset"}
@@ -138,14 +138,17 @@ def test_bad_input_gives_clear_messages(tmp_path):
     for args, msg in cases:
         p = run_cli("budget", *args, check=False)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
-    bad_video = tmp_path / "x.mp4"
+    bad_video = tmp_path / "v" / "x.mp4"
+    bad_video.parent.mkdir()
     bad_video.write_bytes(b"not a video")
     p = run_cli("budget", bad_video, "--context", "10000", check=False)
-    assert p.returncode == 2 and "cannot read video" in p.stderr
-    bad_img = tmp_path / "x.jpg"
+    assert p.returncode == 1 and "cannot read video" in p.stderr and "Traceback" not in p.stderr  # an input failed: 1, like a broken shard
+    bad_img = tmp_path / "i" / "x.jpg"
+    bad_img.parent.mkdir()
     bad_img.write_bytes(b"nope")
-    p = run_cli("budget", tmp_path, "--json", "--no-progress")
-    assert json.loads(p.stdout)["errors"][0]["source"].endswith("x.jpg")
+    p = run_cli("budget", bad_img.parent, "--json", "--no-progress")  # a bad image in a folder: a counted reject, exit 0
+    s = json.loads(p.stdout)
+    assert s["errors"][0]["source"].endswith("x.jpg") and s["rejects"] == {"unreadable_image": 1}
 
 
 def test_draw_writes_an_overlay(tmp_path):
@@ -161,3 +164,25 @@ def test_draw_writes_an_overlay(tmp_path):
 def test_table_for_humans_lists_parts():
     out = run_cli("budget", "--size", "1000x400", "-m", "llava-next").stdout
     assert "tile" in out and "newlines" in out and "2040" in out
+
+
+@pytest.mark.parametrize("preset", ["qwen3-vl", "glm4.1v"])
+def test_frame_budgets_for_the_temporal_merge_presets(preset):
+    # a whole temporal patch (2 frames) is the least these processors take; the plan never asks for 1
+    fb = frame_budget(preset, 16000, 1280, 720)
+    assert fb["min_frames"] == 2 and fb["f_max"] >= 2
+    assert video_tokens(preset, fb["f_max"], 1280, 720) <= 16000 < video_tokens(preset, fb["f_max"] + 1, 1280, 720)
+    with pytest.raises(UsageError, match="temporal_patch_size"):
+        video_tokens(preset, 1, 1280, 720)
+    video = FIXTURES / "shapes" / "videos" / "00000.mp4"
+    plan = plan_video(preset, probe(video), budget=2000, strategy="content")
+    assert 2 <= plan["selected"] == len(plan["timestamps"]) and plan["tokens"] <= 2000
+
+
+def test_a_header_claiming_endless_frames_is_planned_up_to_the_cap():
+    from vlmtool.budget.video import VideoInfo
+
+    info = VideoInfo(None, 640, 360, 30.0, 2**40, 2**40 / 30)  # what a lying header may say
+    plan = plan_video("qwen3-vl", info, budget=10**9, max_frames=5000)
+    assert plan["selected"] == len(plan["timestamps"]) == plan["f_max"] == 5000
+    assert plan["tokens"] == video_tokens("qwen3-vl", 5000, 640, 360)

@@ -4,9 +4,9 @@ import io
 import tarfile
 
 import pytest
+from conftest import FIXTURES
 from PIL import Image
 
-from conftest import FIXTURES
 from vlmtool.budget.dataset import iter_items
 from vlmtool.budget.headers import fast_size
 from vlmtool.core.tarscan import Fallback, tar_members

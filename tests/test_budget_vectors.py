@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmtool.budget import image_plan, image_tokens, video_tokens
+from vlmtool.budget import audio_tokens, image_plan, image_tokens, video_tokens
 from vlmtool.errors import UsageError
 
 VECTORS = json.loads((Path(__file__).parent / "budget_vectors" / "vectors.json").read_text())["vectors"]
@@ -13,7 +13,7 @@ VECTORS = json.loads((Path(__file__).parent / "budget_vectors" / "vectors.json")
 
 def _cases():
     for key, rows in VECTORS.items():
-        if key == "qwen2-vl:video":
+        if key.endswith(":video") or key == "audio":
             continue
         preset, _, opt = key.partition(":")
         options = {}
@@ -23,9 +23,8 @@ def _cases():
         for row in rows:
             if "tokens" in row or "error" in row:
                 yield pytest.param(preset, options, row, id=f"{key}-{row['size'][0]}x{row['size'][1]}")
-            if preset == "qwen2-vl":  # Qwen2.5-VL uses the same processor and checkpoint defaults
-                if "tokens" in row or "error" in row:
-                    yield pytest.param("qwen2.5-vl", options, row, id=f"qwen2.5-{key}-{row['size'][0]}x{row['size'][1]}")
+            if preset == "qwen2-vl" and ("tokens" in row or "error" in row):  # Qwen2.5-VL: the same processor and defaults
+                yield pytest.param("qwen2.5-vl", options, row, id=f"qwen2.5-{key}-{row['size'][0]}x{row['size'][1]}")
 
 
 @pytest.mark.parametrize("preset, options, row", list(_cases()))
@@ -45,6 +44,8 @@ def test_image_tokens_match_reference(preset, options, row):
         assert list(plan.grid) == [row["grid_thw"][1] // 2, row["grid_thw"][2] // 2]
     if "rows_cols" in row and row["rows_cols"][0]:
         assert list(plan.grid) == row["rows_cols"]
+    if "real_tokens" in row:  # the processor's own preprocess agreed with its count method
+        assert plan.tokens == row["real_tokens"]
     if "patches" in row:  # LLaVA-NeXT: base image + grid tiles
         assert 1 + plan.grid[0] * plan.grid[1] == row["patches"]
 
@@ -55,9 +56,35 @@ def test_qwen_video_tokens_match_reference(row):
     assert video_tokens("qwen2-vl", row["frames"], w, h) == row["tokens"]
 
 
+VIDEO = [(key.split(":")[0], row) for key in VECTORS if key.endswith(":video") and key != "qwen2-vl:video" for row in VECTORS[key]]
+
+
+@pytest.mark.parametrize("preset, row", VIDEO, ids=lambda x: x if isinstance(x, str) else f"{x['frames']}f-{x['size'][0]}x{x['size'][1]}")
+def test_frontier_video_tokens_match_reference(preset, row):
+    w, h = row["size"]
+    if "error" in row:
+        with pytest.raises(UsageError):
+            video_tokens(preset, row["frames"], w, h)
+        return
+    assert video_tokens(preset, row["frames"], w, h) == row["tokens"]
+
+
 def test_idefics_helper_and_processor_agree_where_both_ran():
     for name in ("idefics3", "smolvlm", "smolvlm-256m"):
         for row in VECTORS[name]:
             if "rows_cols" in row and row["rows_cols"][0]:
-                n, r, c = row["helper_patches"]
+                _, r, c = row["helper_patches"]
                 assert [r, c] == row["rows_cols"], (name, row)
+
+
+AUDIO = [(key.split(":")[0], row) for key, rows in VECTORS["audio"].items() for row in rows]
+
+
+@pytest.mark.parametrize("preset, row", AUDIO, ids=lambda x: x if isinstance(x, str) else f"{x['seconds']}s")
+def test_audio_tokens_match_reference(preset, row):
+    assert audio_tokens(preset, row["seconds"]) == row["tokens"]
+
+
+def test_gemini_audio_is_the_documented_rate():
+    # ai.google.dev/gemini-api/docs/tokens: "one minute of audio is represented as 1,920 tokens"
+    assert audio_tokens("gemini", 60) == 1920

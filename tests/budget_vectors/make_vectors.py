@@ -16,6 +16,7 @@ examples of their documentation.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import random
 import sys
@@ -23,7 +24,78 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import transformers
+from transformers.image_utils import SizeDict
+from transformers.models.cohere2_vision.image_processing_cohere2_vision import (
+    Cohere2VisionImageProcessor,
+)
+from transformers.models.deepseek_vl.processing_deepseek_vl import (
+    DeepseekVLProcessor,
+)
+from transformers.models.gemma3.image_processing_pil_gemma3 import (
+    Gemma3ImageProcessorPil,
+)
+from transformers.models.gemma3n.processing_gemma3n import Gemma3nProcessor
+from transformers.models.glm4v.image_processing_pil_glm4v import (
+    Glm4vImageProcessorPil,
+)
+from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+    GotOcr2ImageProcessorPil,
+)
+from transformers.models.idefics2.image_processing_pil_idefics2 import (
+    Idefics2ImageProcessorPil,
+)
+from transformers.models.idefics2.processing_idefics2 import Idefics2Processor
+from transformers.models.idefics3.image_processing_pil_idefics3 import (
+    Idefics3ImageProcessorPil,
+)
+from transformers.models.janus.processing_janus import JanusProcessor
+from transformers.models.llama4 import image_processing_llama4 as llama4
+from transformers.models.llama4.processing_llama4 import Llama4Processor
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
+)
+from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
+from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+    LlavaOnevisionImageProcessorPil,
+)
+from transformers.models.llava_onevision.processing_llava_onevision import (
+    LlavaOnevisionProcessor,
+)
+from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
+from transformers.models.ovis2 import image_processing_pil_ovis2 as ovis2
+from transformers.models.ovis2.processing_ovis2 import Ovis2Processor
+from transformers.models.phi4_multimodal import (
+    image_processing_phi4_multimodal as phi4,
+)
+from transformers.models.phi4_multimodal.feature_extraction_phi4_multimodal import (
+    Phi4MultimodalFeatureExtractor,
+)
+from transformers.models.pixtral.image_processing_pil_pixtral import (
+    PixtralImageProcessorPil,
+    get_resize_output_image_size,
+)
+from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
+    Qwen2_5OmniProcessor,
+    _get_feat_extract_output_lengths,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+    Qwen2VLImageProcessorPil,
+)
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
+    Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import (
+    Qwen3VLVideoProcessor,
+)
+from transformers.models.smolvlm.image_processing_pil_smolvlm import (
+    SmolVLMImageProcessorPil,
+)
+from transformers.models.whisper.feature_extraction_whisper import (
+    WhisperFeatureExtractor,
+)
 
 OUT = Path(__file__).with_name("vectors.json")
 
@@ -43,11 +115,11 @@ def arr(w, h):
     return np.zeros((h, w, 3), dtype=np.uint8)
 
 
-def safe(fn):
+def safe(fn, *args):
     try:
-        return fn()
-    except ValueError as e:
-        return {"error": str(e)}
+        return fn(*args)
+    except (ValueError, ZeroDivisionError) as e:  # the reference refuses the size
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def llava_next_like(proc_cls, image_processor, num_image_tokens=None, patch_size=14, vision_aspect_ratio=None, extra=1, strategy="default"):
@@ -62,23 +134,228 @@ def llava_next_like(proc_cls, image_processor, num_image_tokens=None, patch_size
     return count
 
 
-def main() -> None:
-    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-    from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
-    from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+def images(ip, w, h, **kw):
+    """Run an image processor's own preprocess on a w x h array (sizes of REAL only)."""
+    return ip(arr(w, h), return_tensors="np", input_data_format="channels_last", **kw)
 
-    vectors: dict[str, list] = {}
 
+def count_rows(sizes, count, real=None):
+    """[{size, tokens | error}] from count(w, h); with real(w, h) -> dict, that too for REAL sizes."""
+    rows = []
+    for w, h in sizes:
+        n = safe(count, w, h)
+        row = {"size": [w, h], "tokens": int(n)} if not isinstance(n, dict) else {"size": [w, h], **n}
+        if real is not None and "tokens" in row and (w, h) in REAL and w * h <= 4_500_000:
+            got = safe(real, w, h)
+            row = {"size": [w, h], **got} if "error" in got else {**row, **got}  # the processor itself refuses it
+        rows.append(row)
+    return rows
+
+
+def _qwen3_glm(vectors: dict) -> None:
+    # Qwen3-VL (Qwen/Qwen3-VL-* preprocessor_config.json: patch 16, 65536..16777216 pixels).
+    ip = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 65536, "longest_edge": 16777216})
+    vectors["qwen3-vl"] = count_rows(SIZES, lambda w, h: ip.get_number_of_image_patches(h, w) // 4,
+                                     lambda w, h: {"grid_thw": [int(x) for x in images(ip, w, h)["image_grid_thw"][0]]})
+    # GLM-4.1V: the class defaults.
+    ip = Glm4vImageProcessorPil()
+    vectors["glm4.1v"] = count_rows(SIZES, lambda w, h: ip.get_number_of_image_patches(h, w) // 4,
+                                    lambda w, h: {"grid_thw": [int(x) for x in images(ip, w, h)["image_grid_thw"][0]]})
+
+    omni = Qwen2VLVideoProcessor(size=Qwen2_5OmniProcessor.videos_kwargs["size"])  # the Omni processor's video sizes
+    for name, vp in (("qwen3-vl:video", Qwen3VLVideoProcessor()), ("glm4.1v:video", Glm4vVideoProcessor()), ("qwen2.5-omni:video", omni)):
+        rows = []
+        for frames in (1, 2, 3, 4, 8, 15, 16, 64, 300):
+            for w, h in [(640, 360), (1920, 1080), (160, 120), (1280, 720), (28, 28), (3000, 200), (10, 4000)]:
+                n = safe(lambda vp, f, h, w: vp.get_num_of_video_patches(f, h, w, videos_kwargs={}) // 4, vp, frames, h, w)
+                rows.append({"frames": frames, "size": [w, h], **({"tokens": int(n)} if not isinstance(n, dict) else n)})
+        vectors[name] = rows
+
+
+def _llama4_vectors(vectors: dict) -> None:
+    # Llama 4 (meta-llama/Llama-4-Scout-17B-16E-Instruct: 336 px tiles, max_patches 16, patch 14,
+    # pixel shuffle 0.5): every size from the image processor's canvas functions, REAL sizes run.
+
+    per_tile = (336 // default(Llama4Processor, "patch_size")) ** 2 // round(1 / default(Llama4Processor, "pixel_shuffle_ratio") ** 2)
+    possible = torch.tensor(llama4.find_supported_resolutions(16, SizeDict(height=336, width=336)))
+
+    def llama4_count(w, h):
+        rh, rw = (int(x) for x in llama4.get_best_fit((h, w), possible, resize_to_max_canvas=False))
+        n = (rh // 336) * (rw // 336)
+        return per_tile * (n + 1 if n > 1 else 1)
+
+    ip = llama4.Llama4ImageProcessor(max_patches=16, size={"height": 336, "width": 336})
+
+    def llama4_real(w, h):
+        out = ip(arr(w, h), return_tensors="pt", input_data_format="channels_last")  # bf16 pixels: numpy cannot hold them
+        rh, rw = (int(x) for x in out["aspect_ratios"][0])
+        return {"real_tokens": per_tile * (rh * rw + 1 if rh * rw > 1 else 1)}
+
+    vectors["llama4"] = count_rows(SIZES, llama4_count, llama4_real)
+
+
+def _pixtral_vectors(vectors: dict) -> None:
+    # Pixtral 12B (patch 16, longest 1024, no merge) and Mistral Small 3.1 (patch 14, longest 1540,
+    # spatial merge 2): the processor's placeholder count is (h // (patch * merge)) * (w // ...)
+    # of the image processor's output size.
+    for name, patch, longest, merge in (("pixtral", 16, 1024, 1), ("mistral3", 14, 1540, 2)):
+        ip = PixtralImageProcessorPil(patch_size={"height": patch, "width": patch}, size={"longest_edge": longest})
+
+        def pix_count(w, h, patch=patch, longest=longest, merge=merge):
+            rh, rw = get_resize_output_image_size(arr(w, h), size=(longest, longest), patch_size=(patch, patch), input_data_format="channels_last")
+            if not rh // (patch * merge) or not rw // (patch * merge):  # replace_image_token indexes an empty list
+                raise ValueError(f"resized to {rw}x{rh}: no {patch * merge} px token row or column")
+            return (rh // (patch * merge)) * (rw // (patch * merge))
+
+        def pix_real(w, h, ip=ip, patch=patch, merge=merge):
+            rh, rw = (int(x) for x in images(ip, w, h)["image_sizes"][0])
+            return {"real_tokens": (rh // (patch * merge)) * (rw // (patch * merge))}
+
+        vectors[name] = count_rows(SIZES, pix_count, pix_real)
+
+
+def _gotocr2_vectors(vectors: dict) -> None:
+    # Aya Vision (GotOcr2 tiling of 364 px, max 12, thumbnail; 169 a tile), InternVL3 (448, 12, 256).
+    for name, tile, per in (("aya-vision", 364, 169), ("internvl3", 448, 256)):
+        ip = GotOcr2ImageProcessorPil(crop_to_patches=True, min_patches=1, max_patches=12, size={"height": tile, "width": tile})
+        vectors[name] = count_rows(SIZES, lambda w, h, ip=ip, per=per: per * ip.get_number_of_image_patches(h, w),
+                                   lambda w, h, ip=ip, per=per: {"real_tokens": per * int(images(ip, w, h)["num_patches"][0])})
+
+
+def _cohere_vectors(vectors: dict) -> None:
+    # Command A Vision: class defaults (512 px, 1..12, patch 16 -> 256 a tile): its count method for
+    # every size, the image processor run for REAL sizes.
+    cohere = SimpleNamespace(**{k: getattr(Cohere2VisionImageProcessor, k) for k in ("min_patches", "max_patches", "size", "crop_to_patches")})
+    ip = Cohere2VisionImageProcessor()
+    vectors["command-a-vision"] = count_rows(
+        SIZES, lambda w, h: Cohere2VisionImageProcessor.patch_size ** 2 * Cohere2VisionImageProcessor.get_number_of_image_patches(cohere, h, w),
+        lambda w, h: {"real_tokens": Cohere2VisionImageProcessor.patch_size ** 2 * int(images(ip, w, h)["num_patches"][0])})
+
+
+def _idefics2_vectors(vectors: dict) -> None:
+    # Idefics2 with image splitting (off by default: always 64).
+    ip = Idefics2ImageProcessorPil(do_image_splitting=True)
+    vectors["idefics2:do_image_splitting=true"] = [
+        {"size": [w, h], **safe(lambda w, h: {"tokens": 64 * int(images(ip, w, h)["pixel_values"].shape[1])}, w, h)} for w, h in REAL if w * h <= 4_500_000]
+
+
+def _phi4_vectors(vectors: dict) -> None:
+    # Phi-4-multimodal (class defaults: 448 px crops, dynamic_hd 36, patch 14). Every size: the
+    # processor's own dynamic_preprocess with torchvision's resize and pad swapped for shape-only
+    # stand-ins (the count depends on shapes alone) and _preprocess's token formula on the mask it
+    # returns; REAL sizes: the whole image processor run for real (real_tokens).
+
+    blank = torch.zeros(1, 1, 1, dtype=torch.uint8)
+    shapes_only = SimpleNamespace(resize=lambda im, hw, **kw: blank.expand(3, *hw),
+                                  pad=lambda im, pad, **kw: blank.expand(3, im.shape[-2] + pad[3], im.shape[-1] + pad[2]))
+    P4 = phi4.Phi4MultimodalImageProcessor
+    mask_size = P4.size["height"] // P4.patch_size
+
+    def phi4_count(w, h):
+        real_tvf, phi4.tvF = phi4.tvF, shapes_only
+        try:
+            _, mask = P4.dynamic_preprocess(P4(), blank.expand(3, h, w), P4.size["height"], P4.patch_size, mask_size, max_num=P4.dynamic_hd)
+        finally:
+            phi4.tvF = real_tvf
+        mh, mw = mask.shape
+        m = mask.reshape(mh // mask_size, mask_size, mw // mask_size, mask_size).transpose(1, 2).reshape(-1, mask_size, mask_size)
+        d = m[:, 0::2, 0::2].reshape(mh // mask_size, mw // mask_size, mask_size // 2 + mask_size % 2, mask_size // 2 + mask_size % 2)
+        d = d.transpose(1, 2)
+        d = d.reshape(d.size(0) * d.size(1), d.size(2) * d.size(3))
+        return 256 + 1 + int(d.sum().item()) + int(d[:, 0].sum().item()) + 16
+
+    ip = P4()
+    vectors["phi4-mm"] = count_rows(SIZES, phi4_count, lambda w, h: {"real_tokens": int(images(ip, w, h)["num_img_tokens"][0])})
+
+
+def _ovis2_vectors(vectors: dict) -> None:
+    # Ovis2: class defaults (no cropping: 256); with crop_to_patches the covering-area grid, from
+    # the image processor's own function for every size and its preprocess for REAL sizes.
+
+    seq = default(Ovis2Processor, "image_seq_length")
+    side = ovis2.Ovis2ImageProcessorPil.size["height"]
+
+    def ovis2_count(w, h):
+        cols, rows = ovis2.get_min_tile_covering_grid((h, w), target_patch_size=side, max_image_tiles=12)
+        return seq * (1 + rows * cols if rows * cols > 1 else 1)
+
+    ip = ovis2.Ovis2ImageProcessorPil(crop_to_patches=True)
+
+    def ovis2_real(w, h):
+        rows, cols = (int(x) for x in images(ip, w, h)["grids"][0])
+        return {"real_tokens": seq * (1 + rows * cols if rows * cols > 1 else 1)}
+
+    vectors["ovis2:crop_to_patches=true"] = count_rows(SIZES, ovis2_count, ovis2_real)
+    vectors["ovis2"] = [{"size": [w, h], "tokens": seq} for w, h in SIZES]
+
+
+def _molmo_vectors(vectors: dict) -> None:
+    # Molmo2 (the Molmo processor in transformers; class defaults): get_image_grid_and_crops for
+    # every size, the image processor run for REAL sizes; tokens = low-res + high-res pooled grids.
+
+    ip = Molmo2ImageProcessor()
+
+    def molmo_tokens(grid):
+        low_h, low_w, high_h, high_w = (int(x) for x in grid)
+        return low_h * low_w + high_h * high_w
+
+    vectors["molmo"] = count_rows(SIZES, lambda w, h: molmo_tokens(ip.get_image_grid_and_crops(h, w, {})[0]),
+                                  lambda w, h: {"real_tokens": molmo_tokens(ip(arr(w, h), return_tensors="pt",
+                                                                               input_data_format="channels_last")["image_grids"][0])})
+
+
+def _fixed_vectors(vectors: dict) -> None:
+    # Fixed-length encoders: the processors' own defaults and the release configs' image_seq_length.
+
+    fixed = {"deepseek-vl": default(DeepseekVLProcessor, "num_image_tokens"), "janus": default(JanusProcessor, "num_image_tokens"),
+             "gemma3n": default(Gemma3nProcessor, "image_seq_length"), "idefics2": default(Idefics2Processor, "image_seq_len"),
+             "florence2": 577, "paligemma-224": (224 // 14) ** 2, "paligemma-448": (448 // 14) ** 2, "paligemma-896": (896 // 14) ** 2}
+    for name, n in fixed.items():
+        vectors[name] = [{"size": [w, h], "tokens": n} for w, h in SIZES]
+
+
+SECONDS = [1, 1.5, 2.7, 5, 10, 29.99, 30, 30.01, 45, 60, 90.5, 119.99, 120]
+
+
+def frontier(vectors: dict) -> None:
+    """The 2025 families (issue 14): each processor class built from its config values in code."""
+    for part in (_qwen3_glm, _llama4_vectors, _pixtral_vectors, _gotocr2_vectors, _cohere_vectors, _idefics2_vectors, _phi4_vectors, _ovis2_vectors, _molmo_vectors, _fixed_vectors):
+        part(vectors)
+
+
+def default(cls, name):
+    """A processor's own default for an __init__ argument."""
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+def audio(vectors: dict) -> None:
+    """Audio tokens for 1 s to 2 min clips, from the feature extractors run on that many samples."""
+
+
+    whisper_fe, phi4_fe = WhisperFeatureExtractor(), Phi4MultimodalFeatureExtractor()
+    rows = {k: [] for k in ("whisper", "qwen2-audio", "qwen2.5-omni", "phi4-mm", "gemma3n:audio")}
+    for sec in SECONDS:
+        n = round(sec * 16000)
+        wave = np.zeros(n, dtype=np.float32)
+        # Whisper: each 30 s window padded to 3000 frames; the encoder's stride-2 conv halves them.
+        windows = [wave[i : i + whisper_fe.n_samples] for i in range(0, n, whisper_fe.n_samples)]
+        rows["whisper"].append({"seconds": sec, "tokens": sum(whisper_fe(w, sampling_rate=16000)["input_features"].shape[-1] // 2 for w in windows)})
+        # Qwen2-Audio / Qwen2.5-Omni: the processors' _process_audio (padding max_length, attention mask).
+        mask = whisper_fe(wave, sampling_rate=16000, return_attention_mask=True, padding="max_length")["attention_mask"]
+        frames = int(mask.sum(-1)[0])
+        rows["qwen2-audio"].append({"seconds": sec, "tokens": (((frames - 1) // 2 + 1) - 2) // 2 + 1})
+        rows["qwen2.5-omni"].append({"seconds": sec, "tokens": int(_get_feat_extract_output_lengths(np.array(frames)))})
+        rows["phi4-mm"].append({"seconds": sec, "tokens": int(phi4_fe(wave, sampling_rate=16000)["audio_embed_sizes"][0])})
+        rows["gemma3n:audio"].append({"seconds": sec, "tokens": inspect.signature(Gemma3nProcessor.__init__).parameters["audio_seq_length"].default})
+    vectors["audio"] = rows
+
+
+def _llava15_vectors(vectors: dict) -> None:
     # LLaVA-1.5: CLIP 336 crop, (336 // 14)^2 + 1 CLS - 1 (strategy default) (processing_llava.py)
     vectors["llava-1.5"] = [{"size": [w, h], "tokens": (336 // 14) ** 2} for w, h in SIZES]
 
+
+def _llava_next_vectors(vectors: dict) -> None:
     # LLaVA-NeXT (llava-hf/llava-v1.6-mistral-7b-hf): pinpoints, 336 tiles, CLS removed.
     ip = LlavaNextImageProcessorPil(image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
                                     size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
@@ -92,16 +369,20 @@ def main() -> None:
         rows.append(row)
     vectors["llava-next"] = rows
 
+
+def _llava_ov_vectors(vectors: dict) -> None:
     # LLaVA-OneVision (llava-hf/llava-onevision-qwen2-7b-ov-hf): 729 tokens, anyres_max_9, strategy full.
     ip = LlavaOnevisionImageProcessorPil()
     count = llava_next_like(LlavaOnevisionProcessor, ip, num_image_tokens=729, vision_aspect_ratio="anyres_max_9", strategy="full")
     vectors["llava-onevision"] = [{"size": [w, h], "tokens": count(w, h, 384)} for w, h in SIZES]
 
+
+def _qwen2_vectors(vectors: dict) -> None:
     # Qwen2-VL / Qwen2.5-VL: the hub preprocessor config's min/max pixels.
     ip = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056, patch_size=14, merge_size=2, temporal_patch_size=2)
     rows = []
     for w, h in SIZES:
-        n = safe(lambda: ip.get_number_of_image_patches(h, w) // 4)
+        n = safe(lambda h, w: ip.get_number_of_image_patches(h, w) // 4, h, w)
         row = {"size": [w, h], "tokens": n} if isinstance(n, int) else {"size": [w, h], **n}
         if isinstance(n, int) and (w, h) in REAL and w * h <= 4_500_000:
             thw = ip(arr(w, h), return_tensors="np", input_data_format="channels_last")["image_grid_thw"][0]
@@ -111,7 +392,7 @@ def main() -> None:
     vectors["qwen2-vl"] = rows
     ip_small = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=1003520)
     vectors["qwen2-vl:max_pixels=1003520"] = [
-        ({"size": [w, h], "tokens": n} if isinstance(n := safe(lambda: ip_small.get_number_of_image_patches(h, w) // 4), int) else {"size": [w, h], **n})
+        ({"size": [w, h], "tokens": n} if isinstance(n := safe(lambda h, w: ip_small.get_number_of_image_patches(h, w) // 4, h, w), int) else {"size": [w, h], **n})
         for w, h in SIZES]
 
     vp = Qwen2VLVideoProcessor()
@@ -122,6 +403,8 @@ def main() -> None:
             vrows.append({"frames": frames, "size": [w, h], "tokens": int(n)})
     vectors["qwen2-vl:video"] = vrows
 
+
+def _internvl_vectors(vectors: dict) -> None:
     # InternVL 2.5: GotOcr2-style tiling (448 px, 1..12 tiles, thumbnail), 256 tokens a tile.
     ip = GotOcr2ImageProcessorPil(crop_to_patches=True, min_patches=1, max_patches=12, size={"height": 448, "width": 448})
     rows = []
@@ -135,6 +418,8 @@ def main() -> None:
         rows.append(row)
     vectors["internvl2.5"] = rows
 
+
+def _idefics3_vectors(vectors: dict) -> None:
     # Idefics3 / SmolVLM: run the real preprocess (rows/cols of the split), then seq_len per image.
     for name, longest, tile, seq in (("idefics3", 1456, 364, 169), ("smolvlm", 1536, 384, 81), ("smolvlm-256m", 2048, 512, 64)):
         cls = Idefics3ImageProcessorPil if name == "idefics3" else SmolVLMImageProcessorPil
@@ -151,6 +436,8 @@ def main() -> None:
             rows.append(row)
         vectors[name] = rows
 
+
+def _gemma3_vectors(vectors: dict) -> None:
     # Gemma 3 with pan-and-scan on (google/gemma-3-4b-it arguments); off, it is always 256.
     ip = Gemma3ImageProcessorPil(size={"height": 896, "width": 896}, do_pan_and_scan=True, pan_and_scan_min_crop_size=256,
                                  pan_and_scan_max_num_crops=4, pan_and_scan_min_ratio_to_activate=1.2)
@@ -162,6 +449,20 @@ def main() -> None:
     vectors["gemma3:do_pan_and_scan=true"] = rows
     vectors["gemma3"] = [{"size": [w, h], "tokens": 256} for w, h in SIZES]
 
+
+def main() -> None:
+    if sys.argv[1:] == ["--frontier"]:  # remake only the frontier vectors, keep the rest
+        data = json.loads(OUT.read_text())
+        frontier(data["vectors"])
+        audio(data["vectors"])
+        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {OUT} (frontier vectors, transformers {transformers.__version__})")
+        return
+
+    vectors: dict[str, list] = {}
+    for part in (_llava15_vectors, _llava_next_vectors, _llava_ov_vectors, _qwen2_vectors, _internvl_vectors, _idefics3_vectors, _gemma3_vectors):
+        part(vectors)
+
     # Hosted APIs: the documentation's worked examples.
     vectors["gpt-4o"] = [{"size": [1024, 1024], "tokens": 765}, {"size": [2048, 4096], "tokens": 1105},
                          {"size": [4096, 8192], "options": {"detail": "low"}, "tokens": 85}]
@@ -169,6 +470,9 @@ def main() -> None:
     vectors["gpt-4.1-mini"] = [{"size": [1024, 1024], "tokens": 1024, "billed": 1658.88}, {"size": [1800, 2400], "tokens": 1452, "billed": 2352.24}]
     vectors["claude"] = [{"size": [200, 200], "tokens": 54}, {"size": [1000, 1000], "tokens": 1334}, {"size": [1092, 1092], "tokens": 1590}]
     vectors["gemini"] = [{"size": [384, 384], "tokens": 258}, {"size": [100, 300], "tokens": 258}]
+
+    frontier(vectors)
+    audio(vectors)
 
     meta = {"transformers": transformers.__version__, "python": sys.version.split()[0], "script": "tests/budget_vectors/make_vectors.py"}
     OUT.write_text(json.dumps({"meta": meta, "vectors": vectors}, indent=1, sort_keys=True) + "\n")

@@ -11,9 +11,10 @@ This module imports neither torch nor numpy: a quick estimate answers at shell s
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from vlmtool.errors import UsageError
 
@@ -34,25 +35,64 @@ class Part:
         return d
 
 
-@dataclass
-class Plan:
-    preset: str
-    width: int
-    height: int
-    tokens: int  # visual placeholder tokens
-    wrapper_tokens: int = 0  # image start/end, newline, tile-marker tokens around them
-    parts: list[Part] = field(default_factory=list)
-    grid: tuple[int, int] | None = None  # (rows, cols) of tiles, where the model tiles
-    resized: tuple[int, int] | None = None  # (width, height) the encoder sees, where one size applies
-    billed: float | None = None  # hosted APIs: tokens billed, where a multiplier applies
-    note: str = ""
-    options: dict = field(default_factory=dict)
+# The most parts a plan builds (tiles, crops, ...). Counting never builds them: a plan's tokens,
+# grid and part count are arithmetic, and its part list is made only when asked for.
+MAX_PARTS = 65_536
 
-    def to_json(self) -> dict:
+
+class Plan:
+    """One image's plan. `parts` (tiles, thumbnail, base image, newline tokens, each with its box,
+    grid cell and tokens, adding up to `tokens`) is built on first use from `layout` (a list, or
+    a function that makes it), and refused past MAX_PARTS; `n_parts` is known without it."""
+
+    __slots__ = (
+        "_layout",
+        "billed",
+        "grid",
+        "height",
+        "n_parts",
+        "note",
+        "options",
+        "preset",
+        "resized",
+        "tokens",
+        "width",
+        "wrapper_tokens",
+    )
+
+    def __init__(self, preset: str, width: int, height: int, tokens: int, wrapper_tokens: int = 0,
+                 layout: list[Part] | Callable[[], list[Part]] | None = None, grid: tuple[int, int] | None = None,
+                 resized: tuple[int, int] | None = None, billed: float | None = None, note: str = "",
+                 options: dict | None = None, n_parts: int | None = None):
+        self.preset, self.width, self.height, self.tokens, self.wrapper_tokens = preset, width, height, tokens, wrapper_tokens
+        self.grid, self.resized, self.billed, self.note, self.options = grid, resized, billed, note, options or {}
+        self._layout = layout if layout is not None else []
+        self.n_parts = len(self._layout) if isinstance(self._layout, list) else n_parts
+        if self.n_parts is None:
+            raise ValueError("a plan whose parts are built later needs n_parts")
+
+    @property
+    def billed_tokens(self) -> float:
+        """What a hosted API bills (patches x multiplier where one applies); else the tokens."""
+        return self.tokens if self.billed is None else self.billed
+
+    @property
+    def parts(self) -> list[Part]:
+        if not isinstance(self._layout, list):
+            if self.n_parts > MAX_PARTS:
+                raise UsageError(f"{self.preset} at {self.width}x{self.height} has {self.n_parts} parts, more than the "
+                                 f"{MAX_PARTS} a plan lists; its token count ({self.tokens}) needs no part list")
+            self._layout = self._layout()
+            assert len(self._layout) == self.n_parts and sum(p.tokens for p in self._layout) == self.tokens
+        return self._layout
+
+    def to_json(self, max_parts: int = MAX_PARTS) -> dict:
+        """The plan as JSON; `parts` is null when there are more than max_parts of them."""
         d = {"model": self.preset, "width": self.width, "height": self.height, "tokens": self.tokens,
              "wrapper_tokens": self.wrapper_tokens, "total_tokens": self.tokens + self.wrapper_tokens,
              "grid": list(self.grid) if self.grid else None, "resized": list(self.resized) if self.resized else None,
-             "parts": [p.to_json() for p in self.parts], "options": self.options}
+             "n_parts": self.n_parts, "parts": [p.to_json() for p in self.parts] if self.n_parts <= max_parts else None,
+             "options": self.options}
         if self.billed is not None:
             d["billed"] = self.billed
         if self.note:
@@ -67,6 +107,16 @@ def _check_size(width: int, height: int) -> None:
 
 def _box(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tuple[int, int, int, int]:
     return (max(0, round(x0)), max(0, round(y0)), min(w, round(x1)), min(h, round(y1)))
+
+
+def _tiles(rows: int, cols: int, tokens: int, width: int, height: int, extra: tuple[Part, ...] = (), name: str = "tile",
+           fx: float | None = None, fy: float | None = None) -> Callable[[], list[Part]]:
+    """A layout function: rows x cols tiles of `tokens` each, tile (r, c) covering
+    [c*fx, (c+1)*fx) x [r*fy, (r+1)*fy) of the original image (even cuts by default), then `extra`."""
+    fx = width / cols if fx is None else fx
+    fy = height / rows if fy is None else fy
+    return lambda: [Part(name, tokens, _box(c * fx, r * fy, (c + 1) * fx, (r + 1) * fy, width, height), (r, c))
+                    for r in range(rows) for c in range(cols)] + list(extra)
 
 
 def _split(total: int, n: int) -> list[tuple[int, int]]:
@@ -136,7 +186,11 @@ def _anyres(preset: str, width: int, height: int, pinpoints, tile: int, side: in
     N tiles' worth is bilinearly shrunk by the ratio (transformers processing_llava_onevision.py).
     """
     _check_size(width, height)
+    if tile < 1 or side < 1:
+        raise UsageError(f"{preset}: tile_size must be at least patch_size")
     pinpoints = [tuple(p) for p in pinpoints]
+    if any(min(p) < tile for p in pinpoints):
+        raise UsageError(f"{preset}: every grid pinpoint must be at least tile_size ({tile}) on each side")
     best_h, best_w = select_best_resolution(height, width, pinpoints)
     rows, cols = best_h // tile, best_w // tile
     cur_h, cur_w, off_h, off_w = _unpadded(height, width, side * rows, side * cols)
@@ -147,32 +201,35 @@ def _anyres(preset: str, width: int, height: int, pinpoints, tile: int, side: in
         if ratio > 1.1:
             feat_h, feat_w = int(cur_h // ratio), int(cur_w // ratio)
             pooled = True
-    unpadded = feat_h * feat_w
-    # Geometry: the image is scaled to fit (best_w, best_h), centred with padding, cut in tiles.
-    scale = min(best_w / width, best_h / height)
-    new_w, new_h = min(math.ceil(width * scale), best_w), min(math.ceil(height * scale), best_h)
-    pad_x, pad_y = (best_w - new_w) / 2, (best_h - new_h) / 2
-    parts = [Part("base", base, (0, 0, width, height))]
-    # Tokens of each tile: the kept feature cells inside it (after pooling, the kept grid is cut
-    # in near-equal ranges per tile so the tiles add up exactly).
-    if pooled:
+    total = base + feat_h * feat_w + feat_h
+
+    def layout() -> list[Part]:
+        # Geometry: the image is scaled to fit (best_w, best_h), centred with padding, cut in tiles.
+        scale = min(best_w / width, best_h / height)
+        new_w, new_h = min(math.ceil(width * scale), best_w), min(math.ceil(height * scale), best_h)
+        pad_x, pad_y = (best_w - new_w) / 2, (best_h - new_h) / 2
+        parts = [Part("base", base, (0, 0, width, height))]
+        # Tokens of each tile: the kept feature cells inside it (after pooling, the kept grid is cut
+        # in near-equal ranges per tile so the tiles add up exactly).
         row_ranges, col_ranges = _split(feat_h, rows), _split(feat_w, cols)
-        cells = lambda r, c: (row_ranges[r][1] - row_ranges[r][0]) * (col_ranges[c][1] - col_ranges[c][0])  # noqa: E731
-    else:
+
         def cells(r: int, c: int) -> int:
+            if pooled:
+                return (row_ranges[r][1] - row_ranges[r][0]) * (col_ranges[c][1] - col_ranges[c][0])
             rh = max(0, min((r + 1) * side, off_h + cur_h) - max(r * side, off_h))
             cw = max(0, min((c + 1) * side, off_w + cur_w) - max(c * side, off_w))
             return rh * cw
-    for r in range(rows):
-        for c in range(cols):
-            x0, y0 = (c * tile - pad_x) / scale, (r * tile - pad_y) / scale
-            x1, y1 = ((c + 1) * tile - pad_x) / scale, ((r + 1) * tile - pad_y) / scale
-            parts.append(Part("tile", cells(r, c), _box(x0, y0, x1, y1, width, height), (r, c)))
-    parts.append(Part("newlines", feat_h))
-    total = base + unpadded + feat_h
-    assert sum(p.tokens for p in parts) == total
+
+        for r in range(rows):
+            for c in range(cols):
+                x0, y0 = (c * tile - pad_x) / scale, (r * tile - pad_y) / scale
+                x1, y1 = ((c + 1) * tile - pad_x) / scale, ((r + 1) * tile - pad_y) / scale
+                parts.append(Part("tile", cells(r, c), _box(x0, y0, x1, y1, width, height), (r, c)))
+        parts.append(Part("newlines", feat_h))
+        return parts
+
     note = f"grid features {feat_h}x{feat_w}" + (f" (pooled from {cur_h}x{cur_w})" if pooled else "")
-    return Plan(preset, width, height, total, 0, parts, grid=(rows, cols), resized=(best_w, best_h), note=note)
+    return Plan(preset, width, height, total, 0, layout, grid=(rows, cols), resized=(best_w, best_h), note=note, n_parts=rows * cols + 2)
 
 
 def llava_next(width: int, height: int, grid_pinpoints=LLAVA_NEXT_PINPOINTS, tile_size: int = 336, patch_size: int = 14) -> Plan:
@@ -192,6 +249,17 @@ def llava_onevision(width: int, height: int, grid_pinpoints=LLAVA_OV_PINPOINTS, 
     _get_number_of_features / _get_unpadded_features (vision_feature_select_strategy=full)."""
     side = tile_size // patch_size
     return _anyres("llava-onevision", width, height, grid_pinpoints, tile_size, side, side * side, max_tiles)
+
+
+def llava_onevision_video(num_frames: int, width: int, height: int, tile_size: int = 384, patch_size: int = 14) -> int:
+    """LLaVA-OneVision video: each frame's 27x27 grid pooled 2x2 (bilinear, ceil: 14x14 = 196),
+    and one newline token for the whole video. Ref: transformers
+    models/llava_onevision/processing_llava_onevision.py (num_video_tokens = (num_frames *
+    pooled_height_width * pooled_height_width) + 1)."""
+    if tile_size < patch_size:
+        raise UsageError("llava-onevision: tile_size must be at least patch_size")
+    pooled = math.ceil(tile_size // patch_size / 2)
+    return num_frames * pooled * pooled + 1
 
 
 # ---------------------------------------------------------------------------------- Qwen2-VL
@@ -272,7 +340,7 @@ def tiled_canvas(height: int, width: int, tile: int, min_tiles: int, max_tiles: 
     internvl_chat/internvl/train/dataset.py find_closest_aspect_ratio; transformers
     models/got_ocr2/image_processing_got_ocr2.py get_optimal_tiled_canvas."""
     # (cols, rows) by tile count, in transformers' get_all_supported_aspect_ratios order
-    ratios = sorted(((w, h) for w in range(1, max_tiles + 1) for h in range(1, max_tiles + 1) if min_tiles <= w * h <= max_tiles),
+    ratios = sorted(((w, h) for w in range(1, max_tiles + 1) for h in range(max(1, -(-min_tiles // w)), max_tiles // w + 1)),
                     key=lambda r: r[0] * r[1])
     aspect = width / height
     area = width * height
@@ -298,15 +366,16 @@ def internvl(width: int, height: int, tile_size: int = 448, min_tiles: int = 1, 
     if min_tiles < 1 or max_tiles < min_tiles:
         raise UsageError("InternVL needs 1 <= min_tiles <= max_tiles")
     cols, rows = tiled_canvas(height, width, tile_size, min_tiles, max_tiles)
-    parts = []
-    for r in range(rows):
-        for c in range(cols):
-            box = _box(c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows, width, height)
-            parts.append(Part("tile", tokens_per_tile, box, (r, c)))
-    if use_thumbnail and cols * rows > 1:
-        parts.append(Part("thumbnail", tokens_per_tile, (0, 0, width, height)))
-    n = sum(p.tokens for p in parts)
-    return Plan("internvl2.5", width, height, n, 2, parts, grid=(rows, cols), resized=(cols * tile_size, rows * tile_size))
+    thumb = (Part("thumbnail", tokens_per_tile, (0, 0, width, height)),) if use_thumbnail and cols * rows > 1 else ()
+    n = tokens_per_tile * (rows * cols + len(thumb))
+    return Plan("internvl2.5", width, height, n, 2, _tiles(rows, cols, tokens_per_tile, width, height, thumb), grid=(rows, cols),
+                resized=(cols * tile_size, rows * tile_size), n_parts=rows * cols + len(thumb))
+
+
+def internvl_video(num_frames: int, width: int, height: int, tokens_per_tile: int = 256) -> int:
+    """InternVL video: each frame is one 448 px tile (no splitting, no thumbnail), 256 tokens.
+    Ref: transformers models/internvl/processing_internvl.py (video frames: one patch each)."""
+    return num_frames * tokens_per_tile
 
 
 # ---------------------------------------------------------------------------------- Idefics3 / SmolVLM
@@ -365,14 +434,13 @@ def _idefics(preset: str, width: int, height: int, longest_edge: int, tile_size:
     if h > tile_size or w > tile_size:
         rows = (h - tile_size) // tile_size + 1
         cols = (w - tile_size) // tile_size + 1
-        parts = [Part("tile", image_seq_len, _box(c * tile_size * width / w, r * tile_size * height / h,
-                                                   (c + 1) * tile_size * width / w, (r + 1) * tile_size * height / h, width, height), (r, c))
-                 for r in range(rows) for c in range(cols)]
-        parts.append(Part("global", image_seq_len, (0, 0, width, height)))
+        glob = (Part("global", image_seq_len, (0, 0, width, height)),)
+        layout = _tiles(rows, cols, image_seq_len, width, height, glob, fx=tile_size * width / w, fy=tile_size * height / h)
         # per tile <fake_token_around_image><row_r_col_c>, a newline per row, then
         # \n<fake_token_around_image><global-img> ... <fake_token_around_image>
         wrappers = 2 * rows * cols + rows + 4
-        return Plan(preset, width, height, image_seq_len * (rows * cols + 1), wrappers, parts, grid=(rows, cols), resized=(w, h))
+        return Plan(preset, width, height, image_seq_len * (rows * cols + 1), wrappers, layout, grid=(rows, cols), resized=(w, h),
+                    n_parts=rows * cols + 1)
     return Plan(preset, width, height, image_seq_len, 3, [Part("image", image_seq_len, (0, 0, width, height))], resized=(w, h))
 
 
@@ -406,18 +474,18 @@ def pan_and_scan_crops(width: int, height: int, min_crop_size: int = 256, max_nu
     if width >= height:
         if width / height < min_ratio_to_activate:
             return 0, 0
-        nw = int(math.floor(width / height + 0.5))
-        nw = min(int(math.floor(width / min_crop_size)), nw)
+        nw = math.floor(width / height + 0.5)
+        nw = min(math.floor(width / min_crop_size), nw)
         nw = min(max_num_crops, max(2, nw))
         nh = 1
     else:
         if height / width < min_ratio_to_activate:
             return 0, 0
-        nh = int(math.floor(height / width + 0.5))
-        nh = min(int(math.floor(height / min_crop_size)), nh)
+        nh = math.floor(height / width + 0.5)
+        nh = min(math.floor(height / min_crop_size), nh)
         nh = min(max_num_crops, max(2, nh))
         nw = 1
-    cw, ch = int(math.ceil(width / nw)), int(math.ceil(height / nh))
+    cw, ch = math.ceil(width / nw), math.ceil(height / nh)
     if min(cw, ch) < min_crop_size:
         return 0, 0
     return nw, nh
@@ -465,14 +533,12 @@ def _openai_tiles(preset: str, width: int, height: int, detail: str, base: int, 
     if min(w, h) > 768:
         s = 768 / min(w, h)
         w, h = w * s, h * s
-    w, h = int(w), int(h)
+    w, h = max(1, int(w)), max(1, int(h))  # a side under 1 px after scaling (aspect over 2048:1) is 1 px
     cols, rows = math.ceil(w / 512), math.ceil(h / 512)
-    sx, sy = width / w, height / h
-    parts = [Part("base", base, (0, 0, width, height))]
-    parts += [Part("tile", per_tile, _box(c * 512 * sx, r * 512 * sy, (c + 1) * 512 * sx, (r + 1) * 512 * sy, width, height), (r, c))
-              for r in range(rows) for c in range(cols)]
-    return Plan(preset, width, height, base + per_tile * rows * cols, 0, parts, grid=(rows, cols), resized=(w, h),
-                options={"detail": detail}, note="detail=auto is billed as high" if detail == "auto" else "")
+    layout = _tiles(rows, cols, per_tile, width, height, fx=512 * width / w, fy=512 * height / h)
+    return Plan(preset, width, height, base + per_tile * rows * cols, 0, lambda: [Part("base", base, (0, 0, width, height))] + layout(),
+                grid=(rows, cols), resized=(w, h), options={"detail": detail}, n_parts=1 + rows * cols,
+                note="detail=auto is billed as high" if detail == "auto" else "")
 
 
 def gpt_4o(width: int, height: int, detail: str = "high") -> Plan:
@@ -527,9 +593,16 @@ def gemini(width: int, height: int, small_side: int = 384, tile_size: int = 768,
     if width <= small_side and height <= small_side:
         return Plan("gemini", width, height, tokens_per_tile, 0, [Part("image", tokens_per_tile, (0, 0, width, height))])
     cols, rows = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    parts = [Part("tile", tokens_per_tile, _box(c * tile_size, r * tile_size, (c + 1) * tile_size, (r + 1) * tile_size, width, height), (r, c))
-             for r in range(rows) for c in range(cols)]
-    return Plan("gemini", width, height, tokens_per_tile * rows * cols, 0, parts, grid=(rows, cols), note="tiling is an estimate")
+    layout = _tiles(rows, cols, tokens_per_tile, width, height, fx=tile_size, fy=tile_size)
+    return Plan("gemini", width, height, tokens_per_tile * rows * cols, 0, layout, grid=(rows, cols), n_parts=rows * cols,
+                note="tiling is an estimate")
+
+
+def gemini_video(num_frames: int, width: int, height: int, tokens_per_frame: int = 258) -> int:
+    """Gemini video: 258 tokens a frame, whatever its size. Google documents video at 263 tokens a
+    second at the default 1 frame a second, without breaking down the 5 beyond the frame's 258;
+    audio is counted apart (audio_tokens: 32 a second). Ref: ai.google.dev/gemini-api/docs/tokens."""
+    return num_frames * tokens_per_frame
 
 
 # ---------------------------------------------------------------------------------- custom
@@ -557,32 +630,48 @@ def custom(width: int, height: int, image_size: int = 336, patch_size: int = 14,
     cols, rows = math.ceil(width / tile_size), math.ceil(height / tile_size)
     if cols * rows > max_tiles:  # the largest grid within max_tiles, closest to the image's shape
         aspect = width / height
-        cols, rows = max(((c, r) for c in range(1, cols + 1) for r in range(1, rows + 1) if c * r <= max_tiles),
+        # for each column count, the most rows that fit (fewer rows never win: the grid would be smaller)
+        cols, rows = max(((c, min(rows, max_tiles // c)) for c in range(1, min(cols, max_tiles) + 1)),
                          key=lambda g: (g[0] * g[1], -abs(math.log(g[0] / g[1] / aspect))))
-    parts = [Part("tile", p, _box(c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows, width, height), (r, c))
-             for r in range(rows) for c in range(cols)]
-    if thumbnail:
-        parts.append(Part("thumbnail", p, (0, 0, width, height)))
-    n = p * len(parts)
-    return Plan("custom", width, height, n, 0, parts, grid=(rows, cols),
+    thumb = (Part("thumbnail", p, (0, 0, width, height)),) if thumbnail else ()
+    n = p * (rows * cols + len(thumb))
+    return Plan("custom", width, height, n, 0, _tiles(rows, cols, p, width, height, thumb), grid=(rows, cols), n_parts=rows * cols + len(thumb),
                 note=f"N={rows * cols} tiles x P_t={p} + P_0={p if thumbnail else 0}")
 
 
-PRESETS: dict[str, Callable[..., Plan]] = {
-    "llava-1.5": llava_15,
-    "llava-next": llava_next,
-    "llava-onevision": llava_onevision,
-    "qwen2-vl": qwen2_vl,
-    "qwen2.5-vl": qwen25_vl,
-    "internvl2.5": internvl,
-    "idefics3": idefics3,
-    "smolvlm": smolvlm,
-    "smolvlm-256m": smolvlm_256m,
-    "gemma3": gemma3,
-    "gpt-4o": gpt_4o,
-    "gpt-4o-mini": gpt_4o_mini,
-    "gpt-4.1-mini": gpt_41_mini,
-    "claude": claude,
-    "gemini": gemini,
-    "custom": custom,
-}
+# ---------------------------------------------------------------------------------- the registry's entries
+
+
+MODALITIES = ("image", "video", "audio")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str  # the reference the rule follows
+    config: str  # "release": the main release's published config; "class": the processor class defaults
+    image: Callable[..., Plan] | None = None
+    video: Callable[..., int] | None = None  # (num_frames, width, height, **options); None: each frame is an image
+    audio: Callable[..., int] | None = None  # (seconds, **options)
+    ranges: dict = field(default_factory=dict)  # option -> (low, high), beside the shared RANGES
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if self.rule(m) is not None)
+
+    def rule(self, modality: str) -> Callable | None:
+        if modality == "video":
+            return self.video or (self.image and _frames_as_images(self.name))
+        return getattr(self, modality)
+
+
+def _frames_as_images(name: str) -> Callable[..., int]:
+    """A video rule for a preset without one: every frame is encoded as an image."""
+    from vlmtool.budget import image_tokens
+    from vlmtool.budget.registry import PRESETS
+
+    def frames(num_frames: int, width: int, height: int, **options) -> int:
+        return num_frames * image_tokens(name, width, height, **options) if num_frames else 0
+
+    frames.__signature__ = inspect.signature(PRESETS[name].image)  # the image's options
+    return frames

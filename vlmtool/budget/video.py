@@ -10,7 +10,6 @@ from pathlib import Path
 from vlmtool.budget import video_tokens
 from vlmtool.errors import UsageError
 
-VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".gif")
 STRATEGIES = ("uniform", "fps", "content")
 
 
@@ -32,8 +31,10 @@ def probe(path: str | Path) -> VideoInfo:
     """Size, frame rate, frame count and duration from the container (no decoding)."""
     import av
 
+    from vlmtool.core.shards import open_input
+
     try:
-        with av.open(str(path)) as c:
+        with open_input(str(path)) as f, av.open(f) as c:
             if not c.streams.video:
                 raise UsageError(f"{path}: no video stream")
             s = c.streams.video[0]
@@ -44,37 +45,52 @@ def probe(path: str | Path) -> VideoInfo:
                 duration = c.duration / 1_000_000
             else:
                 duration = 0.0
-            frames = int(s.frames or 0) or (int(round(duration * fps)) if fps else 0)
+            frames = int(s.frames or 0) or (round(duration * fps) if fps else 0)
             return VideoInfo(str(path), s.codec_context.width, s.codec_context.height, fps, frames, duration)
     except UsageError:
         raise
-    except Exception as e:  # av.error.InvalidDataError, FileNotFoundError, ...
+    except Exception as e:  # noqa: BLE001 - PyAV raises many kinds (InvalidDataError, OSError, ...): each is one line
         raise UsageError(f"{path}: cannot read video ({type(e).__name__}: {e})") from None
+
+
+def min_frames(preset: str, width: int, height: int, **options) -> int:
+    """The fewest frames the preset's video processor takes (Qwen3-VL and GLM-4.1V need a whole
+    temporal patch: 2); UsageError with the rule's reason when none up to 64 is accepted."""
+    error = None
+    for n in range(1, 65):
+        try:
+            video_tokens(preset, n, width, height, **options)
+            return n
+        except UsageError as e:
+            error = e
+    raise error
 
 
 def frame_budget(preset: str, budget: int, width: int, height: int, reserved: int = 0, max_frames: int | None = None, **options) -> dict:
     """f_max = the largest frame count whose tokens fit budget - reserved, found exactly from
     video_tokens (for a linear rule that is floor((B - R) / P))."""
     room = budget - reserved
-    one = video_tokens(preset, 1, width, height, **dict(options))
+    first = min_frames(preset, width, height, **options)
+    one = video_tokens(preset, first, width, height, **options)
     if room < one:
-        raise UsageError(f"a budget of {budget} tokens ({reserved} reserved for text) is smaller than one frame "
+        least = "one frame" if first == 1 else f"the {first} frames {preset}'s video processor takes at least"
+        raise UsageError(f"a budget of {budget} tokens ({reserved} reserved for text) is smaller than {least} "
                          f"({one} tokens for {preset} at {width}x{height})")
-    lo, hi = 1, 2
+    lo, hi = first, 2 * first
     cap = max_frames if max_frames is not None else 10**7
-    while hi <= cap and video_tokens(preset, hi, width, height, **dict(options)) <= room:
+    while hi <= cap and video_tokens(preset, hi, width, height, **options) <= room:
         lo, hi = hi, hi * 2
     hi = min(hi, cap + 1)
     while hi - lo > 1:  # video_tokens grows with frames: the last count that fits
         mid = (lo + hi) // 2
-        if video_tokens(preset, mid, width, height, **dict(options)) <= room:
+        if video_tokens(preset, mid, width, height, **options) <= room:
             lo = mid
         else:
             hi = mid
     f_max = lo
-    tokens = video_tokens(preset, f_max, width, height, **dict(options))
+    tokens = video_tokens(preset, f_max, width, height, **options)
     return {"model": preset, "budget": budget, "reserved": reserved, "tokens_per_frame": round(tokens / f_max, 3),
-            "first_frame_tokens": one, "f_max": f_max, "tokens": tokens}
+            "first_frame_tokens": one, "min_frames": first, "f_max": f_max, "tokens": tokens}
 
 
 def change_curve(path: str | Path, size: int = 64, max_rate: float = 8.0, threshold: float = 12.0) -> tuple[list[float], list[float]]:
@@ -164,22 +180,29 @@ def select_frames(info: VideoInfo, n: int, strategy: str = "uniform", sample_fps
     return [round(times[i], 4) for i in sorted(out)]
 
 
+DEFAULT_MAX_FRAMES = 100_000  # the most frames a plan lists (a header may claim any count)
+
+
 def plan_video(preset: str, info: VideoInfo, budget: int | None = None, reserved: int = 0, strategy: str = "uniform",
-               sample_fps: float | None = None, num_frames: int | None = None, **options) -> dict:
-    """The whole frame plan for one video: P, f_max, the chosen timestamps and the totals."""
+               sample_fps: float | None = None, num_frames: int | None = None, max_frames: int = DEFAULT_MAX_FRAMES, **options) -> dict:
+    """The whole frame plan for one video: P, f_max, the chosen timestamps and the totals. At most
+    max_frames frames are planned, whatever the budget or the header allows."""
     pool = int(options.get("temporal_pool", 1) or 1)
     if budget is None and num_frames is None:
         num_frames = info.frames
     if budget is not None:
-        fb = frame_budget(preset, budget, info.width, info.height, reserved, **options)
+        fb = frame_budget(preset, budget, info.width, info.height, reserved, max_frames=max_frames, **options)
         n = fb["f_max"]
     else:
         fb = {"model": preset, "budget": None, "reserved": reserved}
         n = int(num_frames or 0)
     if num_frames is not None:
         n = min(n, num_frames)
+    n = min(n, max_frames)
     path = info.path if strategy == "content" else None
     ts = select_frames(info, n, strategy, sample_fps, path)
+    if ts and len(ts) < min_frames(preset, info.width, info.height, **options):
+        raise UsageError(f"{info.path or 'video'}: {len(ts)} frame(s) selected, fewer than {preset}'s video processor takes")
     tokens = video_tokens(preset, len(ts), info.width, info.height, **dict(options))
     out = {**info.to_json(), **fb, "strategy": strategy, "temporal_pool": pool, "selected": len(ts), "timestamps": ts, "tokens": tokens}
     if budget is not None:
