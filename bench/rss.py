@@ -9,12 +9,17 @@ read from the kernel (getrusage RUSAGE_CHILDREN of a fresh waiter process).
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
+import os
 import sys
-import tempfile
-from pathlib import Path
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # bench/inspect.py must not shadow the stdlib
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 WAITER = """
 import resource, subprocess, sys
