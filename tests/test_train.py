@@ -3,6 +3,7 @@ against one process, and bad input as one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_data import make_features, make_instructions, tiny_opts
+from test_train_data import make_features, make_instructions, one_thread, tiny_opts  # noqa: F401 (one_thread: autouse)
 
 from vlmtool.vlm.train import run_train
 
@@ -102,7 +103,7 @@ def _train_args(feats, out, *extra):
 @pytest.mark.slow
 def test_a_sigkilled_run_resumes_to_the_same_weights(data, tmp_path):
     feats, ins = data
-    common = ["--stage", "2", "--instructions", ins, "--steps", "60", "--batch-size", "4", "--save-every", "3",
+    common = ["--stage", "2", "--instructions", ins, "--steps", "40", "--batch-size", "4", "--save-every", "3",
               "--text-mix", "0.3", "--shuffle-buffer", "8"]
     out = tmp_path / "killed"
     p = subprocess.Popen(_train_args(feats, out, *common), env=_env(), stderr=subprocess.DEVNULL)
@@ -112,10 +113,10 @@ def test_a_sigkilled_run_resumes_to_the_same_weights(data, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     state = torch.load(out / "train_state.pt", weights_only=True)
-    assert 0 < state["step"] < 60  # killed mid-run, after a checkpoint
+    assert 0 < state["step"] < 40  # killed mid-run, after a checkpoint
     r = subprocess.run(_train_args(feats, out, *common, "--json"), env=_env(), capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
-    run_train([str(feats)], str(tmp_path / "straight"), tiny_opts(stage=2, instructions=str(ins), steps=60, save_every=3,
+    run_train([str(feats)], str(tmp_path / "straight"), tiny_opts(stage=2, instructions=str(ins), steps=40, save_every=3,
                                                                     text_mix=0.3))
     a, b = weights(tmp_path / "straight"), weights(out)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
@@ -145,3 +146,38 @@ def test_bad_input_is_one_line_and_exit_2(data, tmp_path):
     run_train([str(feats)], str(tmp_path / "s1"), tiny_opts(stage=1, steps=1))
     code, err = cli("train", narrow, "--stage", "1", "--init", tmp_path / "s1", "--out", tmp_path / "o2", "--no-progress", "--workers", "0")
     assert code == 2 and "width 16" in err and len(err.strip().splitlines()) == 1
+
+
+def test_native_connector_trains_on_image_shards_and_answers(tmp_path):
+    from PIL import Image
+
+    from vlmtool.core.records import Reject, iter_samples
+    from vlmtool.core.shards import expand_inputs, shard_refs
+    from vlmtool.vlm.infer import load_answerer
+    from vlmtool.world import make_world
+
+    make_world(tmp_path / "w", samples=12, shard_size=6, seed=0, sizes="small")
+    rows = [{"shard": str(ref.url), "key": s.key, "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"},
+                                                                     {"from": "gpt", "value": s.caption}]}
+            for ref in shard_refs(expand_inputs([str(tmp_path / "w")])) for s in iter_samples(ref) if not isinstance(s, Reject)]
+    (tmp_path / "ins.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    native = {"connector": "native", "image_size": 32, "patch_size": 8}
+    s1 = run_train([str(tmp_path / "w")], str(tmp_path / "n1"), tiny_opts(stage=1, steps=2, **native))
+    s2 = run_train([str(tmp_path / "w")], str(tmp_path / "n2"), tiny_opts(stage=2, steps=2, init=str(tmp_path / "n1"),
+                                                                            instructions=str(tmp_path / "ins.jsonl"), text_mix=0.5, **native))
+    assert s1["connector"] == s2["connector"] == "native" and s2["instruction_joined"] == 12
+    w1, w2 = weights(tmp_path / "n1"), weights(tmp_path / "n2")
+    assert all(not torch.equal(w1[k], w2[k]) for k in ("connector.proj.weight", "connector.proj.bias"))
+    answers = load_answerer(tmp_path / "n2", "cpu").answer([Image.new("RGB", (40, 30), (200, 0, 0))] * 2, ["What is shown?"] * 2,
+                                                           max_new_tokens=4)
+    assert len(answers) == 2 and answers[0] == answers[1]
+
+
+def test_xattn_stage1_trains_the_gated_blocks_only(data, tmp_path):
+    feats, _ = data
+    s = run_train([str(feats)], str(tmp_path / "x0"), tiny_opts(stage=0, steps=1))
+    run_train([str(feats)], str(tmp_path / "x1"), tiny_opts(stage=1, steps=2, connector="xattn", init=str(tmp_path / "x0")))
+    w0, w1 = weights(tmp_path / "x0"), weights(tmp_path / "x1")
+    assert s["complete"] and all(torch.equal(w0[k], w1[k]) for k in w0 if k.startswith("lm."))
+    gates = [k for k in w1 if k.startswith("connector.") and "gate" in k]
+    assert gates and all(float(w1[k].abs().max()) > 0 for k in gates)  # the tanh gates open from 0

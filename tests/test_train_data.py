@@ -16,6 +16,18 @@ from vlmtool.vlm.tiny import COLOURS, SHAPES
 WIDTH = 32
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models run on one thread: on a shared 2-core machine, torch's thread pool waiting
+    for busy cores made them ten times slower. Restored after each test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_features(root: Path, shards: int = 2, per_shard: int = 10, width: int = WIDTH, tokens: int = 4, seed: int = 0) -> Path:
     """DIR/features.json + DIR/shards/0000i.tar with KEY.tokens.npy (float16 [tokens, width]) and
     KEY.json; a sample's vectors encode its colour and shape, so there is something to learn."""
@@ -135,3 +147,20 @@ def test_a_shard_of_another_width_is_refused(tmp_path):
     (b / "shards" / "00000.tar").rename(a / "shards" / "00001.tar")
     with pytest.raises(UsageError, match="width 16"):
         open_inputs([str(a)])
+
+
+def make_tower_features(root: Path, shards: int = 1, per_shard: int = 10) -> Path:
+    """Feature shards whose features.json names a real (random, saved) tiny-clip tower, so that
+    `vlmtool infer` can encode new images with it: width 128, as tiny-clip's ViT."""
+    import torch
+
+    from vlmtool.clip.model import load_clip
+    from vlmtool.core.shards import read_json, write_json
+
+    feats = make_features(root, shards=shards, per_shard=per_shard, width=128)
+    torch.manual_seed(0)
+    torch.save(load_clip("tiny-clip", "random").model.state_dict(), root / "tiny-clip.pt")
+    fj = read_json(feats / "features.json")
+    fj["tower"].update({"pretrained": str(root / "tiny-clip.pt"), "image_size": 64, "patch_size": 8})
+    write_json(feats / "features.json", fj)
+    return feats
