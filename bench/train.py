@@ -130,10 +130,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared CPU's cores are busy, and waiting "
+                    "thread pools cost more than they give on a small model)")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vlmtool-bench"))
     a = ap.parse_args()
 
+    import torch
+
     from vlmtool.vlm.train import TrainOptions, run_train
+
+    torch.set_num_threads(a.threads)
 
     root = Path(a.cache) / f"train-{a.samples}-{a.tokens}-{a.width}"
     feats, ins = make_data(root, a.samples, a.tokens, a.width)
@@ -147,7 +153,8 @@ def main() -> None:
         with_cache, without = generation(Path(f"{tmp}/s2"), feats, 8, a.new_tokens)
     print(f"machine: {machine()}")
     print(f"model: bundled LM d_model {a.d_model}, {a.n_layers} layers, mlp connector; {a.samples} samples x {a.tokens} visual "
-          f"tokens of width {a.width}; batch {a.batch_size}, {a.steps} steps, stage 2, text mix 0.1")
+          f"tokens of width {a.width}; batch {a.batch_size}, {a.steps} steps, stage 2, text mix 0.1, {a.threads} torch thread(s), "
+          f"{a.workers} loader worker(s)")
     print(f"(a) forward+backward+step on ready tensors : {a_rate:8.1f} samples/s")
     print(f"(b) vlmtool train end to end                : {b_rate:8.1f} samples/s   -> {b_rate / a_rate:.2f} of the bound")
     print(f"(c) generation, batch 8, {a.new_tokens} new tokens: KV cache {with_cache:.1f} tokens/s, no cache {without:.1f} tokens/s "
