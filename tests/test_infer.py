@@ -79,3 +79,29 @@ def test_missing_checkpoint_and_missing_image_are_one_line(ckpt, tmp_path):
     assert code == 2 and err.strip() == f"vlmtool: error: checkpoint {tmp_path / 'nope'}: no such folder"
     code, err = cli("infer", "-c", ckpt / "ck", "--image", tmp_path / "none.png", "-q", "x", "--device", "cpu")
     assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_infer_over_image_shards_answers_every_sample(ckpt, capsys):
+    from conftest import FIXTURES
+
+    from vlmtool.core.records import Reject, iter_samples
+    from vlmtool.core.samples import SampleError
+    from vlmtool.core.shards import expand_inputs, shard_refs
+
+    keys, broken = [], 0
+    for ref in shard_refs(expand_inputs([str(FIXTURES / "shapes")])):
+        for s in iter_samples(ref):
+            try:
+                if isinstance(s, Reject):
+                    raise SampleError(s.reason)
+                s.load_image()
+                keys.append((ref.name, s.key))
+            except SampleError:
+                broken += 1
+    code, err = cli("infer", "-c", ckpt / "ck", "--shards", FIXTURES / "shapes", "-q", "What is shown?", "--json",
+                    "--max-new-tokens", "2", "--device", "cpu", "--batch-size", "16")
+    assert code == 0, err
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    answered = [(r["shard"], r["key"]) for r in rows if "answer" in r]
+    assert answered == keys  # every readable sample once, in order; broken ones as error rows
+    assert all("error" in r for r in rows if "answer" not in r) and len(rows) == len(keys) + broken

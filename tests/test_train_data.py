@@ -164,3 +164,12 @@ def make_tower_features(root: Path, shards: int = 1, per_shard: int = 10) -> Pat
     fj["tower"].update({"pretrained": str(root / "tiny-clip.pt"), "image_size": 64, "patch_size": 8})
     write_json(feats / "features.json", fj)
     return feats
+
+
+def test_a_run_whose_every_sample_is_too_long_stops_with_one_line(tmp_path):
+    from vlmtool.errors import UsageError
+    from vlmtool.vlm.train import run_train
+
+    feats = make_features(tmp_path / "f", shards=1, per_shard=4, tokens=40)
+    with pytest.raises(UsageError, match="too_long: 4"):
+        run_train([str(feats)], str(tmp_path / "o"), tiny_opts(stage=1, max_seq=32, val_samples=0))

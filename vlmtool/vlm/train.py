@@ -332,8 +332,29 @@ def _loader(refs, prep: Prep, plan: Plan, opts: TrainOptions, dist, skip: int) -
 
     stream = TrainStream(refs, None, opts.seed, dist.rank, dist.world_size, buffer=opts.shuffle_buffer,
                          read_shard=partial(prep.read, plan.src))
-    items = iter(loader(stream, opts.workers, prefetch=8, shards=len(refs[dist.rank :: dist.world_size])))
-    return Batcher(items, opts.batch_size, skip=skip)
+    mine = len(refs[dist.rank :: dist.world_size])
+    items = iter(loader(stream, opts.workers, prefetch=8, shards=mine))
+    return Batcher(_never_empty(items, max(1, min(opts.workers, mine))), opts.batch_size, skip=skip)
+
+
+def _never_empty(items, readers: int):
+    """Pass the stream through, but stop a run whose shards yield no item at all in a full pass
+    (every sample rejected or too long) instead of reading them forever."""
+    from vlmtool.core.records import Reject
+    from vlmtool.core.train import EpochEnd
+
+    seen, ends, rejected = 0, 0, {}
+    for item in items:
+        if isinstance(item, EpochEnd):
+            ends += 1
+            if not seen and ends >= readers:
+                causes = ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) or "no samples"
+                raise UsageError(f"nothing to train on: a full pass over this rank's shards gave no usable sample ({causes})")
+        elif isinstance(item, Reject):
+            rejected[item.reason] = rejected.get(item.reason, 0) + 1
+        else:
+            seen += 1
+        yield item
 
 
 def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: TrainOptions) -> None:
