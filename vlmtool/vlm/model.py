@@ -89,7 +89,9 @@ class VLM(nn.Module):
         if src is None:
             raise UsageError(f"the input has visual slots but no {'pixels' if self.config.connector == 'native' else 'visual'} were given")
         vis = self.connector(src)  # [B, T_v, D_lm]
-        if visual_mask is None or self.config.connector == "native":
+        if visual_mask is not None and self.config.connector == "native" and visual_mask.dim() == 1:
+            visual_mask = visual_mask.bool()[:, None].expand(vis.shape[:2])  # [B] rows with an image -> [B, T_v]
+        elif visual_mask is None or self.config.connector == "native":
             visual_mask = torch.ones(vis.shape[:2], dtype=torch.bool, device=vis.device)
         visual_mask = visual_mask.bool()
         want, have = slot.sum(1), visual_mask.sum(1)  # [B]

@@ -1,0 +1,463 @@
+"""`vlmtool train`: the LLaVA curriculum on feature shards (or image shards for the native
+connector), in stages.
+
+- stage 0: language-model pretraining on the text of the inputs (captions, instruction texts);
+  the bundled tokenizer is trained on that text first when there is no --init.
+- stage 1: alignment: LM frozen (the tower is not here: features are precomputed), only the
+  connector trains, on "Describe the image briefly." -> the caption, loss on the answer only.
+- stage 2: instruction tuning on synth's rows joined to the features by (shard stem, key), LM
+  unfrozen, text-only samples mixed in at --text-mix, and a text-only validation loss reported
+  beside the multimodal one (the guard against forgetting).
+
+The output folder is the checkpoint (`vlm.save_checkpoint`: config.json, model.safetensors,
+tokenizer.json, checkpoint.json with the tower reference) plus `train_state.pt`: optimizer,
+step, data position, RNG states and the weights of that step, saved before the checkpoint so a
+kill at any moment leaves one consistent resume point. A rerun resumes exactly (core.train).
+Under torchrun each rank reads its own shards; the loss is averaged over the label tokens of
+the whole global batch, so N ranks match one process with N times the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from vlmtool.core.job import Job, free, log, options_dict
+from vlmtool.core.runtime import (
+    autocast,
+    dist_info,
+    init_process_group,
+    resolve_device,
+    resolve_precision,
+)
+from vlmtool.core.shards import shard_refs
+from vlmtool.core.train import (
+    Batcher,
+    Schedule,
+    TrainStream,
+    barrier,
+    load_state,
+    save_state,
+    set_rng_state,
+    train_loop,
+    trim_log,
+)
+from vlmtool.errors import UsageError
+from vlmtool.vlm.data import (
+    Entry,
+    Inputs,
+    Instructions,
+    Prep,
+    collate_items,
+    open_inputs,
+    scan,
+    text_item,
+)
+
+# Peak learning rates per stage. Stage 1: LLaVA-1.5's projector lr, 1e-3 (haotian-liu/LLaVA,
+# scripts/v1_5/pretrain.sh), which suits a small connector as it is. Stage 2: LLaVA-1.5 tunes a
+# 7B LM at 2e-5 (scripts/v1_5/finetune.sh); the bundled LM is ~1000x smaller and was itself
+# pretrained here at 1e-3, and small models take (and need) larger steps: 1e-4 keeps the LM
+# moving in a few hundred steps without undoing stage 0 (the text-only validation loss shows it).
+# Stage 0: 1e-3, nanoGPT's rate for its ~10M-parameter models (karpathy/nanoGPT,
+# config/train_shakespeare_char.py).
+STAGE_LR = {0: 1e-3, 1: 1e-3, 2: 1e-4}
+MAX_GRAD_NORM = 1.0  # LLaVA-1.5's max_grad_norm (HF Trainer default)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """`vlmtool train`'s options (see its --help)."""
+
+    stage: int = 1
+    connector: str = "mlp"
+    lm: str = "bundled"
+    init: str | None = None
+    instructions: str | None = None
+    text_mix: float = 0.1
+    steps: int = free(500)  # more steps continue a finished run
+    batch_size: int = 16
+    lr: float | None = None  # None: STAGE_LR[stage]
+    weight_decay: float = 0.0  # LLaVA-1.5 trains with none
+    warmup: int = 10
+    seed: int = 0
+    val_samples: int = 16
+    shuffle_buffer: int = 1000
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    max_seq: int = 1024
+    image_size: int = 224
+    patch_size: int = 16
+    workers: int = free(1)
+    save_every: int = free(200)
+    time_limit: float | None = free(None)
+    stop_at: int | None = free(None)
+    device: str = free("auto")
+    precision: str = free("auto")
+    progress: bool = free(True)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else STAGE_LR[self.stage]
+
+
+@dataclass
+class Plan:
+    """What this run trains on, worked out before any model is built."""
+
+    src: Inputs
+    entries: list[Entry]
+    instructions: Instructions
+    usable: list[tuple[str, str]]  # (stem, key) of the samples the stage uses, in input order
+    val_keys: frozenset = frozenset()
+    counts: dict = field(default_factory=dict)
+
+    def texts(self):
+        yield from (e.caption for e in self.entries if e.caption)
+        yield from self.instructions.texts()
+
+
+def _check(opts: TrainOptions) -> None:
+    from vlmtool.vlm.config import CONNECTORS
+
+    if opts.stage not in (0, 1, 2):
+        raise UsageError(f"--stage must be 0, 1 or 2, got {opts.stage}")
+    if opts.connector not in CONNECTORS:
+        raise UsageError(f"--connector must be one of {', '.join(CONNECTORS)}, got {opts.connector!r}")
+    if opts.stage == 2 and not opts.instructions:
+        raise UsageError("stage 2 trains on instruction rows: give --instructions FILE (synth's instructions.jsonl)")
+    if not 0 <= opts.text_mix < 1:
+        raise UsageError(f"--text-mix must be in [0, 1), got {opts.text_mix}")
+    if opts.lm != "bundled" and not opts.lm.startswith("hf:"):
+        raise UsageError(f"--lm must be 'bundled' or 'hf:PATH_OR_ID', got {opts.lm!r}")
+
+
+def make_plan(inputs: list[str], opts: TrainOptions) -> Plan:
+    """Scan the inputs and the instruction rows; refuse a run that would train on nothing."""
+    images = opts.connector == "native" and opts.stage > 0
+    src = open_inputs(inputs, images=images)
+    if opts.stage > 0 and not images and src.kind != "features":
+        raise UsageError(f"stage {opts.stage} with the {opts.connector} connector reads feature shards (vlmtool encode); "
+                         "image shards are for --connector native or stage 0")
+    entries = scan(src)
+    ins = Instructions.load(opts.instructions)
+    have = {(e.stem, e.key) for e in entries}
+    if opts.stage == 2:
+        usable = [(e.stem, e.key) for e in entries if (e.stem, e.key) in ins.rows]
+    else:
+        usable = [(e.stem, e.key) for e in entries if e.caption or (e.stem, e.key) in ins.rows]
+    joined = ins.joined(entries)
+    counts = {"samples": len(entries), "usable": len(usable), "instruction_rows": ins.total, "instruction_joined": joined,
+              "instruction_unjoined": ins.total - ins.malformed - joined, "instruction_malformed": ins.malformed,
+              "instruction_keys_without_features": sum(1 for k in ins.rows if k not in have)}
+    if not usable:
+        raise UsageError(_nothing_cause(opts, entries, ins))
+    n_val = min(opts.val_samples, len(usable) // 10)
+    return Plan(src, entries, ins, usable, frozenset(usable[:n_val]), counts)
+
+
+def _nothing_cause(opts: TrainOptions, entries: list[Entry], ins: Instructions) -> str:
+    if not entries:
+        return "nothing to train on: the input shards hold no readable samples"
+    if opts.stage < 2:
+        return f"nothing to train on: none of the {len(entries)} samples has a caption"
+    if not ins.total:
+        return f"nothing to train on: {opts.instructions} holds no instruction rows"
+    return (f"nothing to train on: none of the {ins.total} instruction rows joins a sample of the inputs by shard stem and key "
+            f"({ins.malformed} malformed): was --instructions made from these shards?")
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def _tokenizer(plan: Plan, opts: TrainOptions, out: Path, is_main: bool, use_dist: bool):
+    """The bundled tokenizer trained on the run's text (rank 0 trains and saves; others load)."""
+    from vlmtool.vlm.tokenizer import BundledTokenizer, train_tokenizer
+
+    path = out / "tokenizer.json"
+    if is_main:
+        train_tokenizer(plan.texts(), vocab_size=opts.vocab_size).save(path)
+    barrier(use_dist)
+    return BundledTokenizer.load(path)
+
+
+def _connector_fields(opts: TrainOptions, width: int | None) -> dict:
+    if opts.connector == "native":
+        return {"connector": "native", "patch_size": opts.patch_size, "image_size": opts.image_size}
+    return {"connector": opts.connector, **({"d_vision": width} if width else {})}
+
+
+def _fresh(plan: Plan, opts: TrainOptions, out: Path, is_main: bool, use_dist: bool):
+    import torch
+
+    from vlmtool.vlm.config import VLMConfig
+    from vlmtool.vlm.model import new_model
+
+    torch.manual_seed(opts.seed)  # every rank builds the same initial weights
+    conn = _connector_fields(opts, plan.src.width)
+    if opts.lm != "bundled":
+        return new_model(VLMConfig(lm=opts.lm, **conn))
+    tok = _tokenizer(plan, opts, out, is_main, use_dist)
+    kv = opts.n_heads // 2 if opts.n_heads % 2 == 0 else opts.n_heads
+    torch.manual_seed(opts.seed)
+    cfg = VLMConfig(d_model=opts.d_model, n_layers=opts.n_layers, n_heads=opts.n_heads, n_kv_heads=kv, max_seq=opts.max_seq, **conn)
+    return new_model(cfg, tok)
+
+
+def _from_init(plan: Plan, opts: TrainOptions):
+    """The --init checkpoint, with a fresh connector when it has none trained (a stage-0 LM) or
+    another recipe; a trained connector of another feature width is refused."""
+    import torch
+
+    from vlmtool.vlm.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(opts.init)
+    if opts.lm != "bundled" and opts.lm != ck.config.lm:
+        raise UsageError(f"--lm {opts.lm} differs from the LM of --init {opts.init} ({ck.config.lm}): leave out --lm")
+    model, cfg, width = ck.model, ck.config, plan.src.width
+    trained = int(ck.extra.get("stage", 0)) >= 1 and cfg.connector == opts.connector
+    if trained and opts.connector != "native" and width and width != cfg.d_vision:
+        raise UsageError(f"the features have width {width} but the {cfg.connector} connector of {opts.init} takes {cfg.d_vision}: "
+                         "train on features of the tower it was aligned to, or start stage 1 again")
+    if not trained:
+        torch.manual_seed(opts.seed)
+        model.replace_connector(**_connector_fields(opts, width))
+    return model, ck.tokenizer, ck.tower
+
+
+def _resumed(out: Path, state: dict):
+    from vlmtool.vlm.checkpoint import _build
+    from vlmtool.vlm.config import VLMConfig
+
+    model, tok = _build(out, VLMConfig.from_json(out / "config.json"))
+    model.load_state_dict(state["model"])
+    return model, tok, state.get("tower")
+
+
+def build_model(plan: Plan, opts: TrainOptions, out: Path, state: dict | None, is_main: bool, use_dist: bool):
+    """(model, tokenizer, tower): resumed from OUT, continued from --init, or new."""
+    if state is not None:
+        model, tok, tower = _resumed(out, state)
+    elif opts.init:
+        model, tok, tower = _from_init(plan, opts)
+        tower = plan.src.tower or tower
+    else:
+        (model, tok), tower = _fresh(plan, opts, out, is_main, use_dist), plan.src.tower
+    width = plan.src.width
+    if opts.stage > 0 and model.config.connector != "native" and width and width != model.config.d_vision:
+        raise UsageError(f"the features have width {width} but the model's connector takes {model.config.d_vision}")
+    return model, tok, tower
+
+
+# ---------------------------------------------------------------------------------- steps
+
+
+def make_train_step(ddp, opt, params, dev, dtype, use_dist: bool, world: int, pad_id: int, max_len: int):
+    """One optimizer step on a list of items -> metrics. The loss is the mean over the label
+    tokens of the global batch: each rank weights its own mean by its share of those tokens
+    (DDP then averages the gradients over ranks), so N ranks equal one process."""
+    import torch
+
+    def step(items, lr, _step):
+        batch = {k: v.to(dev) for k, v in collate_items(items, pad_id, max_len).items()}
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast(dev, dtype):
+            out = ddp(**batch)
+        n = out.n_label_tokens.detach().float()  # this rank's label tokens
+        total, summed = n.clone(), (out.loss.detach() * n).reshape(1)
+        if use_dist:
+            import torch.distributed as td
+
+            both = torch.stack([total, summed[0]])  # [2]
+            td.all_reduce(both)
+            total, summed = both[0], both[1:]
+        scale = n * world / total.clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        (out.loss * scale).backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        opt.step()
+        return {"loss": float(summed[0] / total.clamp(min=1)), "tokens": float(total)}
+
+    return step
+
+
+def val_loss(model, items: list[dict], pad_id: int, dev, max_len: int, batch_size: int = 16) -> float | None:
+    """Mean loss over the label tokens of held-out items (None when there are none)."""
+    import torch
+
+    if not items:
+        return None
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            batch = {k: v.to(dev) for k, v in collate_items(items[i : i + batch_size], pad_id, max_len).items()}
+            out = model(**batch)
+            total += float(out.loss) * int(out.n_label_tokens)
+            n += int(out.n_label_tokens)
+    model.train()
+    return round(total / n, 5) if n else None
+
+
+def validation_items(plan: Plan, prep: Prep) -> dict[str, list[dict]]:
+    """The held-out slice as multimodal items (stages 1 and 2) and as text-only captions."""
+    from vlmtool.core.shards import shard_refs as refs_of
+    from vlmtool.vlm.data import _feature_samples, _image_samples
+
+    if not plan.val_keys:
+        return {"val_loss": [], "val_text_loss": []}
+    shards = sorted({e.shard for e in plan.entries if (e.stem, e.key) in plan.val_keys}, key=plan.src.shards.index)
+    mm, text = [], []
+    size = prep.native[0] if prep.native is not None and prep.stage > 0 else 0
+    for ref in refs_of(shards):
+        samples = _feature_samples(ref) if plan.src.kind == "features" else _image_samples(ref, size)
+        for s in samples:
+            if isinstance(s, dict) and (s["stem"], s["key"]) in plan.val_keys:
+                if prep.stage > 0:
+                    mm.extend(prep.items(s, None))
+                if s["caption"]:
+                    text.append(text_item(prep.tok, s["caption"]))
+    return {"val_loss": mm, "val_text_loss": text}
+
+
+# ---------------------------------------------------------------------------------- the job
+
+
+def _loader(refs, prep: Prep, plan: Plan, opts: TrainOptions, dist, skip: int) -> Batcher:
+    from vlmtool.core.batches import loader
+
+    stream = TrainStream(refs, None, opts.seed, dist.rank, dist.world_size, buffer=opts.shuffle_buffer,
+                         read_shard=partial(prep.read, plan.src))
+    mine = len(refs[dist.rank :: dist.world_size])
+    items = iter(loader(stream, opts.workers, prefetch=8, shards=mine))
+    return Batcher(_never_empty(items, max(1, min(opts.workers, mine))), opts.batch_size, skip=skip)
+
+
+def _never_empty(items, readers: int):
+    """Pass the stream through, but stop a run whose shards yield no item at all in a full pass
+    (every sample rejected or too long) instead of reading them forever."""
+    from vlmtool.core.records import Reject
+    from vlmtool.core.train import EpochEnd
+
+    seen, ends, rejected = 0, 0, {}
+    for item in items:
+        if isinstance(item, EpochEnd):
+            ends += 1
+            if not seen and ends >= readers:
+                causes = ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) or "no samples"
+                raise UsageError(f"nothing to train on: a full pass over this rank's shards gave no usable sample ({causes})")
+        elif isinstance(item, Reject):
+            rejected[item.reason] = rejected.get(item.reason, 0) + 1
+        else:
+            seen += 1
+        yield item
+
+
+def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: TrainOptions) -> None:
+    """The training state (with this step's weights) first, then the checkpoint folder."""
+    from vlmtool.vlm.checkpoint import save_checkpoint
+
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_state(out, opt, step, consumed, extra={"model": weights, "tower": tower})
+    save_checkpoint(out, model, tok, tower=tower, extra={"stage": opts.stage, "step": step, "options": options_dict(opts)})
+
+
+def plot_loss(out: Path) -> Path | None:
+    """loss.png: the training loss per step and the validation losses, from train_log.jsonl."""
+    import orjson
+
+    from vlmtool.core.plots import figure, save
+
+    rows = [orjson.loads(line) for line in (out / "train_log.jsonl").read_bytes().splitlines() if line.strip()]
+    if not rows:
+        return None
+    fig, ax = figure(8, 4)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    ax.plot([s for s, _ in train], [v for _, v in train], label="train loss", lw=1)
+    for name, marker in (("val_loss", "o"), ("val_text_loss", "s")):
+        pts = [(r["step"], r[name]) for r in rows if r.get(name) is not None]
+        if pts:
+            ax.plot([s for s, _ in pts], [v for _, v in pts], marker, label=name.replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (assistant tokens)")
+    ax.legend()
+    return save(fig, out / "loss.png")
+
+
+def run_train(inputs: list[str], out: str, opts: TrainOptions = TrainOptions()) -> dict:
+    _check(opts)
+    dist = dist_info()
+    dev = resolve_device(opts.device, dist)
+    plan = make_plan(inputs, opts)
+    refs = shard_refs(plan.src.shards)
+    if len(refs) < dist.world_size:
+        raise UsageError(f"{len(refs)} shard(s) for {dist.world_size} ranks: every rank needs at least one shard")
+    out_p = Path(out)
+    with Job("train", out, opts, refs, dist) as job:
+        use_dist = init_process_group(dev)
+        state = load_state(out_p) if (out_p / "config.json").exists() else None
+        state = state if state is not None and "model" in state else None
+        model, tok, tower = build_model(plan, opts, out_p, state, dist.is_main, use_dist)
+        return _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower)
+
+
+def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower) -> dict:
+    import torch
+
+    model.to(dev)
+    model.freeze(opts.stage)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(model.param_groups(opts.weight_decay, lr=opts.peak_lr), lr=opts.peak_lr)
+    step, consumed = 0, 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        step, consumed = int(state["step"]), int(state["consumed"])
+        set_rng_state(state["rng"])
+        trim_log(out_p / "train_log.jsonl", step)
+        log("train", f"resuming {out_p} at step {step}")
+    cfg = model.config
+    prep = Prep(opts.stage, tok, slots=cfg.connector != "xattn",
+                native=(cfg.image_size, cfg.patch_size) if cfg.connector == "native" else None,
+                rows=plan.instructions.rows, text_mix=opts.text_mix if opts.stage == 2 else 0.0, seed=opts.seed,
+                skip=plan.val_keys, max_len=model.lm.max_seq)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=opts.stage == 2) if use_dist else model
+    batches = _loader(shard_refs(plan.src.shards), prep, plan, opts, dist, consumed)
+    dtype = resolve_precision(opts.precision, dev)
+    train_step = make_train_step(ddp, opt, params, dev, dtype, use_dist, dist.world_size, tok.pad_id, model.lm.max_seq)
+
+    def save(at: int) -> None:
+        if dist.is_main:
+            _save(out_p, model, tok, tower, opt, at, batches.consumed, opts)
+
+    stop = min(opts.steps, opts.stop_at) if opts.stop_at else opts.steps
+    res = train_loop(step=step, steps=stop, next_batch=batches.next_batch, train_step=train_step,
+                     schedule=Schedule(opts.peak_lr, opts.steps, opts.warmup), save=save, save_every=opts.save_every,
+                     is_main=dist.is_main, log_path=out_p / "train_log.jsonl", time_limit=opts.time_limit,
+                     progress=opts.progress, desc=f"train stage {opts.stage}", batch_size=opts.batch_size)
+    barrier(use_dist)
+    return _summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, len(params))
+
+
+def _summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, n_params) -> dict:
+    from vlmtool.core.shards import dumps
+
+    vals = {}
+    if dist.is_main:
+        vals = {k: val_loss(model, v, tok.pad_id, dev, model.lm.max_seq) for k, v in validation_items(plan, prep).items()}
+        with open(out_p / "train_log.jsonl", "ab") as f:
+            f.write(dumps({"step": res.step, **vals}) + b"\n")
+        plot_loss(out_p)
+    losses = res.losses
+    return {**job.header(), "stage": opts.stage, "connector": model.config.connector, "lm": model.config.lm,
+            "complete": res.step >= opts.steps, "steps": res.step, "target_steps": opts.steps, "stopped_early": res.stopped_early,
+            "lr": opts.peak_lr, "trainable_tensors": n_params, **plan.counts, "val_samples": len(plan.val_keys), **vals,
+            "loss_first": round(losses[0], 4) if losses else None,
+            "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None,
+            "samples_per_s": round(res.samples / res.seconds, 2) if res.seconds > 0 else None,
+            "epochs_seen": batches.epochs, "rejected": batches.rejected, "seconds": round(res.seconds, 2),
+            "checkpoint": str(out_p)}
