@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
-from vlmtool.cli._app import (DEVICE, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, OUT, PRECISION, PROGRESS, STRICT,
-                              WORKERS, app, emit, options)
+from vlmtool.cli._app import (
+    DEVICE,
+    INPUTS,
+    JSON,
+    MAX_IMAGE_BYTES,
+    MAX_PIXELS,
+    MAX_TEXT_BYTES,
+    OUT,
+    PRECISION,
+    PROGRESS,
+    STRICT,
+    WORKERS,
+    app,
+    emit,
+    options,
+)
 
 
 @app.command("encode")
 def encode_cmd(
-    inputs: List[str] = INPUTS,
+    inputs: list[str] = INPUTS,
     out: str = OUT,
     pretrained: str = typer.Option(..., "--pretrained", help="A clip-train folder, a checkpoint file, or an open_clip pretrained tag (with --model); 'random' for random weights (tests only)."),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip architecture, e.g. ViT-L-14-336 (not needed with a clip-train folder)."),
+    model: str | None = typer.Option(None, "--model", help="open_clip architecture, e.g. ViT-L-14-336 (not needed with a clip-train folder)."),
     layer: int = typer.Option(-2, "--layer", help="Block whose output is written: -2 the penultimate (LLaVA's), -1 the last."),
     cls: bool = typer.Option(False, "--cls", help="Keep the class token as the first row of each view."),
-    anyres: Optional[str] = typer.Option(None, "--anyres", help="Tile images by a budget preset's plan at the tower's size: llava-next (base + tiles, row newlines) or internvl2.5 (tiles + thumbnail)."),
-    frame_budget: Optional[int] = typer.Option(None, "--frame-budget", help="Videos: token rows per video; frames = floor(B / rows per frame) (default: 8 frames)."),
+    anyres: str | None = typer.Option(None, "--anyres", help="Tile images by a budget preset's plan at the tower's size: llava-next (base + tiles, row newlines) or internvl2.5 (tiles + thumbnail)."),
+    frame_budget: int | None = typer.Option(None, "--frame-budget", help="Videos: token rows per video; frames = floor(B / rows per frame) (default: 8 frames)."),
     select: str = typer.Option("uniform", "--select", help="Videos: which frames, uniform, fps (at most --sample-fps a second) or content (where the picture changes)."),
     sample_fps: float = typer.Option(1.0, "--sample-fps", help="Videos with --select fps: frames a second at most."),
     pooled: bool = typer.Option(False, "--pooled", help="Also write KEY.pooled.npy, the normalized image embedding."),

@@ -9,6 +9,7 @@ and writes the shards, predict.py says beforehand what will be written. The read
 """
 
 from vlmtool.encode.job import EncodeOptions, run_encode
-from vlmtool.encode.views import Tower, lm_layout
+from vlmtool.encode.views import Tower
+from vlmtool.features import lm_layout
 
 __all__ = ["EncodeOptions", "Tower", "lm_layout", "run_encode"]

@@ -21,11 +21,19 @@ from vlmtool.core.batches import Batch, RunStats, loader
 from vlmtool.core.job import Job, free, log
 from vlmtool.core.records import ReadOptions, Reject
 from vlmtool.core.samples import DEFAULT_MAX_PIXELS
-from vlmtool.core.shards import JobDir, ShardRef, ShardTarWriter, dumps, expand_inputs, shard_refs, write_json
+from vlmtool.core.shards import (
+    JobDir,
+    ShardRef,
+    ShardTarWriter,
+    dumps,
+    expand_inputs,
+    shard_refs,
+    write_json,
+)
 from vlmtool.encode.records import INPUT_SUFFIXES
-from vlmtool.encode.views import Tower, check_anyres, lm_layout
+from vlmtool.encode.views import Tower, check_anyres
 from vlmtool.errors import JobFailed, UsageError
-from vlmtool.features import FORMAT_NAME, FORMAT_VERSION, npy_bytes
+from vlmtool.features import FORMAT_NAME, FORMAT_VERSION, lm_layout, npy_bytes
 
 
 @dataclass(frozen=True)
@@ -283,6 +291,7 @@ def features_json(loaded, opts: EncodeOptions, tower: Tower, dim: int, dtype_nam
                   "preprocessing": {"transform": "open_clip eval transform (create_model_and_transforms)", **loaded.preprocess.to_json()},
                   "precision": dtype_name, "dtype": "float16"}
     return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tower": tower_desc, "anyres": opts.anyres,
+            "anyres_options": tower.plan_options() if opts.anyres else None,
             "frame_budget": opts.frame_budget, "frames_per_video": tower.frames_for(), "select": opts.select,
             "sample_fps": opts.sample_fps, "pooled": opts.pooled}
 
@@ -291,7 +300,12 @@ def run_encode(inputs: list[str], out: str, opts: EncodeOptions) -> dict:
     """Encode every sample of the inputs (see the module docstring); the summary of this rank's
     part, or of the whole job from the rank that finishes last."""
     from vlmtool.clip.model import load_clip
-    from vlmtool.core.runtime import dist_info, precision_name, resolve_device, resolve_precision
+    from vlmtool.core.runtime import (
+        dist_info,
+        precision_name,
+        resolve_device,
+        resolve_precision,
+    )
     from vlmtool.encode.predict import check_disk, predict
     from vlmtool.encode.stream import EncodePrep, EncodeStream
 

@@ -7,8 +7,8 @@ records (`core.records.tar_records`, with all its tar fault handling) and parses
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import orjson
 

@@ -11,8 +11,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from vlmtool.core.batches import Batch, ShardEnd
 from vlmtool.core.records import ReadOptions, Reject
@@ -62,6 +62,8 @@ class EncodePrep:
         return Payload(px, meta)
 
     def _video(self, item: Item):
+        import av
+
         fd, path = tempfile.mkstemp(suffix="." + item.ext)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -69,9 +71,9 @@ class EncodePrep:
             try:
                 return video_views(path, self.tower)
             except UsageError as e:  # budget's probe says what is wrong with the file
-                raise Rejected("corrupt_video", str(e)) from None
-            except Exception as e:  # av errors, no frame at a timestamp
-                raise Rejected("corrupt_video", f"{type(e).__name__}: {e}") from None
+                raise Rejected("corrupt_video", str(e).replace(path, item.key + "." + item.ext)) from None
+            except (av.FFmpegError, OSError, ValueError, IndexError, EOFError) as e:  # av errors, no frame at a timestamp
+                raise Rejected("corrupt_video", f"{type(e).__name__}: {e}".replace(path, item.key + "." + item.ext)) from None
         finally:
             os.unlink(path)
 

@@ -46,11 +46,16 @@ class Tower:
         return self.side * self.side + int(self.cls)
 
     def plan_options(self) -> dict:
-        """Budget's options that put the preset on this tower (tile size, patch size, tokens a tile)."""
+        """Budget's options that put the preset on this tower: tile size, patch size, tokens a tile,
+        and LLaVA-NeXT's grid pinpoints rescaled from its tile size to the tower's (1x2, 2x2, ...
+        tiles of S, so the canvas is whole tiles)."""
         from vlmtool.budget import preset_options
 
         known = preset_options(self.anyres)
         opts = {"tile_size": self.size}
+        if "grid_pinpoints" in known:  # the preset's grids in tiles, at this tower's tile size
+            t = known["tile_size"]
+            opts["grid_pinpoints"] = tuple((h * self.size // t, w * self.size // t) for h, w in known["grid_pinpoints"])
         if "patch_size" in known:
             opts["patch_size"] = self.patch
         if "tokens_per_tile" in known:
@@ -206,26 +211,3 @@ def video_views(path: str, tower: Tower) -> tuple[list, dict]:
     video = {**info.to_json(), "video": None, "select": tower.select, "frame_budget": tower.frame_budget, "planned_frames": n,
              "timestamps": times}
     return views, {"views": metas, "layout": {"kind": "all"}, "video": video}
-
-
-def lm_layout(meta: dict) -> tuple[list[int], list[int]]:
-    """Which token rows the language model sees, in order, and after which of them a row-newline
-    slot goes. `len(rows) + len(newline_after)` equals budget's token count for the sample.
-
-    - LLaVA-NeXT AnyRes: the base view's rows, then the tiles' rows arranged into the merged
-      feature grid (rows*g x cols*g), cropped to the unpadded region, a newline after each row;
-    - anything else: every row, in order (views one after the other), no newlines."""
-    layout = meta.get("layout", {"kind": "all"})
-    views = meta["views"]
-    if layout.get("kind") != "anyres":
-        return [r for v in views for r in range(*v["rows"])], []
-    base = next(v for v in views if v["kind"] == "base")
-    g = base["grid"][0]
-    start = {tuple(v["cell"]): v["rows"][0] for v in views if v["kind"] == "tile"}
-    off_h, off_w, cur_h, cur_w = layout["crop"]
-    rows, newline_after = list(range(*base["rows"])), []
-    for y in range(off_h, off_h + cur_h):
-        for x in range(off_w, off_w + cur_w):
-            rows.append(start[(y // g, x // g)] + (y % g) * g + (x % g))
-        newline_after.append(rows[-1])
-    return rows, newline_after
