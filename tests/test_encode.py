@@ -13,7 +13,6 @@ import time
 import numpy as np
 import orjson
 import pytest
-
 from conftest import run_cli, sha256_of
 
 TOL = 5e-3  # max |diff| / max |ref| after float16 storage
@@ -206,7 +205,7 @@ def test_token_counts_and_bytes_equal_budget_on_a_mixed_world(tiny_tower, mixed_
         meta, T = o["meta"], o["tokens"].shape[0]
         assert o["tokens"].shape == (T, D) and T == meta["tokens"] and o["npy_bytes"] == 128 + 2 * T * D
         rows, newline_after = lm_layout(meta)
-        assert len(set(rows)) == len(rows) and all(0 <= r < T for r in rows) and set(newline_after) <= set(rows)
+        assert len(set(rows)) == len(rows) and all(0 <= r < T for r in rows) and set(newline_after) <= set(range(len(rows)))
         w, h = meta["width"], meta["height"]
         if meta["kind"] == "video":
             frames = len(meta["views"])
@@ -285,7 +284,7 @@ def test_refusals_say_what_to_do(tiny_tower, mixed_world, tmp_path, monkeypatch)
 
 def test_meta_names_source_text_and_tower(tiny_tower, mixed_world, tmp_path):
     from vlmtool.encode.job import file_sha256
-    from vlmtool.features import read_features_json
+    from vlmtool.features import feature_shards, read, read_features_json
 
     job = tmp_path / "f"
     encode([mixed_world / "00000.tar"], job, tiny_tower, pooled=True)
@@ -298,6 +297,8 @@ def test_meta_names_source_text_and_tower(tiny_tower, mixed_world, tmp_path):
         assert o["meta"]["text"]["caption"] == src[key]["txt"].decode().strip()
         assert o["meta"]["text"]["meta"] == orjson.loads(src[key]["json"])
         assert o["pooled"].shape == (64,) and abs(np.linalg.norm(o["pooled"].astype(np.float32)) - 1) < 1e-2
+    got = list(read(feature_shards([str(job)])))  # the reader reads what encode wrote
+    assert [g["key"] for g in got] == list(src) and all(g["pooled"] is not None and g["meta"]["text"] for g in got)
 
 
 @pytest.mark.slow
