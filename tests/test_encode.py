@@ -333,3 +333,36 @@ def test_sigkill_mid_shard_then_rerun_gives_the_same_bytes(tiny_tower, mixed_wor
     keys = [k for t in clean for k in members(job / "shards" / t.name)]
     assert len(keys) == len(set(keys)) == 48
     assert not list(job.rglob("*.tmp"))
+
+
+def test_video_members_of_a_shard_and_samples_without_captions(tiny_tower, mixed_world, tmp_path):
+    from vlmtool.core.shards import ShardTarWriter
+
+    video = (mixed_world / "videos" / "00000.mp4").read_bytes()
+    image = members(mixed_world / "00000.tar")
+    first = next(iter(image))
+    w = ShardTarWriter(tmp_path / "mixed.tar")
+    w.write({"__key__": "clip", "mp4": video, "txt": b"a moving shape", "json": b'{"source": "test"}'})
+    w.write({"__key__": "bare", "jpg": image[first]["jpg"]})  # no caption, no json
+    w.commit()
+    job = tmp_path / "f"
+    s = encode([tmp_path / "mixed.tar"], job, tiny_tower, frame_budget=3 * 64, select="fps", sample_fps=0.5)
+    assert s["ok"] == 2 and s["rejected"] == {}
+    got = outputs(job)
+    clip = got["clip"]["meta"]
+    assert clip["kind"] == "video" and [v["kind"] for v in clip["views"]] == ["frame"] * 3
+    assert clip["text"] == {"caption": "a moving shape", "meta": {"source": "test"}} and clip["video"]["select"] == "fps"
+    times = [v["time"] for v in clip["views"]]
+    assert times == sorted(times) and len(set(times)) == 3
+    assert got["bare"]["meta"]["text"] == {"caption": None, "meta": {}} and got["bare"]["tokens"].shape == (64, 128)
+
+
+@pytest.mark.slow
+def test_cli_prints_the_plan_then_the_summary(tiny_tower, mixed_world, tmp_path):
+    p = run_cli("encode", mixed_world / "00000.tar", "--pretrained", tiny_tower, "--out", tmp_path / "f", "--json", "--no-progress",
+                "--workers", "1")
+    s = orjson.loads(p.stdout)
+    assert "will write 8 samples, 512 token rows of width 128" in p.stderr
+    assert s["complete"] and s["ok"] == 8 and s["tokens"] == 512 and (tmp_path / "f" / "manifest.json").exists()
+    p = run_cli("encode", mixed_world / "00000.tar", "--pretrained", tiny_tower, "--out", tmp_path / "f", "--layer", "-1", check=False)
+    assert p.returncode == 2 and "other settings: layer" in p.stderr and "Traceback" not in p.stderr
