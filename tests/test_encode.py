@@ -366,3 +366,22 @@ def test_cli_prints_the_plan_then_the_summary(tiny_tower, mixed_world, tmp_path)
     assert s["complete"] and s["ok"] == 8 and s["tokens"] == 512 and (tmp_path / "f" / "manifest.json").exists()
     p = run_cli("encode", mixed_world / "00000.tar", "--pretrained", tiny_tower, "--out", tmp_path / "f", "--layer", "-1", check=False)
     assert p.returncode == 2 and "other settings: layer" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_two_ranks_write_what_one_process_writes(tiny_tower, mixed_world, tmp_path, monkeypatch):
+    """Shard i goes to rank i % 2; the union of the ranks' shards is byte for byte a one-process
+    run's, and the rank that finishes last writes the manifest."""
+    inputs = [mixed_world / "00000.tar", mixed_world / "00001.tar", mixed_world / "videos" / "00000.mp4"]
+    encode(inputs, tmp_path / "one", tiny_tower, frame_budget=256)
+    job = tmp_path / "two"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        s = encode(inputs, job, tiny_tower, frame_budget=256)
+        assert s["complete"] == (rank == 1)
+    assert s["ok"] == 17 and (job / "manifest.json").exists()
+    one = sorted(p.name for p in (tmp_path / "one" / "shards").glob("*.tar"))
+    assert one == sorted(p.name for p in (job / "shards").glob("*.tar")) and len(one) == 3
+    for name in one:
+        assert sha256_of(job / "shards" / name) == sha256_of(tmp_path / "one" / "shards" / name)
+    assert (job / "features.json").read_bytes() == (tmp_path / "one" / "features.json").read_bytes()

@@ -43,13 +43,17 @@ def sample_bytes(rows: int, dim: int, embed_dim: int) -> int:
 
 
 def _video_frames(path: str, tower: Tower) -> tuple[int, int, int] | None:
-    from vlmtool.budget.video import probe
+    from vlmtool.budget.video import probe, select_frames
 
     try:
         info = probe(path)
     except UsageError:
         return None
-    n = min(tower.frames_for(), info.frames or tower.frames_for())
+    n = tower.frames_for()
+    if tower.select != "content":  # content selection decodes the video: counted at most n
+        n = len(select_frames(info, n, tower.select, tower.sample_fps))
+    elif info.frames:
+        n = min(n, info.frames)
     return (n if info.duration > 0 else 0), info.width, info.height
 
 
