@@ -17,10 +17,12 @@ Format (docs/formats.md, "Feature shards", version FORMAT_VERSION):
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
+from torch.utils.data import IterableDataset
 
 from vlmtool.errors import UsageError
 
@@ -109,7 +111,7 @@ def read(paths: list[str], rejects: list | None = None) -> Iterator[dict]:
             yield s
 
 
-class FeatureDataset:
+class FeatureDataset(IterableDataset):
     """A DataLoader-ready iterable over feature shards: shard i goes to rank i % world, then to
     worker j % workers within the rank; a shard is never split, so samples keep shard order."""
 
@@ -128,8 +130,35 @@ class FeatureDataset:
                 mine = mine[info.id :: info.num_workers]
         yield from read(mine)
 
-    def __len__(self) -> int:  # shards, not samples
+    @property
+    def num_shards(self) -> int:
+        """This rank's shards (the sample count is not known before reading)."""
         return len(self.paths[self.rank :: self.world_size])
+
+
+def lm_layout(meta: dict) -> tuple[list[int], list[int]]:
+    """Which token rows the language model sees, in order (`tokens[rows]` are its visual slots),
+    and the slot positions (indices into `rows`) after which a row-newline slot goes: what
+    `ChatTokenizer.encode_chat(n_visual=len(rows), newline_after=...)` takes.
+    `len(rows) + len(newline_after)` equals budget's token count for the sample.
+
+    - LLaVA-NeXT AnyRes: the base view's rows, then the tiles' rows arranged into the merged
+      feature grid (rows*g x cols*g), cropped to the unpadded region, a newline after each row;
+    - anything else: every row, in order (views one after the other), no newlines."""
+    layout = meta.get("layout", {"kind": "all"})
+    views = meta["views"]
+    if layout.get("kind") != "anyres":
+        return [r for v in views for r in range(*v["rows"])], []
+    base = next(v for v in views if v["kind"] == "base")
+    g = base["grid"][0]
+    start = {tuple(v["cell"]): v["rows"][0] for v in views if v["kind"] == "tile"}
+    off_h, off_w, cur_h, cur_w = layout["crop"]
+    rows, newline_after = list(range(*base["rows"])), []
+    for y in range(off_h, off_h + cur_h):
+        for x in range(off_w, off_w + cur_w):
+            rows.append(start[(y // g, x // g)] + (y % g) * g + (x % g))
+        newline_after.append(len(rows) - 1)
+    return rows, newline_after
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:

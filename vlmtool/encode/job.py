@@ -1,0 +1,335 @@
+"""`vlmtool encode`: projector-ready feature shards (docs/formats.md, "Feature shards").
+
+Loader workers read records, cut each sample's views (the whole image, AnyRes tiles, video
+frames) and preprocess them with the tower's own transform (stream.py). The main process runs
+the tower on full batches of views, packed per shard (a shard's device batches are the same
+whatever the workers or the resume, so a rerun writes the same bytes), and writes one output
+shard per input shard: `KEY.tokens.npy`, `KEY.json`, optionally `KEY.pooled.npy`.
+Resume, ranks, manifest and rejects as every job: core/job.py's Job and per-shard records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmtool.core.batches import Batch, RunStats, loader
+from vlmtool.core.job import Job, free, log
+from vlmtool.core.records import ReadOptions, Reject
+from vlmtool.core.samples import DEFAULT_MAX_PIXELS
+from vlmtool.core.shards import (
+    JobDir,
+    ShardRef,
+    ShardTarWriter,
+    dumps,
+    expand_inputs,
+    shard_refs,
+    write_json,
+)
+from vlmtool.encode.records import INPUT_SUFFIXES
+from vlmtool.encode.views import Tower, check_anyres
+from vlmtool.errors import JobFailed, UsageError
+from vlmtool.features import FORMAT_NAME, FORMAT_VERSION, lm_layout, npy_bytes
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """`vlmtool encode`'s options (see its --help). Every field but the free ones must match on resume."""
+
+    pretrained: str
+    model: str | None = None
+    layer: int = -2
+    cls: bool = False
+    anyres: str | None = None
+    frame_budget: int | None = None
+    select: str = "uniform"
+    sample_fps: float = 1.0
+    pooled: bool = False
+    precision: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = ReadOptions.max_image_bytes
+    max_text_bytes: int = ReadOptions.max_text_bytes
+    max_member_bytes: int = ReadOptions.max_member_bytes
+    batch_size: int = free(64)
+    workers: int = free(2)
+    device: str = free("auto")
+    strict: bool = free(False)
+    progress: bool = free(True)
+
+    def __post_init__(self):
+        from vlmtool.budget.video import STRATEGIES
+
+        if self.select not in STRATEGIES:
+            raise UsageError(f"--select {self.select}: use one of {', '.join(STRATEGIES)}")
+        if self.frame_budget is not None and self.frame_budget < 1:
+            raise UsageError("--frame-budget must be a positive number of tokens")
+        if not self.sample_fps > 0:
+            raise UsageError("--sample-fps must be > 0")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+
+    def read(self) -> ReadOptions:
+        return ReadOptions(self.max_pixels, self.max_image_bytes, self.max_text_bytes, self.max_member_bytes)
+
+
+def tower_of(loaded, opts: EncodeOptions) -> Tower:
+    patch = loaded.model.visual.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    return Tower(loaded.preprocess.size, int(patch), opts.cls, opts.anyres, opts.frame_budget, opts.select, opts.sample_fps)
+
+
+def _encoder(loaded, opts: EncodeOptions, dev, dtype):
+    """forward(pixels [N, 3, S, S]) -> (tokens float32 [N, R, D], pooled float32 [N, E] or None):
+    the chosen block's output (open_clip forward_intermediates, CLS first with --cls) and, with
+    --pooled, the normalized image embedding of the same forward."""
+    import torch
+
+    from vlmtool.core.runtime import autocast
+
+    visual = loaded.model.visual
+
+    def forward(px):
+        with torch.inference_mode(), autocast(dev, dtype):
+            out = visual.forward_intermediates(px.to(dev, non_blocking=True), indices=[opts.layer], stop_early=not opts.pooled,
+                                               intermediates_only=not opts.pooled, output_fmt="NLC", output_extra_tokens=opts.cls)
+            tok = out["image_intermediates"][0]  # [N, L, D]
+            if opts.cls:
+                tok = torch.cat([out["image_intermediates_prefix"][0], tok], dim=1)  # [N, 1 + L, D]
+            pooled = None
+            if opts.pooled:
+                pooled = torch.nn.functional.normalize(out["image_features"].float(), dim=-1).cpu().numpy()  # [N, E]
+            return tok.float().cpu().numpy(), pooled
+
+    return forward
+
+
+class FeatureSink:
+    """One output shard: samples in tar order, each its tokens, its json and its pooled vector;
+    a sample whose features are not finite becomes a reject. Counts every outcome itself."""
+
+    def __init__(self, out: Path, ref: ShardRef, opts: EncodeOptions):
+        self.ref, self.opts = ref, opts
+        self.writer = ShardTarWriter(out / "shards" / f"{ref.name}.tar")
+        self.ok, self.rejected, self.rows = 0, Counter(), []
+        self.tokens = self.lm_tokens = self.bytes = 0
+
+    def _reject(self, r: Reject) -> None:
+        if self.opts.strict:
+            raise JobFailed(f"--strict: sample {r.key!r} of shard {self.ref.url} rejected: {r.reason}" + (f" ({r.detail})" if r.detail else ""))
+        self.rejected[r.reason] += 1
+        self.rows.append(r.row())
+
+    def add(self, batch: Batch, tok, pooled) -> None:
+        """tok float32 [sum V, R, D] and pooled [sum V, E] | None for the batch's views, in order."""
+        import numpy as np
+
+        counts = batch.data[1] if batch.data is not None else ()
+        starts = np.cumsum((0,) + tuple(counts))
+        for kind, i in batch.order:
+            if kind == "reject":
+                self._reject(batch.rejects[i])
+                continue
+            a, b = int(starts[i]), int(starts[i + 1])
+            t = tok[a:b].reshape(-1, tok.shape[-1]).astype(np.float16)  # [T, D]
+            if not np.isfinite(t).all():
+                bad = int((~np.isfinite(t).all(axis=1)).sum())
+                self._reject(Reject(self.ref.name, batch.keys[i], "nonfinite_features", f"{bad} of {len(t)} rows not finite in float16"))
+                continue
+            p = None if pooled is None else self._pooled(batch.data[2][i], pooled[a:b])
+            self._write(batch.keys[i], batch.data[2][i], t, p)
+
+    @staticmethod
+    def _pooled(meta: dict, vecs):
+        """One embedding a sample: the whole-image view's (image, base, thumbnail), or the
+        normalized mean over frames or tiles when there is none."""
+        import numpy as np
+
+        kinds = [v["kind"] for v in meta["views"]]
+        whole = [j for j, k in enumerate(kinds) if k in ("image", "base", "thumbnail")]
+        v = vecs[whole[0]] if whole else vecs.mean(0)
+        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float16)  # [E]
+
+    def _write(self, key: str, meta: dict, t, pooled) -> None:
+        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta, "tokens": int(t.shape[0]), "dim": int(t.shape[1]),
+                "dtype": "float16"}
+        rows, newline_after = lm_layout(meta)
+        meta["lm_tokens"] = len(rows) + len(newline_after)
+        sample = {"__key__": key, "tokens.npy": npy_bytes(t), "json": dumps(meta)}
+        if pooled is not None:
+            sample["pooled.npy"] = npy_bytes(pooled)
+        self.writer.write(sample)
+        self.ok += 1
+        self.tokens += int(t.shape[0])
+        self.lm_tokens += meta["lm_tokens"]
+        self.bytes += sum(len(v) for k, v in sample.items() if k != "__key__")
+
+    def commit(self) -> dict:
+        self.writer.commit()
+        return {"ok": self.ok, "rejected": dict(sorted(self.rejected.items())), "rejects": self.rows, "tokens": self.tokens,
+                "lm_tokens": self.lm_tokens, "bytes": self.bytes}
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+class ShardWork:
+    """A shard's views waiting for the device: run in full batches of `batch_size` views as they
+    come, the rest when the shard ends; results go to the sink in tar order."""
+
+    def __init__(self, sink: FeatureSink, forward, batch_size: int):
+        self.sink, self.forward, self.bs = sink, forward, batch_size
+        self.batches: deque = deque()  # [batch, views, token chunks, pooled chunks, views done]
+        self.px: list = []
+        self.queued = 0
+
+    def add(self, batch: Batch) -> None:
+        n = 0 if batch.data is None else len(batch.data[0])
+        self.batches.append([batch, n, [], [], 0])
+        if n:
+            self.px.append(batch.data[0])
+            self.queued += n
+        self._run(full_only=True)
+
+    def _run(self, full_only: bool) -> None:
+        import torch
+
+        while self.queued >= self.bs or (self.queued and not full_only):
+            x = torch.cat(self.px) if len(self.px) > 1 else self.px[0]  # [queued, 3, S, S]
+            take = min(self.bs, self.queued)
+            tok, pooled = self.forward(x[:take])  # [take, R, D], [take, E]
+            self.px = [x[take:]] if take < len(x) else []
+            self.queued -= take
+            self._scatter(tok, pooled)
+        while self.batches and self.batches[0][4] == self.batches[0][1]:
+            self._emit(self.batches.popleft())
+
+    def _scatter(self, tok, pooled) -> None:
+        at = 0
+        for entry in self.batches:
+            k = min(entry[1] - entry[4], len(tok) - at)
+            if k > 0:
+                entry[2].append(tok[at : at + k])
+                entry[3].append(None if pooled is None else pooled[at : at + k])
+                entry[4] += k
+                at += k
+        assert at == len(tok)
+
+    def _emit(self, entry) -> None:
+        import numpy as np
+
+        batch, n, toks, pools, _ = entry
+        tok = np.concatenate(toks) if n else None  # [V, R, D]
+        pooled = np.concatenate(pools) if n and pools[0] is not None else None  # [V, E]
+        self.sink.add(batch, tok, pooled)
+
+    def finish(self) -> dict:
+        self._run(full_only=False)
+        return self.sink.commit()
+
+
+def run_views(records: JobDir, stream, open_work, workers: int, progress: bool) -> RunStats:
+    """Run this rank's unfinished shards: loader -> ShardWork per shard -> completion record."""
+    from tqdm import tqdm
+
+    todo = records.pending()
+    stats = RunStats(shards_skipped=len(records.mine()) - len(todo))
+    works: dict[str, ShardWork] = {}
+    bar = tqdm(desc="encode", unit="sample", file=sys.stderr, disable=not progress or not todo, dynamic_ncols=True, mininterval=0.5)
+    t0 = time.perf_counter()
+    try:
+        for msg in loader(stream, workers, shards=len(todo)):
+            name = msg.shard.name
+            if name not in works:
+                works[name] = open_work(msg.shard)
+            if isinstance(msg, Batch):
+                works[name].add(msg)
+                bar.update(len(msg) + len(msg.rejects))
+                continue
+            rec = works.pop(name).finish()
+            records.write_record(msg.shard, {"samples": msg.samples, **rec, "seconds": round(msg.seconds, 3)})
+            stats.samples += msg.samples
+            stats.ok += rec["ok"]
+            stats.rejected.update(rec["rejected"])
+            stats.shards_done += 1
+    except BaseException:
+        for w in works.values():
+            w.sink.abort()
+        raise
+    finally:
+        bar.close()
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def features_json(loaded, opts: EncodeOptions, tower: Tower, dim: int, dtype_name: str) -> dict:
+    """DIR/features.json: the tower exactly, and how the views were made."""
+    from vlmtool.clip.model import is_model_dir
+
+    pre = opts.pretrained
+    weights = None
+    if pre != "random" and is_model_dir(pre):
+        weights = Path(pre) / "model.safetensors"
+    elif pre != "random" and Path(pre).is_file():
+        weights = Path(pre)
+    tower_desc = {"architecture": loaded.arch, "pretrained": str(Path(pre).resolve()) if weights else pre,
+                  "weights_file": str(weights.resolve()) if weights else None,
+                  "weights_sha256": file_sha256(weights) if weights and weights.is_file() else None,
+                  "layer": opts.layer, "cls": opts.cls, "width": dim, "image_size": tower.size, "patch_size": tower.patch,
+                  "grid": [tower.side, tower.side], "rows_per_view": tower.rows,
+                  "preprocessing": {"transform": "open_clip eval transform (create_model_and_transforms)", **loaded.preprocess.to_json()},
+                  "precision": dtype_name, "dtype": "float16"}
+    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tower": tower_desc, "anyres": opts.anyres,
+            "anyres_options": tower.plan_options() if opts.anyres else None,
+            "frame_budget": opts.frame_budget, "frames_per_video": tower.frames_for(), "select": opts.select,
+            "sample_fps": opts.sample_fps, "pooled": opts.pooled}
+
+
+def run_encode(inputs: list[str], out: str, opts: EncodeOptions) -> dict:
+    """Encode every sample of the inputs (see the module docstring); the summary of this rank's
+    part, or of the whole job from the rank that finishes last."""
+    from vlmtool.clip.model import load_clip
+    from vlmtool.core.runtime import (
+        dist_info,
+        precision_name,
+        resolve_device,
+        resolve_precision,
+    )
+    from vlmtool.encode.predict import check_disk, predict
+    from vlmtool.encode.stream import EncodePrep, EncodeStream
+
+    dist = dist_info()
+    refs = shard_refs(expand_inputs(inputs, suffixes=INPUT_SUFFIXES))
+    dev = resolve_device(opts.device, dist)
+    dtype = resolve_precision(opts.precision, dev)
+    loaded = load_clip(opts.model, opts.pretrained, device=dev)
+    tower = tower_of(loaded, opts)
+    check_anyres(tower)
+    dim = int(loaded.model.visual.transformer.width)
+    plan = predict([r.url for r in refs], tower, dim, opts.pooled, int(getattr(loaded.model.visual, "output_dim", 0) or 0))
+    log("encode", plan["line"])
+    check_disk(out, plan["bytes"])
+    with Job("encode", out, opts, refs, dist) as job:
+        write_json(job.out / "features.json", features_json(loaded, opts, tower, dim, precision_name(dtype)))
+        records = job.records()
+        prep = EncodePrep(tower, loaded.transform, opts.max_pixels)
+        stream = EncodeStream(records.pending(), prep, opts.batch_size, opts.read())
+        forward = _encoder(loaded, opts, dev, dtype)
+        run = run_views(records, stream, lambda ref: ShardWork(FeatureSink(job.out, ref, opts), forward, opts.batch_size),
+                        opts.workers, opts.progress)
+
+        def summarize(recs: dict) -> dict:
+            return {k: sum(r.get(k, 0) for r in recs.values()) for k in ("tokens", "lm_tokens", "bytes")}
+
+        return {**job.finish(records, run, summarize), "predicted": {k: plan[k] for k in ("samples", "tokens", "bytes", "uncounted")}}

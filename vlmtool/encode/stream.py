@@ -1,0 +1,132 @@
+"""The CPU side of encode, run in loader workers: records -> views -> preprocessed pixels.
+
+A sample may have many views (AnyRes tiles, video frames), so batches are cut by views: a
+Batch closes once its samples hold at least `batch_size` views. The device side then runs
+full batches of views per shard (see job.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from vlmtool.core.batches import Batch, ShardEnd
+from vlmtool.core.records import ReadOptions, Reject
+from vlmtool.core.samples import SampleError, decode_image
+from vlmtool.core.shards import ShardRef
+from vlmtool.encode.records import Item, parse, raw_records
+from vlmtool.encode.views import Tower, image_views, video_views
+from vlmtool.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One prepared sample: its views' pixels and its meta (without the rows, added on the device side)."""
+
+    pixels: object  # float32 tensor [V, 3, S, S], the tower's own preprocessing
+    meta: dict
+
+
+class Rejected(Exception):
+    """A sample encode cannot use, with its reason (encode's own reasons: records.REASONS)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+class EncodePrep:
+    """Decode a sample, cut its views and preprocess each one with the tower's transform.
+    Picklable: it goes to the loader workers."""
+
+    def __init__(self, tower: Tower, transform, max_pixels: int):
+        self.tower, self.transform, self.max_pixels = tower, transform, max_pixels
+
+    def prepare(self, item: Item, shard: ShardRef) -> Payload:
+        import torch
+
+        if item.kind == "image":
+            img = decode_image(item.data, max_pixels=self.max_pixels)
+            views, meta = image_views(img, self.tower)
+            meta = {"kind": "image", "width": img.size[0], "height": img.size[1], **meta}
+        else:
+            views, meta = self._video(item)
+            meta = {"kind": "video", "width": meta["video"]["width"], "height": meta["video"]["height"], **meta}
+        px = torch.stack([self.transform(v) for v in views])  # [V, 3, S, S]
+        meta = {"source": {"shard": shard.url, "key": item.key, "member": f"{item.key}.{item.ext}"}, **meta,
+                "text": {"caption": item.caption, "meta": item.meta}}
+        return Payload(px, meta)
+
+    def _video(self, item: Item):
+        import av
+
+        fd, path = tempfile.mkstemp(suffix="." + item.ext)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(item.data)
+            try:
+                return video_views(path, self.tower)
+            except UsageError as e:  # budget's probe says what is wrong with the file
+                raise Rejected("corrupt_video", str(e).replace(path, item.key + "." + item.ext)) from None
+            except (av.FFmpegError, OSError, ValueError, IndexError, EOFError) as e:  # av errors, no frame at a timestamp
+                raise Rejected("corrupt_video", f"{type(e).__name__}: {e}".replace(path, item.key + "." + item.ext)) from None
+        finally:
+            os.unlink(path)
+
+
+def collate(payloads: list[Payload]):
+    """(pixels [sum V, 3, S, S], views per sample, metas)."""
+    import torch
+
+    return torch.cat([p.pixels for p in payloads]), tuple(len(p.pixels) for p in payloads), tuple(p.meta for p in payloads)
+
+
+class EncodeStream:
+    """Batch and ShardEnd messages over shards, split by DataLoader worker (whole shards each)."""
+
+    def __init__(self, shards: list[ShardRef], prep: EncodePrep, batch_views: int, read: ReadOptions):
+        self.shards, self.prep, self.batch_views, self.read = shards, prep, batch_views, read
+
+    def __iter__(self) -> Iterator[Batch | ShardEnd]:
+        info = None
+        if "torch" in sys.modules:
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+        for ref in self.shards if info is None else self.shards[info.id :: info.num_workers]:
+            yield from self.shard(ref)
+
+    def _one(self, rec, ref: ShardRef):
+        """A raw record -> (key, Payload) or a Reject."""
+        item = rec if isinstance(rec, Reject) else parse(rec, ref.name)
+        if isinstance(item, Reject):
+            return item
+        try:
+            return item.key, self.prep.prepare(item, ref)
+        except (SampleError, Rejected) as e:
+            return Reject(ref.name, item.key, e.reason, e.detail)
+
+    def shard(self, ref: ShardRef) -> Iterator[Batch | ShardEnd]:
+        t0, seen = time.perf_counter(), 0
+        keys, payloads, rejects, order, views = [], [], [], [], 0
+        for rec in raw_records(ref, self.read):
+            seen += 1
+            got = self._one(rec, ref)
+            if isinstance(got, Reject):
+                order.append(("reject", len(rejects)))
+                rejects.append(got)
+            else:
+                order.append(("ok", len(keys)))
+                keys.append(got[0])
+                payloads.append(got[1])
+                views += len(got[1].pixels)
+            if views >= self.batch_views:
+                yield Batch(ref, tuple(keys), collate(payloads), tuple(rejects), tuple(order))
+                keys, payloads, rejects, order, views = [], [], [], [], 0  # new lists: the batch keeps its own
+        if keys or rejects:
+            yield Batch(ref, tuple(keys), collate(payloads) if payloads else None, tuple(rejects), tuple(order))
+        yield ShardEnd(ref, seen, time.perf_counter() - t0)
