@@ -1,80 +1,166 @@
-"""`vlmtool demo`: every stage that exists, in order, on a freshly made shapes world.
+"""`vlmtool demo`: the whole pipeline, in order, on a freshly made shapes world.
 
-world -> inspect -> clip-train (a tiny CLIP, from scratch, on CPU) -> filter (drop mismatched
-captions, measured against the world's truth) -> synth (offline captions teacher) -> budget.
-Rerunning with the same --out resumes: finished stages are skipped by their own records.
+world -> inspect -> clip-train (a tiny CLIP from scratch, on CPU) -> filter (drop mismatched
+captions, measured against the world's truth) -> synth (offline captions teacher) -> budget ->
+encode (the CLIP's patch tokens) -> train stages 0, 1, 2 (the bundled LM with an MLP
+connector) -> eval (POPE's three settings, the blind baseline, the swap test, CHAIR) on a
+held-out world. Every stage is a job with its own folder under --out: rerunning the same command
+resumes, and a finished stage is skipped by its own records.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's sizes: small enough for 2 CPU cores, large enough for the figures to mean something."""
+
+    samples: int = 1200  # the world the pipeline filters and trains on
+    heldout: int = 120  # the held-out world eval reads
+    clip_samples: int = 2000  # the clean world the CLIP trains on
+    clip_steps: int = 60
+    lm_steps: int = 150  # stage 0
+    align_steps: int = 150  # stage 1
+    tune_steps: int = 700  # stage 2
+    tune_lr: float = 1e-3
+    d_model: int = 128
+    n_layers: int = 4
+    batch_size: int = 32
+    progress: bool = True
 
 
 def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr)
 
 
-def run_demo(out: str, samples: int = 256, progress: bool = True, train_steps: int = 80) -> dict:
-    import orjson
+def run_demo(out: str, opts: DemoOptions = DemoOptions()) -> dict:
+    t0 = time.perf_counter()
+    out_p = Path(out)
+    steps: dict[str, dict] = {}
+    world_dir, heldout_dir = _worlds(out_p, opts, steps)
+    model_dir = _clip(out_p, opts, steps)
+    kept = _filter(out_p, world_dir, model_dir, opts, steps)
+    instructions = _synth(out_p, kept, opts, steps)
+    _budget(kept, steps)
+    feats = _encode(out_p, kept, model_dir, opts, steps)
+    ckpt = _train(out_p, feats, instructions, opts, steps)
+    report = _eval(out_p, ckpt, heldout_dir, opts, steps)
+    return {"demo": str(out_p), "checkpoint": str(ckpt), **{k: report.get(k) for k in ("pope", "blind", "swap", "chair")},
+            "steps": steps, "seconds": round(time.perf_counter() - t0, 2)}
 
-    from vlmtool.budget.dataset import budget_dataset
-    from vlmtool.clip.train import ClipTrainOptions, run_clip_train
-    from vlmtool.filter import FilterOptions, run_filter
+
+def _worlds(out_p: Path, opts: DemoOptions, steps: dict) -> tuple[Path, Path]:
     from vlmtool.inspect_shards import InspectOptions, run_inspect
-    from vlmtool.synth.job import run_synth
     from vlmtool.world import make_world
 
-    out_p = Path(out)
-    t0 = time.perf_counter()
-    steps: dict[str, dict] = {}
-    world_dir = out_p / "world"
-    train_dir = out_p / "train-world"
-    if not (world_dir / "world.json").exists():
-        _log(f"making a shapes world of {samples} samples (30% mismatched captions, 3% broken) in {world_dir}")
-        make_world(world_dir, samples=samples, shard_size=max(16, samples // 8), seed=0, mismatch=0.3, broken=0.03, videos=1,
-                   sizes="small", progress=progress)
-    if not (train_dir / "world.json").exists():
-        _log("making a separate clean world to train the CLIP on")
-        make_world(train_dir, samples=2000, shard_size=250, seed=1, sizes="small", progress=progress)
-    steps["world"] = {"dir": str(world_dir)}
-
+    world_dir, clip_dir, heldout_dir = out_p / "world", out_p / "clip-world", out_p / "heldout"
+    made = [(world_dir, dict(samples=opts.samples, shard_size=max(16, opts.samples // 8), seed=0, mismatch=0.3, broken=0.03,
+                             videos=1), "the world (30% mismatched captions, 3% broken)"),
+            (clip_dir, dict(samples=opts.clip_samples, shard_size=250, seed=1), "a clean world to train the CLIP on"),
+            (heldout_dir, dict(samples=opts.heldout, shard_size=max(16, opts.heldout // 2), seed=99), "a held-out world for eval")]
+    for folder, kw, what in made:
+        if not (folder / "world.json").exists():
+            _log(f"world: {what}, {kw['samples']} samples, in {folder}")
+            make_world(folder, sizes="small", progress=opts.progress, **kw)
     _log("inspect: what is in the shards")
-    ins = run_inspect([str(world_dir)], str(out_p / "inspect"), InspectOptions(workers=2, progress=progress))
+    ins = run_inspect([str(world_dir)], str(out_p / "inspect"), InspectOptions(workers=2, progress=opts.progress))
     steps["inspect"] = {k: ins[k] for k in ("samples", "ok", "rejected")}
+    return world_dir, heldout_dir
+
+
+def _clip(out_p: Path, opts: DemoOptions, steps: dict) -> Path:
+    from vlmtool.clip.train import ClipTrainOptions, run_clip_train
 
     model_dir = out_p / "clip"
-    if not (model_dir / "model.safetensors").exists() or orjson.loads((model_dir / "config.json").read_bytes())["step"] < train_steps:
-        _log(f"clip-train: a tiny CLIP, {train_steps} steps on CPU")
-        tr = run_clip_train([str(train_dir)], str(model_dir), ClipTrainOptions(model="tiny-clip", steps=train_steps, batch_size=128,
-                                                                               workers=1, save_every=train_steps, progress=progress))
-        steps["clip-train"] = {k: tr[k] for k in ("steps", "loss_first", "loss_last", "seconds")}
+    _log(f"clip-train: a tiny CLIP, {opts.clip_steps} steps on CPU")
+    tr = run_clip_train([str(out_p / "clip-world")], str(model_dir),
+                        ClipTrainOptions(model="tiny-clip", steps=opts.clip_steps, batch_size=128, warmup=10, workers=1,
+                                         save_every=opts.clip_steps, progress=opts.progress))
+    steps["clip-train"] = {k: tr[k] for k in ("steps", "loss_first", "loss_last", "seconds")}
+    return model_dir
+
+
+def _filter(out_p: Path, world_dir: Path, model_dir: Path, opts: DemoOptions, steps: dict) -> Path:
+    import orjson
+
+    from vlmtool.filter import FilterOptions, run_filter
 
     _log("filter: keep the 70% best-matching pairs")
     f = run_filter([str(world_dir)], str(out_p / "filter"), FilterOptions(pretrained=str(model_dir), keep_fraction=0.7, workers=2,
-                                                                          plot=True, progress=progress))
-    truth = {}
-    for line in (out_p / "filter" / "scores.jsonl").read_bytes().splitlines():
-        row = orjson.loads(line)
-        truth[(row["shard"], row["key"])] = row
+                                                                          plot=True, progress=opts.progress))
+    rows = [orjson.loads(line) for line in (out_p / "filter" / "scores.jsonl").read_bytes().splitlines()]
     mism = _mismatched(world_dir)
-    scored = [r for r in truth.values() if r["score"] is not None]
+    scored = [r for r in rows if r["score"] is not None]
     removed = [r for r in scored if not r["kept"]]
     tp = sum(mism.get(r["key"], False) for r in removed)
     n_mism = sum(mism.get(r["key"], False) for r in scored)
     steps["filter"] = {"kept": f["kept"], "scored": len(scored), "modality_gap": f["modality_gap"],
                        "removal_precision": round(tp / len(removed), 3) if removed else None,
                        "removal_recall": round(tp / n_mism, 3) if n_mism else None, "report": str(out_p / "filter" / "report.png")}
+    return out_p / "filter" / "shards"
+
+
+def _synth(out_p: Path, kept: Path, opts: DemoOptions, steps: dict) -> Path:
+    from vlmtool.synth.job import run_synth
+    from vlmtool.synth.options import SynthOptions
 
     _log("synth: instruction pairs from the kept shards (offline captions teacher)")
-    s = run_synth([str(out_p / "filter" / "shards")], str(out_p / "synth"), teacher="captions", progress=progress)
-    steps["synth"] = {k: s[k] for k in ("instructions", "by_task", "rejected", "hallucinations")}
+    s = run_synth([str(kept)], str(out_p / "synth"), SynthOptions(teacher="captions", progress=opts.progress))
+    steps["synth"] = {k: s.get(k) for k in ("instructions", "by_task", "rejected", "hallucinations")}
+    return out_p / "synth" / "instructions.jsonl"
+
+
+def _budget(kept: Path, steps: dict) -> None:
+    from vlmtool.budget.dataset import budget_dataset
 
     _log("budget: visual tokens of the kept images")
-    b = budget_dataset([str(out_p / "filter" / "shards")], ["llava-1.5", "llava-next", "qwen2-vl"], {}, progress=False)
+    b = budget_dataset([str(kept)], ["llava-1.5", "llava-next", "qwen2-vl"], {}, progress=False)
     steps["budget"] = {m: {k: v for k, v in st.items() if k in ("images", "total", "mean", "p95")} for m, st in b["models"].items()}
-    return {"demo": str(out_p), "steps": steps, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _encode(out_p: Path, kept: Path, model_dir: Path, opts: DemoOptions, steps: dict) -> Path:
+    from vlmtool.encode import EncodeOptions, run_encode
+
+    _log("encode: the CLIP's patch tokens of the kept images (penultimate layer, LLaVA's choice)")
+    e = run_encode([str(kept)], str(out_p / "features"), EncodeOptions(pretrained=str(model_dir), workers=2, progress=opts.progress))
+    steps["encode"] = {k: e.get(k) for k in ("samples", "ok", "rejected", "tokens", "bytes")}
+    return out_p / "features"
+
+
+def _train(out_p: Path, feats: Path, instructions: Path, opts: DemoOptions, steps: dict) -> Path:
+    from vlmtool.vlm.train import TrainOptions, run_train
+
+    common = dict(batch_size=opts.batch_size, d_model=opts.d_model, n_layers=opts.n_layers, n_heads=4, vocab_size=2048,
+                  max_seq=512, workers=1, progress=opts.progress)
+    stages = [(0, dict(steps=opts.lm_steps, instructions=str(instructions)), "language-model pretraining on the text"),
+              (1, dict(steps=opts.align_steps, init=str(out_p / "stage0")), "alignment: only the connector trains, on captions"),
+              (2, dict(steps=opts.tune_steps, init=str(out_p / "stage1"), instructions=str(instructions), lr=opts.tune_lr, text_mix=0.1),
+               "instruction tuning on synth's data, the LM unfrozen")]
+    for stage, kw, what in stages:
+        _log(f"train stage {stage}: {what}")
+        t = run_train([str(feats)], str(out_p / f"stage{stage}"), TrainOptions(stage=stage, save_every=kw["steps"], **common, **kw))
+        steps[f"train-{stage}"] = {k: t.get(k) for k in ("steps", "loss_first", "loss_last", "val_loss", "val_text_loss", "seconds")}
+    return out_p / "stage2"
+
+
+def _eval(out_p: Path, ckpt: Path, heldout: Path, opts: DemoOptions, steps: dict) -> dict:
+    import orjson
+
+    from vlmtool.evals import EvalOptions, evaluate
+
+    report = out_p / "eval" / "report.json"
+    if report.exists() and orjson.loads(report.read_bytes()).get("checkpoint") == str(ckpt):
+        _log("eval: done before (eval/report.json)")
+        return orjson.loads(report.read_bytes())
+    _log("eval: POPE (random, popular, adversarial), blind, swap and CHAIR on the held-out world")
+    r = evaluate(str(ckpt), [str(heldout)], EvalOptions(device="cpu", chair_images=60, progress=opts.progress), out=str(out_p / "eval"))
+    steps["eval"] = {"report": str(out_p / "eval" / "report.png"), "seconds": r.get("seconds")}
+    return r
 
 
 def _mismatched(world_dir: Path) -> dict[str, bool]:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-
 import typer
 
-from vlmtool.cli._app import JSON, PROGRESS, app, emit
+from vlmtool.cli._app import JSON, PROGRESS, app, emit, options
 
 
 @app.command("demo")
 def demo_cmd(
-    out: str = typer.Option("vlmtool-demo", "--out", "-o", help="Folder for the demo's world and job outputs."),
-    samples: int = typer.Option(256, "--samples", "-n", min=16, help="Size of the shapes world."),
+    out: str = typer.Option("vlmtool-demo", "--out", "-o", help="Folder for the demo's worlds and job outputs (a rerun resumes).", metavar="DIR"),
+    samples: int = typer.Option(1200, "--samples", "-n", min=64, help="Size of the shapes world the pipeline filters and trains on."),
+    heldout: int = typer.Option(120, "--heldout", min=16, help="Size of the held-out world eval reads."),
+    tune_steps: int = typer.Option(700, "--tune-steps", min=1, help="Steps of stage-2 instruction tuning."),
     as_json: bool = JSON,
     progress: bool = PROGRESS,
 ) -> None:
-    """Run the pipeline on the bundled shapes world: make it, inspect it, and the jobs after."""
-    from vlmtool.demo import run_demo
+    """Run the whole pipeline on fresh shapes worlds: world, inspect, clip-train, filter, synth, budget, encode, train 0-2, eval."""
+    from vlmtool.demo import DemoOptions, run_demo
 
-    emit(run_demo(out, samples=samples, progress=progress), as_json)
+    emit(run_demo(out, options(DemoOptions, locals())), as_json)
