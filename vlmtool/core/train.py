@@ -31,6 +31,7 @@ STATE_FILE = "train_state.pt"
 @dataclass(frozen=True)
 class EpochEnd:
     epoch: int
+    read: int = 0  # items this worker read in the pass (they may still sit in the shuffle buffer)
 
 
 class TrainStream:
@@ -69,6 +70,7 @@ class TrainStream:
         buf: list = []
         epoch = 0
         while True:
+            read = 0
             order = list(self.shards)
             random.Random(hash((self.seed, epoch))).shuffle(order)
             mine = order[self.rank :: self.world][wid::nw]
@@ -78,14 +80,16 @@ class TrainStream:
                 for item in self._items(ref):
                     if isinstance(item, Reject):
                         yield item
-                    elif len(buf) < self.buffer:
+                        continue
+                    read += 1
+                    if len(buf) < self.buffer:
                         buf.append(item)
                     else:
                         i = rng.randrange(len(buf))
                         yield buf[i]
                         buf[i] = item
             epoch += 1
-            yield EpochEnd(epoch)
+            yield EpochEnd(epoch, read)
 
 
 class Batcher:

@@ -347,6 +347,7 @@ def _never_empty(items, readers: int):
     for item in items:
         if isinstance(item, EpochEnd):
             ends += 1
+            seen += item.read  # items read into the shuffle buffer count, though none came out yet
             if not seen and ends >= readers:
                 causes = ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())) or "no samples"
                 raise UsageError(f"nothing to train on: a full pass over this rank's shards gave no usable sample ({causes})")
