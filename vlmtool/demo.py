@@ -24,9 +24,9 @@ class DemoOptions:
     heldout: int = 120  # the held-out world eval reads
     clip_samples: int = 2000  # the clean world the CLIP trains on
     clip_steps: int = 60
-    lm_steps: int = 150  # stage 0
-    align_steps: int = 150  # stage 1
-    tune_steps: int = 700  # stage 2
+    lm_steps: int = 100  # stage 0
+    align_steps: int = 100  # stage 1
+    tune_steps: int = 400  # stage 2
     tune_lr: float = 1e-3
     d_model: int = 128
     n_layers: int = 4
