@@ -47,7 +47,8 @@ def make_features(root: Path, shards: int = 2, per_shard: int = 10, width: int =
             vec[:, len(COLOURS) + sh] += 1.0
             key = f"{s:05d}{i:04d}"
             meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "source": {"shard": f"/data/raw/{s:05d}.tar", "key": key},
-                    "text": {"caption": f"A {COLOURS[c]} {SHAPES[sh]}."}, "tokens": tokens}
+                    "text": {"caption": f"A {COLOURS[c]} {SHAPES[sh]}."}, "tokens": tokens, "kind": "image",
+                    "views": [{"kind": "image", "rows": [0, tokens]}]}
             w.write({"__key__": key, "tokens.npy": npy_bytes(vec.astype(np.float16)), "json": json.dumps(meta).encode()})
         w.commit()
     return root
@@ -110,7 +111,7 @@ def test_loss_mask_covers_the_assistant_reply_only(tmp_path):
 
     tok = tiny_tokenizer()
     turns = [("<image>\nWhat colour is the cube?", "The cube is red.")]
-    s = {"key": "k", "stem": "0", "caption": "A red cube.", "tokens": np.ones((3, WIDTH), np.float16), "meta": {}}
+    s = {"key": "k", "stem": "0", "caption": "A red cube.", "tokens": np.ones((3, WIDTH), np.float16), "meta": {"views": [{"kind": "image", "rows": [0, 3]}]}}
     item = Prep(2, tok, rows={("0", "k"): [turns]}).visual_item(s, turns)
     trained = [t for t, lab in zip(item["ids"], item["labels"]) if lab != IGNORE]
     assert tok.decode(trained, skip_special=True).strip() == "The cube is red."
