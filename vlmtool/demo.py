@@ -164,14 +164,15 @@ def _eval(out_p: Path, ckpt: Path, heldout: Path, opts: DemoOptions, steps: dict
 
 
 def _mismatched(world_dir: Path) -> dict[str, bool]:
-    import tarfile
-
+    """key -> whether the world gave that sample another scene's caption (its truth, in the json)."""
     import orjson
 
+    from vlmtool.core.records import Reject, tar_records
+    from vlmtool.core.shards import shard_refs
+
     out = {}
-    for t in sorted(world_dir.glob("*.tar")):
-        with tarfile.open(t) as tf:
-            for m in tf:
-                if m.name.endswith(".json"):
-                    out[m.name.split(".")[0]] = bool(orjson.loads(tf.extractfile(m).read()).get("mismatched"))
+    for ref in shard_refs(sorted(str(t) for t in world_dir.glob("*.tar"))):
+        for rec in tar_records(ref):
+            if not isinstance(rec, Reject) and "json" in rec:
+                out[rec["__key__"]] = bool(orjson.loads(rec["json"]).get("mismatched"))
     return out
