@@ -141,17 +141,24 @@ def parse_record(record: dict, shard: str, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise SampleError("empty_caption")
     caption = caption.strip()
 
-    meta: dict[str, Any] = {}
-    if "json" in record:
-        try:
-            meta = orjson.loads(record["json"])
-        except orjson.JSONDecodeError as e:
-            raise SampleError("bad_json", str(e)) from None
-        if not isinstance(meta, dict):
-            meta = {"value": meta}
-        if objects_field and objects_field in meta:
-            check_objects(meta[objects_field], objects_field)
+    meta = parse_json_member(record, objects_field)
     return Sample(key, shard, image, image_ext, caption, meta, width, height, record, header)
+
+
+def parse_json_member(record: dict, objects_field: str | None = "objects") -> dict[str, Any]:
+    """A record's json member as a dict (a non-dict value wrapped as {"value": ...}), its object
+    list checked; {} without one. SampleError(bad_json|bad_metadata) otherwise."""
+    if "json" not in record:
+        return {}
+    try:
+        meta = orjson.loads(record["json"])
+    except orjson.JSONDecodeError as e:
+        raise SampleError("bad_json", str(e)) from None
+    if not isinstance(meta, dict):
+        meta = {"value": meta}
+    if objects_field and objects_field in meta:
+        check_objects(meta[objects_field], objects_field)
+    return meta
 
 
 def _is_number(x) -> bool:

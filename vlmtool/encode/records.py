@@ -10,10 +10,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import orjson
 
 from vlmtool.core.records import ReadOptions, Reject, tar_records
-from vlmtool.core.samples import CAPTION_EXTS, IMAGE_EXTS, SampleError, check_objects
+from vlmtool.core.samples import CAPTION_EXTS, IMAGE_EXTS, SampleError, parse_json_member
 from vlmtool.core.shards import SHARD_SUFFIXES, ShardRef
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
@@ -71,17 +70,7 @@ def _text(rec: dict) -> tuple[str | None, dict]:
             caption = rec[cap_ext].decode("utf-8").strip() or None
         except UnicodeDecodeError as e:
             raise SampleError("bad_caption_encoding", str(e)) from None
-    meta: dict = {}
-    if "json" in rec:
-        try:
-            meta = orjson.loads(rec["json"])
-        except orjson.JSONDecodeError as e:
-            raise SampleError("bad_json", str(e)) from None
-        if not isinstance(meta, dict):
-            meta = {"value": meta}
-        if "objects" in meta:
-            check_objects(meta["objects"])
-    return caption, meta
+    return caption, parse_json_member(rec)
 
 
 def parse(rec: dict, shard: str) -> Item | Reject:
