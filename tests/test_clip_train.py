@@ -7,6 +7,7 @@ import orjson
 from conftest import FIXTURES, json_out, run_cli
 
 
+@pytest.mark.slow  # two training runs
 def test_resume_continues_from_the_saved_step(tmp_path):
     out = tmp_path / "m"
     a = json_out(run_cli("clip-train", FIXTURES / "shapes", "--out", out, "--steps", "4", "--batch-size", "8", "--save-every", "2",

@@ -180,6 +180,7 @@ def test_sigkill_then_rerun_gives_the_same_bytes(trained_clip, heldout_world, tm
         assert sha256_of(t) == sha256_of(job / "shards" / t.name)
 
 
+@pytest.mark.slow  # seven CLI runs, one loading a model
 def test_missing_weights_and_bad_arguments_say_what_to_do(tmp_path):
     env = {"HF_HUB_OFFLINE": "1"}
     p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "a", "--model", "ViT-B-32", "--pretrained", "openai",

@@ -52,6 +52,7 @@ def test_a_failing_pipe_and_an_unreachable_url_are_broken_tars_not_crashes(tmp_p
     assert s["rejected"].get("broken_tar") == 2
 
 
+@pytest.mark.slow  # CLI runs and a CLIP training step
 @pytest.mark.parametrize("content", [b"garbage" * 100, pickle.dumps({"state_dict": [1, 2, 3]})])
 def test_a_garbage_or_pickled_pretrained_file_is_one_line(tmp_path, content):
     bad = tmp_path / "weights.pt"
@@ -105,6 +106,7 @@ def test_credentials_in_urls_are_never_stored():
         "https://b.s3.amazonaws.com/x.tar?X-Amz-Credential=***&X-Amz-Signature=***&x=1"
 
 
+@pytest.mark.slow  # CLI runs and a CLIP training step
 def test_identical_runs_give_identical_rejects(tmp_path):
     a = run_cli("inspect", FIXTURES / "shapes", "--out", tmp_path / "a", "--no-progress")
     b = run_cli("inspect", FIXTURES / "shapes", "--out", tmp_path / "b", "--no-progress")
@@ -113,6 +115,7 @@ def test_identical_runs_give_identical_rejects(tmp_path):
     assert ra == rb and b" at 0x" not in ra
 
 
+@pytest.mark.slow  # CLI runs and a CLIP training step
 def test_outputs_honour_the_umask(tmp_path, tiny_model):
     run_cli("inspect", FIXTURES / "shapes", "--out", tmp_path / "j", "--no-progress")
     for f in (tmp_path / "j" / "manifest.json", tiny_model / "model.safetensors"):  # safetensors replaces the file it writes
