@@ -306,7 +306,7 @@ class FilterOptions:
             raise UsageError("--preprocess is fast or exact")
 
     def read(self) -> ReadOptions:
-        return ReadOptions(max_pixels=self.max_pixels, max_image_bytes=self.max_image_bytes, max_text_bytes=self.max_text_bytes)
+        return ReadOptions.of(self)
 
 
 def run_filter(inputs: list[str], out: str, opts: FilterOptions) -> dict:

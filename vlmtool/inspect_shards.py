@@ -120,7 +120,7 @@ class InspectOptions:
     progress: bool = free(True)
 
     def read(self) -> ReadOptions:
-        return ReadOptions(max_pixels=self.max_pixels, max_image_bytes=self.max_image_bytes, max_text_bytes=self.max_text_bytes)
+        return ReadOptions.of(self)
 
 
 def run_inspect(inputs: list[str], out: str | None = None, opts: InspectOptions = InspectOptions()) -> dict:

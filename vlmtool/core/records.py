@@ -37,6 +37,13 @@ class ReadOptions:
     max_text_bytes: int = 1 * MiB  # a caption or json member
     max_member_bytes: int = 512 * MiB  # any other member (videos, audio, features)
 
+    @classmethod
+    def of(cls, opts) -> ReadOptions:
+        """The caps a job's options object sets (fields of the same names); the rest default."""
+        import dataclasses
+
+        return cls(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(cls) if hasattr(opts, f.name)})
+
     def cap(self, ext: str) -> int:
         if ext in IMAGE_EXTS:
             return self.max_image_bytes

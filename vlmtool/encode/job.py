@@ -73,7 +73,7 @@ class EncodeOptions:
             raise UsageError("--batch-size must be at least 1")
 
     def read(self) -> ReadOptions:
-        return ReadOptions(self.max_pixels, self.max_image_bytes, self.max_text_bytes, self.max_member_bytes)
+        return ReadOptions.of(self)
 
 
 def tower_of(loaded, opts: EncodeOptions) -> Tower:

@@ -159,7 +159,7 @@ def _object_tables(job: Job, opts: SynthOptions) -> ObjectTables:
             return ObjectTables.from_json(read_json(path))
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             pass  # not ours, or from an older version: count again
-    read = ReadOptions(max_pixels=opts.max_pixels, max_image_bytes=opts.max_image_bytes, max_text_bytes=opts.max_text_bytes)
+    read = ReadOptions.of(opts)
     tables = count_objects(job.refs, read, opts.objects_field, opts.progress)
     write_json(path, tables.to_json())
     return tables

@@ -38,8 +38,7 @@ class Plan:
 
     @property
     def read(self) -> ReadOptions:
-        o = self.opts
-        return ReadOptions(max_pixels=o.max_pixels, max_image_bytes=o.max_image_bytes, max_text_bytes=o.max_text_bytes)
+        return ReadOptions.of(self.opts)
 
     def __post_init__(self):
         # the names an answer is checked against for objects that are not there
