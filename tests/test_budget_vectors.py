@@ -19,7 +19,7 @@ def _cases():
         options = {}
         if opt:
             k, v = opt.split("=")
-            options[k] = {"true": True}.get(v, int(v) if v.isdigit() else v)
+            options[k] = {"true": True, "false": False}.get(v, int(v) if v.isdigit() else v)
         for row in rows:
             if "tokens" in row or "error" in row:
                 yield pytest.param(preset, options, row, id=f"{key}-{row['size'][0]}x{row['size'][1]}")
@@ -48,6 +48,10 @@ def test_image_tokens_match_reference(preset, options, row):
         assert plan.tokens == row["real_tokens"]
     if "patches" in row:  # LLaVA-NeXT: base image + grid tiles
         assert 1 + plan.grid[0] * plan.grid[1] == row["patches"]
+    if "wrapper_tokens" in row:  # MiniCPM-V: the placeholder text's markers, id digits and newlines
+        assert plan.wrapper_tokens == row["wrapper_tokens"]
+    if "resized" in row:  # MiniCPM-V: the sliced canvas (or the resized image) of the processor's own run
+        assert list(plan.resized) == row["resized"]
 
 
 @pytest.mark.parametrize("row", VECTORS["qwen2-vl:video"], ids=lambda r: f"{r['frames']}f-{r['size'][0]}x{r['size'][1]}")

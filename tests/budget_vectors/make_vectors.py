@@ -11,15 +11,28 @@ preprocess on real arrays (tiles, crops, grids), and the processors' token-count
 (`_get_number_of_features`, `get_number_of_image_patches`, `get_num_of_video_patches`, the
 helpers vLLM uses) called on those image processors. The hosted APIs' vectors are the worked
 examples of their documentation.
+
+MiniCPM-V 4.x's processor is not in transformers: it ships as remote code in the model repositories.
+Its vectors come from that code, imported from a local snapshot (`huggingface-cli download
+openbmb/MiniCPM-V-4_5 --include "*.py" "*.json"`; no weights needed), when one is named:
+
+    MINICPMV_REMOTE_CODE=/path/to/snapshot /tmp/tf/bin/python tests/budget_vectors/make_vectors.py --minicpmv
+
+(`--minicpmv` remakes only those; a full or `--frontier` run includes them when the variable is set
+and keeps the stored ones otherwise.)
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import json
+import os
 import random
+import re
 import sys
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -314,6 +327,90 @@ def _fixed_vectors(vectors: dict) -> None:
         vectors[name] = [{"size": [w, h], "tokens": n} for w, h in SIZES]
 
 
+def minicpmv_remote_code(snapshot: str):
+    """The snapshot's image_processing_minicpmv.py, imported as a module of a package named after
+    the folder (so a relative import inside it resolves there), and its preprocessor_config.json."""
+    folder = Path(snapshot).resolve()
+    package = types.ModuleType("minicpmv_remote")
+    package.__path__ = [str(folder)]
+    sys.modules["minicpmv_remote"] = package
+    spec = importlib.util.spec_from_file_location("minicpmv_remote.image_processing_minicpmv", folder / "image_processing_minicpmv.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    return module, {k: v for k, v in config.items() if k not in ("auto_map", "image_processor_type", "processor_class")}
+
+
+def _minicpmv_meta(snapshot: str) -> dict:
+    """What the MiniCPM-V vectors were made from: the remote code's and config's sha256."""
+    import hashlib
+
+    folder = Path(snapshot)
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            for name in ("image_processing_minicpmv.py", "preprocessor_config.json")}
+
+
+def _minicpmv_vectors(vectors: dict, snapshot: str) -> None:
+    # MiniCPM-V 4.x: the remote code's own MiniCPMVImageProcessor, built from the snapshot's config.
+    # Every size: the text get_slice_image_placeholder makes for the image (processing_minicpmv.py
+    # puts it in place of the image tag): tokens are its <unk> placeholders, wrapper tokens its
+    # special tokens plus its other characters (the image id's digits and the newlines between
+    # slice rows, one token each). REAL sizes: the image processor's own preprocess on a PIL image
+    # (real_tokens: image_feature_size for each picture it gives the encoder, the image + slices).
+    from PIL import Image
+
+    module, config = minicpmv_remote_code(snapshot)
+    cls = module.MiniCPMVImageProcessor
+
+    def rows_for(ip, sizes, max_slice_nums=None, use_image_id=None):
+        specials = [ip.im_start_token, ip.im_end_token, ip.slice_start_token, ip.slice_end_token, ip.im_id_start, ip.im_id_end]
+        special = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+
+        def count(w, h):
+            text = ip.get_slice_image_placeholder((w, h), 0, max_slice_nums, use_image_id)
+            rest, n_special = special.subn("", text.replace(ip.unk_token, ""))
+            grid = ip.get_sliced_grid((w, h), max_slice_nums or ip.max_slice_nums) if ip.slice_mode else None
+            return {"tokens": text.count(ip.unk_token), "wrapper_tokens": n_special + len(rest),
+                    "rows_cols": [grid[1], grid[0]] if grid else [0, 0]}
+
+        def run(w, h):
+            try:
+                out = ip.preprocess(Image.new("RGB", (w, h)), max_slice_nums=max_slice_nums)
+            except RuntimeError as e:  # torch's unfold: an unresized image smaller than a patch
+                raise ValueError(str(e)) from None
+            pictures, tgt = out["pixel_values"][0], out["tgt_sizes"][0]
+            got = {"real_tokens": ip.image_feature_size * len(pictures)}
+            if ip.slice_mode:
+                grid = ip.get_sliced_grid((w, h), max_slice_nums or ip.max_slice_nums)
+                th, tw = (int(x) * ip.patch_size for x in tgt[-1])  # the last slice (or the image when not sliced)
+                got["resized"] = [tw * grid[0], th * grid[1]] if grid else [tw, th]
+            return got
+
+        rows = count_rows(sizes, count, run)
+        for row in rows:
+            assert "error" in row or "real_tokens" not in row or row["real_tokens"] == row["tokens"], row
+        return rows
+
+    ip = cls(**config)
+    vectors["minicpm-v4"] = rows_for(ip, SIZES)
+    vectors["minicpm-v4:max_slice_nums=4"] = rows_for(ip, SIZES, max_slice_nums=4)
+    vectors["minicpm-v4:use_image_id=false"] = rows_for(ip, SIZES, use_image_id=False)
+    vectors["minicpm-v4:slice_mode=false"] = rows_for(cls(**{**config, "slice_mode": False}), [s for s in REAL if s[0] * s[1] <= 4_500_000])
+
+    # Video as vLLM's MiniCPM-V processor builds its prompt (get_video_prompt_texts): each frame the
+    # image placeholder at max_slice_nums 1 without an image id; a size the image processor's own
+    # preprocess of a frame refuses is refused.
+    rows = []
+    for w, h in [(640, 360), (1920, 1080), (160, 120), (1280, 720), (28, 28), (3000, 200), (10, 4000), (100, 3)]:
+        refused = safe(lambda w, h: ip.preprocess(Image.new("RGB", (w, h)), max_slice_nums=1), w, h)
+        per_frame = ip.get_slice_image_placeholder((w, h), 0, 1, False).count(ip.unk_token)
+        for frames in (1, 2, 3, 4, 8, 15, 16, 64, 300):
+            got = refused if isinstance(refused, dict) and "error" in refused else {"tokens": frames * per_frame}
+            rows.append({"frames": frames, "size": [w, h], **got})
+    vectors["minicpm-v4:video"] = rows
+
+
 SECONDS = [1, 1.5, 2.7, 5, 10, 29.99, 30, 30.01, 45, 60, 90.5, 119.99, 120]
 
 
@@ -451,10 +548,23 @@ def _gemma3_vectors(vectors: dict) -> None:
 
 
 def main() -> None:
+    snapshot = os.environ.get("MINICPMV_REMOTE_CODE")
+    if sys.argv[1:] == ["--minicpmv"]:  # remake only MiniCPM-V's vectors, from its remote code
+        if not snapshot:
+            sys.exit("--minicpmv needs MINICPMV_REMOTE_CODE=/path/to/a MiniCPM-V 4.x snapshot")
+        data = json.loads(OUT.read_text())
+        _minicpmv_vectors(data["vectors"], snapshot)
+        data["meta"]["minicpmv"] = _minicpmv_meta(snapshot)
+        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {OUT} (MiniCPM-V vectors from {snapshot}, transformers {transformers.__version__})")
+        return
     if sys.argv[1:] == ["--frontier"]:  # remake only the frontier vectors, keep the rest
         data = json.loads(OUT.read_text())
         frontier(data["vectors"])
         audio(data["vectors"])
+        if snapshot:
+            _minicpmv_vectors(data["vectors"], snapshot)
+            data["meta"]["minicpmv"] = _minicpmv_meta(snapshot)
         OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(f"wrote {OUT} (frontier vectors, transformers {transformers.__version__})")
         return
@@ -473,8 +583,15 @@ def main() -> None:
 
     frontier(vectors)
     audio(vectors)
+    old = json.loads(OUT.read_text()) if OUT.exists() else {"meta": {}, "vectors": {}}
+    if snapshot:
+        _minicpmv_vectors(vectors, snapshot)
+    else:  # no snapshot named: keep the stored MiniCPM-V vectors
+        vectors.update({k: v for k, v in old["vectors"].items() if k.startswith("minicpm-v4")})
 
     meta = {"transformers": transformers.__version__, "python": sys.version.split()[0], "script": "tests/budget_vectors/make_vectors.py"}
+    if snapshot or "minicpmv" in old["meta"]:
+        meta["minicpmv"] = _minicpmv_meta(snapshot) if snapshot else old["meta"]["minicpmv"]
     OUT.write_text(json.dumps({"meta": meta, "vectors": vectors}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUT} ({sum(len(v) for v in vectors.values())} vectors, transformers {transformers.__version__})")
 
