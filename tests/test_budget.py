@@ -179,6 +179,37 @@ def test_frame_budgets_for_the_temporal_merge_presets(preset):
     assert 2 <= plan["selected"] == len(plan["timestamps"]) and plan["tokens"] <= 2000
 
 
+def test_qwen3_vl_plan_reports_its_timestamp_text_apart():
+    from vlmtool.budget.video import VideoInfo, frame_times
+
+    info = VideoInfo(None, 1280, 720, 25.0, 250, 10.0)
+    plan = plan_video("qwen3-vl", info, num_frames=8)
+    # uniform picks 0.625, 1.875, ... s: frames 15, 46, ... (the frame shown then), times idx / 25
+    assert frame_times(info, plan["timestamps"])[:2] == [15 / 25, 46 / 25]
+    assert plan["timestamp_text"] == ["<1.2 seconds>", "<3.7 seconds>", "<6.2 seconds>", "<8.7 seconds>"]
+    assert plan["timestamp_tokens"] == 4 * 6 and plan["marker_tokens"] == 2 + 2 * 4
+    assert plan["wrapper_tokens"] == 34 and plan["tokens"] == video_tokens("qwen3-vl", 8, 1280, 720)  # the budget counts visual tokens
+    glm = plan_video("glm4.1v", info, num_frames=8)
+    assert glm["timestamp_text"] == ["0", "3", "5", "8"] and glm["timestamp_tokens"] is None and glm["timestamp_chars"] == 4
+    assert "timestamp_text" not in plan_video("qwen2-vl", info, num_frames=8)
+    out = run_cli("budget", "--size", "1280x720", "--duration", "10", "--fps", "25", "--context", "3000", "-m", "qwen3-vl").stdout
+    assert "timestamps (" in out and "marker tokens" in out
+
+
+def test_qwen2_pre_tokenizer_cuts_a_timestamp_as_counted():
+    # Qwen2's own pre-tokenizer regex (transformers), run by the tokenizers library: "<", a piece a
+    # digit, ".", " seconds", ">", each one token of the Qwen2 vocabulary
+    tokenizers = pytest.importorskip("tokenizers")
+    qwen2 = pytest.importorskip("transformers.models.qwen2.tokenization_qwen2")
+    from vlmtool.budget.frontier import qwen_timestamp_tokens
+
+    split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(qwen2.PRETOKENIZE_REGEX), behavior="isolated")
+    for text in ("<0.5 seconds>", "<12.0 seconds>", "<3600.4 seconds>"):
+        pieces = [p for p, _ in split.pre_tokenize_str(text)]
+        assert pieces[0] == "<" and pieces[-2:] == [" seconds", ">"] and all(len(p) == 1 for p in pieces[1:-2])
+        assert len(pieces) == qwen_timestamp_tokens(text)
+
+
 def test_a_header_claiming_endless_frames_is_planned_up_to_the_cap():
     from vlmtool.budget.video import VideoInfo
 

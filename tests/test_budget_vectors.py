@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmtool.budget import audio_tokens, image_plan, image_tokens, video_tokens
+from vlmtool.budget import audio_tokens, get, image_plan, image_tokens, video_tokens
 from vlmtool.errors import UsageError
 
 VECTORS = json.loads((Path(__file__).parent / "budget_vectors" / "vectors.json").read_text())["vectors"]
@@ -13,7 +13,7 @@ VECTORS = json.loads((Path(__file__).parent / "budget_vectors" / "vectors.json")
 
 def _cases():
     for key, rows in VECTORS.items():
-        if key.endswith(":video") or key == "audio":
+        if key.endswith((":video", ":video_text")) or key == "audio":
             continue
         preset, _, opt = key.partition(":")
         options = {}
@@ -71,6 +71,32 @@ def test_frontier_video_tokens_match_reference(preset, row):
             video_tokens(preset, row["frames"], w, h)
         return
     assert video_tokens(preset, row["frames"], w, h) == row["tokens"]
+
+
+VIDEO_TEXT = [(key.split(":")[0], row) for key in VECTORS if key.endswith(":video_text") for row in VECTORS[key]]
+_PADS = {"qwen3-vl": ("<|vision_start|>", "<|vision_end|>", "<|video_pad|>"), "glm4.1v": ("<|begin_of_video|>", "<|end_of_video|>", "<|image|>")}
+
+
+@pytest.mark.parametrize("preset, row", VIDEO_TEXT, ids=lambda x: x if isinstance(x, str) else f"{len(x['frames_indices'])}f-{x['fps']}fps")
+def test_video_text_matches_the_processors_prompt(preset, row):
+    # the prompt the real Qwen3VLProcessor / Glm4vProcessor made for these frames and their metadata,
+    # rebuilt from our rules: the visual tokens a group and the text around each group
+    w, h = row["size"]
+    times = [i / row["fps"] for i in row["frames_indices"]]
+    n = len(times)
+    text = get(preset).video_text(times)
+    groups = len(text["timestamp_text"])
+    per = video_tokens(preset, n, w, h) // groups
+    start, end, pad = _PADS[preset]
+    if preset == "qwen3-vl":
+        body = "".join(f"{t}<|vision_start|>{pad}*{per}<|vision_end|>" for t in text["timestamp_text"])
+        # the processors' own tokens, with a tokenizer that has Qwen2's pre-tokenizer and " seconds" as one token
+        assert row["input_ids"] == groups * per + text["wrapper_tokens"]
+    else:
+        body = "".join(f"<|begin_of_image|>{pad}*{per}<|end_of_image|>{t}" for t in text["timestamp_text"])
+        assert text["timestamp_tokens"] is None and text["timestamp_chars"] == sum(map(len, text["timestamp_text"]))
+    assert start + body + end == row["text"]
+    assert text["marker_tokens"] == 2 + 2 * groups
 
 
 def test_idefics_helper_and_processor_agree_where_both_ran():

@@ -185,6 +185,61 @@ def _qwen3_glm(vectors: dict) -> None:
         vectors[name] = rows
 
 
+def _toy_qwen_tokenizer():
+    """A Qwen2Tokenizer (Qwen2's pre-tokenizer, byte-level BPE) over the 256 byte symbols, " seconds"
+    (one token in the Qwen2 vocabulary) and the processors' special tokens: enough to run the
+    Qwen3-VL and GLM-4.1V processors' text expansion without the hub."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    word, merges = "Ġ", []
+    for c in "seconds":
+        merges.append((word, c))
+        word += c
+        vocab[word] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tok.add_special_tokens({"additional_special_tokens": ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|image|>",
+                                                          "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                                                          "<|end_of_video|>"]})
+    return tok
+
+
+VIDEO_TEXT_CASES = [  # (frames_indices, fps, width, height)
+    ([0, 40, 99, 150, 249], 25.0, 64, 48),
+    ([0, 1], 1.0, 320, 240),
+    ([0, 12, 24, 36, 48, 60, 72, 84], 24.0, 640, 360),
+    ([3, 7, 11], 29.97, 100, 60),
+    ([0, 30000, 60000, 89999], 30.0, 160, 90),  # an hour: four-digit seconds
+    ([i * 37 for i in range(15)], 23.976, 48, 64),
+    ([5, 5, 6, 900], 2.0, 32, 32),
+]
+
+
+def _video_text_vectors(vectors: dict) -> None:
+    # The prompt text Qwen3-VL's and GLM-4.1V's processors make for a video (timestamps and markers
+    # around each temporal group), from running the processors on frames with their metadata; the
+    # placeholder runs are written "<|video_pad|>*N".
+    from transformers import Glm4vProcessor, Qwen3VLProcessor
+    from transformers.video_utils import VideoMetadata
+
+    tok = _toy_qwen_tokenizer()
+    procs = {"qwen3-vl": (Qwen3VLProcessor(image_processor=Qwen2VLImageProcessorPil(patch_size=16), tokenizer=tok, video_processor=Qwen3VLVideoProcessor()),
+                          "<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>"),
+             "glm4.1v": (Glm4vProcessor(image_processor=Glm4vImageProcessorPil(), tokenizer=tok, video_processor=Glm4vVideoProcessor()),
+                         "<|begin_of_video|><|video|><|end_of_video|>", "<|image|>")}
+    for name, (proc, prompt, pad) in procs.items():
+        rows = []
+        for indices, fps, w, h in VIDEO_TEXT_CASES:
+            video = np.zeros((len(indices), h, w, 3), dtype=np.uint8)
+            meta = VideoMetadata(total_num_frames=max(indices) + 1, fps=fps, frames_indices=list(indices), width=w, height=h)
+            out = proc(text=[prompt], videos=[video], video_metadata=[meta], do_sample_frames=False)
+            text = tok.decode(out["input_ids"][0])
+            rows.append({"frames_indices": indices, "fps": fps, "size": [w, h], "input_ids": len(out["input_ids"][0]),
+                         "text": re.sub(f"(?:{re.escape(pad)})+", lambda m, pad=pad: f"{pad}*{len(m.group(0)) // len(pad)}", text)})
+        vectors[f"{name}:video_text"] = rows
+
+
 def _llama4_vectors(vectors: dict) -> None:
     # Llama 4 (meta-llama/Llama-4-Scout-17B-16E-Instruct: 336 px tiles, max_patches 16, patch 14,
     # pixel shuffle 0.5): every size from the image processor's canvas functions, REAL sizes run.
@@ -416,7 +471,7 @@ SECONDS = [1, 1.5, 2.7, 5, 10, 29.99, 30, 30.01, 45, 60, 90.5, 119.99, 120]
 
 def frontier(vectors: dict) -> None:
     """The 2025 families (issue 14): each processor class built from its config values in code."""
-    for part in (_qwen3_glm, _llama4_vectors, _pixtral_vectors, _gotocr2_vectors, _cohere_vectors, _idefics2_vectors, _phi4_vectors, _ovis2_vectors, _molmo_vectors, _fixed_vectors):
+    for part in (_qwen3_glm, _video_text_vectors, _llama4_vectors, _pixtral_vectors, _gotocr2_vectors, _cohere_vectors, _idefics2_vectors, _phi4_vectors, _ovis2_vectors, _molmo_vectors, _fixed_vectors):
         part(vectors)
 
 
@@ -557,6 +612,12 @@ def main() -> None:
         data["meta"]["minicpmv"] = _minicpmv_meta(snapshot)
         OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(f"wrote {OUT} (MiniCPM-V vectors from {snapshot}, transformers {transformers.__version__})")
+        return
+    if sys.argv[1:] == ["--video-text"]:  # remake only the video prompt texts, keep the rest
+        data = json.loads(OUT.read_text())
+        _video_text_vectors(data["vectors"])
+        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {OUT} (video text vectors, transformers {transformers.__version__})")
         return
     if sys.argv[1:] == ["--frontier"]:  # remake only the frontier vectors, keep the rest
         data = json.loads(OUT.read_text())

@@ -494,8 +494,8 @@ def qwen3_vl_video(num_frames: int, width: int, height: int, min_pixels: int = 1
                    patch_size: int = 16, merge_size: int = 2, temporal_patch_size: int = 2) -> int:
     """Qwen3-VL video: frame pairs merged, the pixel budget shared by all frames (the class
     defaults 131072..786432: the release's video config could not be checked offline). Each
-    pair is wrapped in <|vision_start|>..<|vision_end|> after a "<t seconds>" timestamp text
-    (tokenizer-dependent, not counted). Ref: transformers models/qwen3_vl/video_processing_qwen3_vl.py
+    pair is wrapped in <|vision_start|>..<|vision_end|> after a "<t seconds>" timestamp text,
+    counted apart (qwen3_vl_video_text). Ref: transformers models/qwen3_vl/video_processing_qwen3_vl.py
     get_num_of_video_patches, processing_qwen3_vl.py replace_video_token."""
     rh, rw = temporal_smart_resize(num_frames, height, width, temporal_patch_size, patch_size * merge_size, min_pixels, max_pixels)
     grid_t = -(-num_frames // temporal_patch_size)
@@ -516,17 +516,65 @@ def glm41v(width: int, height: int, min_pixels: int = 112 * 112, max_pixels: int
 def glm41v_video(num_frames: int, width: int, height: int, min_pixels: int = 112 * 112, max_pixels: int = 28 * 28 * 2 * 30000,
                  patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2) -> int:
     """GLM-4.1V video: frame pairs merged, the pixel budget shared by all frames; each pair's tokens
-    follow a timestamp (tokenizer-dependent, not counted). Ref: transformers
-    models/glm4v/video_processing_glm4v.py get_num_of_video_patches."""
+    are followed by its timestamp in whole seconds, counted apart (glm41v_video_text). Ref:
+    transformers models/glm4v/video_processing_glm4v.py get_num_of_video_patches."""
     rh, rw = temporal_smart_resize(num_frames, height, width, temporal_patch_size, patch_size * merge_size, min_pixels, max_pixels)
     grid_t = -(-num_frames // temporal_patch_size)
     return grid_t * (rh // patch_size) * (rw // patch_size) // (merge_size * merge_size)
 
 
+# ---------------------------------------------------------------------------------- video timestamp text
+
+
+def qwen_timestamp_tokens(text: str) -> int:
+    """Tokens of one Qwen3-VL timestamp text "<12.5 seconds>": Qwen2's pre-tokenizer (transformers
+    models/qwen2/tokenization_qwen2.py PRETOKENIZE_REGEX) cuts it into "<", one piece a digit
+    (\\p{N} matches a single digit), ".", " seconds" and ">"; each piece is one token of the Qwen2
+    vocabulary (single bytes, and "Ġseconds", id 6486 in the Qwen2.5 vocabulary that Qwen3-VL
+    shares). The special tokens around it are split off before pre-tokenization."""
+    return sum(c.isdigit() for c in text) + 4
+
+
+def qwen3_vl_video_text(frame_times: list[float], temporal_patch_size: int = 2) -> dict:
+    """The text Qwen3-VL's processor writes around a video's visual tokens: before each temporal
+    group f"<{t:.1f} seconds>", t the mean of the group's first and last frame times (idx / fps;
+    a short last group repeats the last frame), then <|vision_start|>, the group's tokens and
+    <|vision_end|>. The chat template's own <|vision_start|>..<|vision_end|> around the video
+    stays, so the markers are 2 + 2 a group. Ref: transformers
+    models/qwen3_vl/processing_qwen3_vl.py replace_video_token, _calculate_timestamps."""
+    times = list(frame_times)
+    if times and len(times) % temporal_patch_size:
+        times += [times[-1]] * (temporal_patch_size - len(times) % temporal_patch_size)
+    groups = [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
+    text = [f"<{t:.1f} seconds>" for t in groups]
+    stamps = sum(qwen_timestamp_tokens(x) for x in text)
+    markers = 2 + 2 * len(groups)
+    return {"timestamp_text": text, "timestamp_chars": sum(map(len, text)), "timestamp_tokens": stamps,
+            "marker_tokens": markers, "wrapper_tokens": markers + stamps}
+
+
+def glm41v_video_text(frame_times: list[float], temporal_patch_size: int = 2) -> dict:
+    """The text GLM-4.1V's processor writes around a video's visual tokens: for each temporal
+    group <|begin_of_image|>, the group's tokens, <|end_of_image|> and then str(int(t)), t the
+    time (idx / fps) of every second frame (the group's first), the last repeated if short. The
+    timestamps' token count depends on GLM's tokenizer, which could not be read offline: their
+    characters are given, the markers (2 a group, + <|begin_of_video|>..<|end_of_video|> from the
+    chat template) are counted. Ref: transformers models/glm4v/processing_glm4v.py
+    replace_video_token, replace_frame_token_id."""
+    n_groups = -(-len(frame_times) // temporal_patch_size)
+    stamps = list(frame_times)[::2][:n_groups]
+    while len(stamps) < n_groups:
+        stamps.append(stamps[-1] if stamps else 0)
+    text = [str(int(t)) for t in stamps]
+    return {"timestamp_text": text, "timestamp_chars": sum(map(len, text)), "timestamp_tokens": None,
+            "marker_tokens": 2 + 2 * n_groups, "wrapper_tokens": None}
+
+
 PRESETS = [
-    Preset("qwen3-vl", _TX + "qwen2_vl/image_processing_qwen2_vl.py, qwen3_vl/video_processing_qwen3_vl.py", "release (image), class (video)",
-            qwen3_vl, qwen3_vl_video),
-    Preset("glm4.1v", _TX + "glm4v/image_processing_glm4v.py, video_processing_glm4v.py", "class", glm41v, glm41v_video),
+    Preset("qwen3-vl", _TX + "qwen2_vl/image_processing_qwen2_vl.py, qwen3_vl/video_processing_qwen3_vl.py, processing_qwen3_vl.py",
+           "release (image), class (video)", qwen3_vl, qwen3_vl_video, video_text=qwen3_vl_video_text),
+    Preset("glm4.1v", _TX + "glm4v/image_processing_glm4v.py, video_processing_glm4v.py, processing_glm4v.py", "class", glm41v, glm41v_video,
+           video_text=glm41v_video_text),
     Preset("llama4", _TX + "llama4/image_processing_llama4.py, processing_llama4.py", "release", llama4),
     Preset("pixtral", _TX + "pixtral/image_processing_pixtral.py, processing_pixtral.py", "release", pixtral),
     Preset("mistral3", _TX + "pixtral/image_processing_pixtral.py, processing_pixtral.py (mistral3)", "release", mistral3),

@@ -654,6 +654,9 @@ class Preset:
     video: Callable[..., int] | None = None  # (num_frames, width, height, **options); None: each frame is an image
     audio: Callable[..., int] | None = None  # (seconds, **options)
     ranges: dict = field(default_factory=dict)  # option -> (low, high), beside the shared RANGES
+    # (frame_times, temporal_patch_size=...) -> the text the processor writes around a video's
+    # visual tokens (timestamps, markers: frontier.qwen3_vl_video_text); None: no such text
+    video_text: Callable[..., dict] | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:

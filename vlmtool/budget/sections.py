@@ -202,6 +202,9 @@ def video_section(opts: BudgetOptions, models: list[str], out: BinaryIO, result:
     lines = [table(trows, ["video", "model", "P/frame", "f_max", "frames", "tokens", *extras(opts, 0).keys()])]
     lines += [f"{r.get('video') or 'video'} {r['model']} {r['strategy']}: " + " ".join(f"{t:g}" for t in r["timestamps"])
               for r in rows if r.get("timestamps")]
+    lines += [f"{r.get('video') or 'video'} {r['model']} text: {len(r['timestamp_text'])} timestamps ("
+              + (f"{r['timestamp_tokens']} tokens" if r["timestamp_tokens"] is not None else f"{r['timestamp_chars']} characters, tokens not counted")
+              + f") + {r['marker_tokens']} marker tokens, beside the {r['tokens']} visual tokens" for r in rows if r.get("timestamp_text")]
     _write(out, "\n".join(lines))
 
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmtool.budget import video_tokens
+from vlmtool.budget import get, video_tokens
 from vlmtool.errors import UsageError
 
 STRATEGIES = ("uniform", "fps", "content")
@@ -207,4 +207,27 @@ def plan_video(preset: str, info: VideoInfo, budget: int | None = None, reserved
     out = {**info.to_json(), **fb, "strategy": strategy, "temporal_pool": pool, "selected": len(ts), "timestamps": ts, "tokens": tokens}
     if budget is not None:
         assert tokens <= budget - reserved
-    return out
+    return {**out, **video_text(preset, info, ts, **options)}
+
+
+def frame_times(info: VideoInfo, timestamps: list[float]) -> list[float]:
+    """The times a processor gives the selected frames: index / fps, the index being the frame
+    shown at each timestamp (as the video metadata's frames_indices and fps give them)."""
+    if not info.fps or info.fps <= 0:
+        return list(timestamps)
+    last = info.frames - 1 if info.frames else None
+    return [(min(int(t * info.fps + 1e-9), last) if last is not None else int(t * info.fps + 1e-9)) / info.fps for t in timestamps]
+
+
+def video_text(preset: str, info: VideoInfo, timestamps: list[float], **options) -> dict:
+    """The text the preset's processor writes around the video's visual tokens (Qwen3-VL's
+    "<t seconds>" and GLM-4.1V's whole seconds before or after each temporal group, and their
+    markers), for the selected frames; {} for a preset without such text. Apart from `tokens`:
+    the budget counts visual tokens only."""
+    rule = get(preset).video_text
+    if rule is None or not timestamps:
+        return {}
+    pool = int(options.get("temporal_pool", 1) or 1)
+    times = frame_times(info, timestamps)[::pool]
+    keep = {k: options[k] for k in ("temporal_patch_size",) if k in options}
+    return rule(times, **keep)
