@@ -133,7 +133,8 @@ def test_draw_with_more_than_one_image_is_refused(tmp_path):
 #   Anthropic, docs.anthropic.com build-with-claude/vision "Calculate image costs" (Claude Sonnet at
 #   $3 / MTok): 200x200 ~54 tokens ~$0.00016; 1000x1000 ~1334 ~$0.004; 1092x1092 ~1590 ~$0.0048.
 #   Google, ai.google.dev/gemini-api/docs/tokens: both sides <= 384 px: 258 tokens; else 258 a
-#   768 px tile.
+#   768 px tile. Gemini 3, ai.google.dev/gemini-api/docs/media-resolution "Token counts": an image
+#   1120 (unspecified, the default), 280 low, 560 medium, 1120 high, 2240 ultra_high.
 HOSTED = [
     ("gpt-4o", 1024, 1024, {}, 765, 2.5, None), ("gpt-4o", 2048, 4096, {}, 1105, 2.5, None),
     ("gpt-4o", 4096, 8192, {"detail": "low"}, 85, 2.5, None),
@@ -143,7 +144,25 @@ HOSTED = [
     ("claude", 200, 200, {}, 54, 3.0, "0.00016"), ("claude", 1000, 1000, {}, 1334, 3.0, "0.004"),
     ("claude", 1092, 1092, {}, 1590, 3.0, "0.0048"),
     ("gemini", 384, 384, {}, 258, 0.3, None), ("gemini", 1000, 1000, {}, 4 * 258, 0.3, None),
+    ("gemini-3", 1000, 1000, {}, 1120, 2.0, None), ("gemini-3", 64, 9000, {"media_resolution": "low"}, 280, 2.0, None),
+    ("gemini-3", 1920, 1080, {"media_resolution": "medium"}, 560, 2.0, None),
+    ("gemini-3", 1920, 1080, {"media_resolution": "high"}, 1120, 2.0, None),
+    ("gemini-3", 1920, 1080, {"media_resolution": "ultra_high"}, 2240, 2.0, None),
 ]
+
+
+def test_gemini3_video_is_the_documented_tokens_a_frame():
+    # ai.google.dev/gemini-api/docs/media-resolution "Token counts", Gemini 3 video: 70 a frame at
+    # unspecified (the default), low and medium, 280 at high, no ultra_high
+    for level, per in (("unspecified", 70), ("low", 70), ("medium", 70), ("high", 280)):
+        assert video_tokens("gemini-3", 60, 1280, 720, media_resolution=level) == 60 * per
+    assert video_tokens("gemini-3", 60, 1280, 720) == 60 * 70
+    with pytest.raises(UsageError, match="not offered for video"):
+        video_tokens("gemini-3", 60, 1280, 720, media_resolution="ultra_high")
+    p = run_cli("budget", "--size", "100x100", "-m", "gemini-3", "--set", "media_resolution=huge", check=False)
+    assert p.returncode == 2 and "one of unspecified, low, medium, high, ultra_high" in p.stderr
+    rows = _report(size=("1280x720",), model="gemini-3,gemini", set=("media_resolution=high",), frames=30)
+    assert [(r["model"], r["tokens"]) for r in rows] == [("gemini-3", 30 * 280), ("gemini", 30 * 258)]  # gemini (2.x) has no such option
 
 
 @pytest.mark.parametrize("model, w, h, options, billed, rate, published_price", HOSTED)

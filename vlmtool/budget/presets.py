@@ -605,6 +605,33 @@ def gemini_video(num_frames: int, width: int, height: int, tokens_per_frame: int
     return num_frames * tokens_per_frame
 
 
+# Gemini 3's media_resolution: tokens an image and a video frame by level. Ref:
+# ai.google.dev/gemini-api/docs/media-resolution, "Token counts", Gemini 3 models (the default,
+# unspecified, is 1120 an image and 70 a frame; video has no ultra_high).
+GEMINI3_IMAGE = {"unspecified": 1120, "low": 280, "medium": 560, "high": 1120, "ultra_high": 2240}
+GEMINI3_VIDEO = {"unspecified": 70, "low": 70, "medium": 70, "high": 280}
+MEDIA_RESOLUTIONS = tuple(GEMINI3_IMAGE)
+
+
+def gemini3(width: int, height: int, media_resolution: str = "unspecified") -> Plan:
+    """Google Gemini 3: a fixed number of tokens an image by media_resolution, whatever its size:
+    low 280, medium 560, high 1120, ultra_high 2240 (per part only), unspecified (the default)
+    1120. Google gives these as the (approximate, maximum) tokens allocated to an image. Ref:
+    ai.google.dev/gemini-api/docs/media-resolution (Token counts)."""
+    _check_size(width, height)
+    n = GEMINI3_IMAGE[media_resolution]
+    return Plan("gemini-3", width, height, n, 0, [Part("image", n, (0, 0, width, height))], note=f"media_resolution {media_resolution}")
+
+
+def gemini3_video(num_frames: int, width: int, height: int, media_resolution: str = "unspecified") -> int:
+    """Google Gemini 3 video: 70 tokens a frame at low, medium and unspecified (the default), 280 at
+    high; ultra_high is not offered for video. Ref: ai.google.dev/gemini-api/docs/media-resolution
+    (Token counts)."""
+    if media_resolution not in GEMINI3_VIDEO:
+        raise UsageError(f"gemini-3: media_resolution={media_resolution} is not offered for video (use one of {', '.join(GEMINI3_VIDEO)})")
+    return num_frames * GEMINI3_VIDEO[media_resolution]
+
+
 # ---------------------------------------------------------------------------------- custom
 
 
