@@ -46,6 +46,21 @@ def tiny_tower(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_rn_tower(tmp_path_factory):
+    """A random tiny-rn-clip (open_clip's ModifiedResNet tower, 64 px) as a clip-train folder."""
+    import torch
+
+    from vlmtool.clip.model import load_clip
+    from vlmtool.clip.train import save_model
+
+    torch.manual_seed(0)
+    loaded = load_clip("tiny-rn-clip", "random")
+    out = tmp_path_factory.mktemp("rn-tower")
+    save_model(out, loaded.model, loaded, 0, {"test": True})
+    return out
+
+
+@pytest.fixture(scope="module")
 def mixed_world(tmp_path_factory):
     """Small, large, wide and tall images and two videos."""
     from vlmtool.world import make_world
@@ -134,6 +149,10 @@ def reference_rows(loaded, pil, layer, cls):
     import torch
 
     with torch.inference_mode():
+        if not hasattr(loaded.model.visual, "transformer"):  # a ResNet tower: the stage's feature map, row by row
+            fmap = loaded.model.visual.forward_intermediates(loaded.transform(pil)[None], indices=[layer],
+                                                             intermediates_only=True)["image_intermediates"][0][0]  # [D, H, W]
+            return fmap.permute(1, 2, 0).reshape(-1, fmap.shape[0]).numpy()
         out = loaded.model.visual.forward_intermediates(loaded.transform(pil)[None], indices=[layer], intermediates_only=True,
                                                         output_fmt="NLC", output_extra_tokens=cls)
         tok = out["image_intermediates"][0][0]  # [L, D]
@@ -175,6 +194,36 @@ def test_single_views_and_video_frames_equal_open_clip(tiny_tower, mixed_world, 
     s = encode(inputs, job, tiny_tower, layer=layer, cls=cls, frame_budget=4 * (64 + cls))
     assert s["complete"] and s["rejected"] == {} and s["ok"] == 9
     assert check_against_reference(job, tiny_tower, layer, cls) == {"image", "frame"}
+
+
+@pytest.mark.parametrize("layer,stride,width", [(-2, 16, 256), (-1, 32, 512), (-3, 8, 128)])
+def test_a_resnet_tower_writes_its_stage_grid(tiny_rn_tower, mixed_world, tmp_path, layer, stride, width):
+    """A ResNet stage's feature map is the token grid: its stride stands for the patch size, in the
+    plan, the counts and features.json; rows equal open_clip's map read row by row; infer's
+    encode_image gives the same rows; a class token is refused (a ResNet has none)."""
+    import numpy as np
+    from PIL import Image
+
+    from vlmtool.errors import UsageError
+    from vlmtool.features import read, read_features_json
+    from vlmtool.vlm.infer import encode_image
+
+    job = tmp_path / "f"
+    s = encode([mixed_world / "00000.tar", mixed_world / "videos" / "00000.mp4"], job, tiny_rn_tower, layer=layer,
+               frame_budget=4 * (64 // stride) ** 2)
+    assert s["complete"] and s["rejected"] == {} and s["ok"] == 9
+    tower = read_features_json(job)["tower"]
+    assert (tower["patch_size"], tower["width"], tower["rows_per_view"]) == (stride, width, (64 // stride) ** 2)
+    assert check_against_reference(job, tiny_rn_tower, layer, False) == {"image", "frame"}
+    sample = next(x for x in read([str(job / "shards" / "00000.tar")]) if x["meta"]["kind"] == "image")
+    member = sample["meta"]["source"]["member"]
+    with tarfile.open(mixed_world / "00000.tar") as tf:
+        img = Image.open(io.BytesIO(tf.extractfile(member).read()))
+        img.load()
+    rows = encode_image(tower, img).numpy()
+    assert np.abs(rows - sample["tokens"].astype(np.float32)).max() / np.abs(rows).max() < TOL
+    with pytest.raises(UsageError, match="no class token"):
+        encode([mixed_world / "00000.tar"], tmp_path / "cls", tiny_rn_tower, layer=layer, cls=True)
 
 
 @pytest.mark.parametrize("preset,layer", [("llava-next", -2), ("llava-next", -1), ("internvl2.5", -2)])

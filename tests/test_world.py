@@ -78,6 +78,28 @@ def test_mismatched_captions_keep_the_truth():
         assert (named != truth_shapes) == m["mismatched"]
 
 
+def test_plain_captions_name_the_shapes_alone_and_change_nothing_else():
+    """--plain: that fraction of captions names the shapes without colours (the same shapes, the
+    same picture, the truth unchanged); the other samples are byte for byte the default world's."""
+    from vlmtool.world import COLORS
+
+    n, plain_n = 120, 0
+    for i in range(n):
+        base, half, full = (make_sample(3, i, mismatch=0.3, sizes="small", plain=p) for p in (0.0, 0.5, 1.0))
+        assert half["jpg"] == base["jpg"] == full["jpg"]
+        meta, meta_full = orjson.loads(base["json"]), orjson.loads(full["json"])
+        assert meta_full["objects"] == meta["objects"] and meta_full["mismatched"] == meta["mismatched"] and meta_full["plain"]
+        words = set(full["txt"].decode().lower().rstrip(".").replace(",", "").split())
+        assert not words & set(COLORS)
+        assert {s for s in SHAPES if s in words} == {s for s in SHAPES if s in base["txt"].decode()}
+        if half["txt"] == base["txt"]:
+            assert half["json"] == base["json"]
+        else:
+            plain_n += 1
+            assert half["txt"] == full["txt"]
+    assert 0.35 * n <= plain_n <= 0.65 * n
+
+
 def test_partners_co_occur_more_than_other_pairs():
     pairs = Counter()
     singles = Counter()

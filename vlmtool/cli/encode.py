@@ -28,7 +28,7 @@ def encode_cmd(
     out: str = OUT,
     pretrained: str = typer.Option(..., "--pretrained", help="A clip-train folder, a checkpoint file, or an open_clip pretrained tag (with --model); 'random' for random weights (tests only)."),
     model: str | None = typer.Option(None, "--model", help="open_clip architecture, e.g. ViT-L-14-336 (not needed with a clip-train folder)."),
-    layer: int = typer.Option(-2, "--layer", help="Block whose output is written: -2 the penultimate (LLaVA's), -1 the last."),
+    layer: int = typer.Option(-2, "--layer", help="Block whose output is written: -2 the penultimate (LLaVA's), -1 the last (a ResNet tower: its stages, -2 is layer3)."),
     cls: bool = typer.Option(False, "--cls", help="Keep the class token as the first row of each view."),
     anyres: str | None = typer.Option(None, "--anyres", help="Tile images by a budget preset's plan at the tower's size: llava-next (base + tiles, row newlines) or internvl2.5 (tiles + thumbnail)."),
     frame_budget: int | None = typer.Option(None, "--frame-budget", help="Videos: token rows per video; frames = floor(B / rows per frame) (default: 8 frames)."),

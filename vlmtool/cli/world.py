@@ -6,7 +6,7 @@ import typer
 
 from vlmtool.cli._app import JSON, PROGRESS, app, emit
 
-WORLD_DEFAULTS = {"samples": 64, "shard_size": 16, "mismatch": 0.0, "broken": 0.0, "broken_tar": False, "videos": 0, "sizes": "varied"}
+WORLD_DEFAULTS = {"samples": 64, "shard_size": 16, "mismatch": 0.0, "broken": 0.0, "broken_tar": False, "videos": 0, "sizes": "varied", "plain": 0.0}
 
 
 def _faults_summary(summary: dict) -> dict:
@@ -35,6 +35,8 @@ def world_cmd(
     broken_tar: bool = typer.Option(False, "--broken-tar", help="Cut the last shard inside a member's data."),
     videos: int = typer.Option(0, "--videos", min=0, help="Short videos with known static and moving segments."),
     sizes: str = typer.Option("varied", "--sizes", help="Image size mix: varied (96 px to 1920x1080, tall, wide) or small (64-160 px)."),
+    plain: float = typer.Option(0.0, "--plain", min=0.0, max=1.0,
+                                help="Fraction of captions that name the shapes without their colours ('A circle above a star.')."),
     faults: bool = typer.Option(False, "--faults", help="Write the hostile corpus instead: every fault class a reader must survive, "
                                 "with the exact expected outcome of each in OUT/faults.json. Only --seed and --huge-caption-bytes apply."),
     huge_caption_bytes: int = typer.Option(None, "--huge-caption-bytes", metavar="BYTES",
@@ -46,7 +48,7 @@ def world_cmd(
     from vlmtool.errors import UsageError
 
     given = {"samples": samples, "shard_size": shard_size, "mismatch": mismatch, "broken": broken, "broken_tar": broken_tar,
-             "videos": videos, "sizes": sizes}
+             "videos": videos, "sizes": sizes, "plain": plain}
     if faults:
         from vlmtool.world.faults import DEFAULT_HUGE_CAPTION_BYTES, make_faults
 

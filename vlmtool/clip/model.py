@@ -188,3 +188,42 @@ class _quiet_open_clip:
         import logging
 
         logging.root.setLevel(self._level)
+
+
+def grid_tokens(visual, pixels, layer: int, cls: bool = False, pooled: bool = False):
+    """Block `layer`'s token grid of a batch, for any open_clip tower: a ViT's patch tokens (its
+    class token first with `cls`) or a ResNet stage's feature map (open_clip's ModifiedResNet:
+    stem, layer1..layer4; -2 is layer3), both row-major. -> (rows [N, L, D], pooled [N, E] or None,
+    the tower's own image embedding from the same forward when `pooled`)."""
+    import torch
+
+    out = visual.forward_intermediates(pixels, indices=[layer], stop_early=not pooled, intermediates_only=not pooled,
+                                       output_fmt="NCHW", output_extra_tokens=cls)
+    rows = out["image_intermediates"][0].flatten(2).transpose(1, 2)  # [N, D, H, W] -> [N, H*W, D]
+    if cls:
+        prefix = out.get("image_intermediates_prefix")
+        if not prefix:
+            raise UsageError(f"--cls: this tower ({type(visual).__name__}) has no class token")
+        rows = torch.cat([prefix[0], rows], dim=1)
+    return rows, (out["image_features"] if pooled else None)
+
+
+def token_grid(loaded: LoadedClip, layer: int, cls: bool = False) -> tuple[int, int]:
+    """(stride, width) of block `layer`'s token grid: pixels a token covers across (a ViT's patch
+    size; a ResNet stage's downsampling) and its channels, read off one blank image's forward (so
+    a bad --layer, or --cls on a tower without a class token, is refused before any work)."""
+    import math
+
+    import torch
+
+    visual = loaded.model.visual
+    size = loaded.preprocess.size
+    try:
+        with torch.inference_mode():
+            rows, _ = grid_tokens(visual, torch.zeros(1, 3, size, size, device=next(visual.parameters()).device), layer, cls)
+    except (IndexError, AssertionError, ValueError) as e:
+        raise UsageError(f"--layer {layer}: not a block of this tower ({type(e).__name__}: {e})") from None
+    side = math.isqrt(rows.shape[1] - int(cls))
+    if side < 1 or size % side:
+        raise UsageError(f"the tower's grid at --layer {layer} ({side} across) does not divide its image size {size}")
+    return size // side, int(rows.shape[-1])

@@ -76,32 +76,31 @@ class EncodeOptions:
         return ReadOptions.of(self)
 
 
-def tower_of(loaded, opts: EncodeOptions) -> Tower:
-    patch = loaded.model.visual.patch_size
-    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-    return Tower(loaded.preprocess.size, int(patch), opts.cls, opts.anyres, opts.frame_budget, opts.select, opts.sample_fps)
+def tower_of(loaded, opts: EncodeOptions) -> tuple[Tower, int]:
+    """The views' geometry (a token's stride in pixels stands for the patch size) and the width
+    of the chosen block."""
+    from vlmtool.clip.model import token_grid
+
+    stride, dim = token_grid(loaded, opts.layer, opts.cls)
+    return Tower(loaded.preprocess.size, stride, opts.cls, opts.anyres, opts.frame_budget, opts.select, opts.sample_fps), dim
 
 
 def _encoder(loaded, opts: EncodeOptions, dev, dtype):
     """forward(pixels [N, 3, S, S]) -> (tokens float32 [N, R, D], pooled float32 [N, E] or None):
-    the chosen block's output (open_clip forward_intermediates, CLS first with --cls) and, with
-    --pooled, the normalized image embedding of the same forward."""
+    the chosen block's token grid (clip.model.grid_tokens: a ViT's patch tokens, CLS first with
+    --cls, or a ResNet stage's feature map) and, with --pooled, the normalized image embedding of
+    the same forward."""
     import torch
 
+    from vlmtool.clip.model import grid_tokens
     from vlmtool.core.runtime import autocast
 
     visual = loaded.model.visual
 
     def forward(px):
         with torch.inference_mode(), autocast(dev, dtype):
-            out = visual.forward_intermediates(px.to(dev, non_blocking=True), indices=[opts.layer], stop_early=not opts.pooled,
-                                               intermediates_only=not opts.pooled, output_fmt="NLC", output_extra_tokens=opts.cls)
-            tok = out["image_intermediates"][0]  # [N, L, D]
-            if opts.cls:
-                tok = torch.cat([out["image_intermediates_prefix"][0], tok], dim=1)  # [N, 1 + L, D]
-            pooled = None
-            if opts.pooled:
-                pooled = torch.nn.functional.normalize(out["image_features"].float(), dim=-1).cpu().numpy()  # [N, E]
+            tok, emb = grid_tokens(visual, px.to(dev, non_blocking=True), opts.layer, opts.cls, opts.pooled)
+            pooled = None if emb is None else torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()  # [N, E]
             return tok.float().cpu().numpy(), pooled
 
     return forward
@@ -314,9 +313,8 @@ def run_encode(inputs: list[str], out: str, opts: EncodeOptions) -> dict:
     dev = resolve_device(opts.device, dist)
     dtype = resolve_precision(opts.precision, dev)
     loaded = load_clip(opts.model, opts.pretrained, device=dev)
-    tower = tower_of(loaded, opts)
+    tower, dim = tower_of(loaded, opts)
     check_anyres(tower)
-    dim = int(loaded.model.visual.transformer.width)
     plan = predict([r.url for r in refs], tower, dim, opts.pooled, int(getattr(loaded.model.visual, "output_dim", 0) or 0))
     log("encode", plan["line"])
     check_disk(out, plan["bytes"])

@@ -49,18 +49,16 @@ def load_tower(tower: dict, device="cpu"):
 
 def encode_image(tower: dict, image, device="cpu"):
     """A PIL image -> its feature rows [T, D] (float32), as encode writes them for one view:
-    layer `tower["layer"]` (LLaVA: -2) of the ViT, without CLS unless `tower["cls"]`."""
+    layer `tower["layer"]` (LLaVA: -2) of the tower, without CLS unless `tower["cls"]`."""
     import torch
+
+    from vlmtool.clip.model import grid_tokens
 
     loaded = load_tower(tower, device)
     layer, cls = int(_tower_field(tower, "layer", default=-2)), bool(_tower_field(tower, "cls", default=False))
     x = loaded.transform(image.convert("RGB"))[None].to(device)  # [1, 3, H, W]
     with torch.no_grad():
-        out = loaded.model.visual.forward_intermediates(x, indices=[layer], intermediates_only=True, output_fmt="NLC",
-                                                         output_extra_tokens=cls)
-    rows = out["image_intermediates"][0]  # [1, T, D]
-    if cls and out.get("image_intermediates_prefix"):
-        rows = torch.cat([out["image_intermediates_prefix"][0], rows], 1)  # [1, 1 + T, D]
+        rows, _ = grid_tokens(loaded.model.visual, x, layer, cls)  # [1, T, D]
     return rows[0].float()  # [T, D]
 
 

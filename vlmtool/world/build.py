@@ -83,6 +83,7 @@ def make_world(
     broken_tar: bool = False,
     videos: int = 0,
     sizes: str = "varied",
+    plain: float = 0.0,
     progress: bool = False,
 ) -> dict:
     """Write `samples` records as shards OUT/{00000..}.tar (+ videos) and OUT/world.json.
@@ -100,13 +101,14 @@ def make_world(
         raise UsageError(f"unknown size mix {sizes!r}: use one of {', '.join(SIZE_MIXES)}")
     if samples < 1 or shard_size < 1:
         raise UsageError("--samples and --shard-size must be at least 1")
-    if not (0 <= mismatch <= 1 and 0 <= broken <= 1):
-        raise UsageError("--mismatch and --broken are fractions between 0 and 1")
+    if not (0 <= mismatch <= 1 and 0 <= broken <= 1 and 0 <= plain <= 1):
+        raise UsageError("--mismatch, --broken and --plain are fractions between 0 and 1")
     n_shards = math.ceil(samples / shard_size)
     files = [f"{s:05d}.tar" for s in range(n_shards)]
     files += [f"videos/{v:05d}{ext}" for v in range(videos) for ext in (".mp4", ".json")] + ["world.json"]
     out = claim_folder(out, files)
-    written = _write_shards(out, n_shards, samples, shard_size, seed, progress, mismatch=mismatch, broken=broken, sizes=sizes)
+    written = _write_shards(out, n_shards, samples, shard_size, seed, progress, mismatch=mismatch, broken=broken, sizes=sizes,
+                            plain=plain)
     truncated = None
     if broken_tar:
         truncated = _cut_inside_a_member(out / files[n_shards - 1])
@@ -125,7 +127,7 @@ def make_world(
         video_truth[p.name] = make_video(p, seed, v)
         write_json(p.with_suffix(".json"), video_truth[p.name])
     summary = {"out": str(out), "seed": seed, "samples": samples, "shards": n_shards, "shard_size": shard_size,
-               "sizes": sizes, "mismatch": mismatch, "broken": broken, "counts": counts,
+               "sizes": sizes, "mismatch": mismatch, "broken": broken, "plain": plain, "counts": counts,
                "truncated_shard": truncated, "videos": sorted(video_truth), "files": files,
                "objects": object_tables([r["labels"] for r in rows if not r["broken"]])}
     write_json(out / "world.json", summary)

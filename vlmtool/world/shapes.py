@@ -61,8 +61,9 @@ class Obj:
     def name(self) -> str:
         return f"{self.color} {self.shape}"
 
-    def with_article(self) -> str:
-        return ("an " if self.color[0] in "aeiou" else "a ") + self.name()
+    def with_article(self, colour: bool = True) -> str:
+        name = self.name() if colour else self.shape
+        return ("an " if name[0] in "aeiou" else "a ") + name
 
     def to_json(self) -> dict:
         return {"shape": self.shape, "color": self.color, "bbox": list(self.bbox)}
@@ -150,8 +151,9 @@ def relation(a: Obj, b: Obj) -> str:
     return "above" if ay < by else "below"
 
 
-def caption_for(objs: list[Obj], rng: np.random.Generator) -> str:
-    names = [o.with_article() for o in objs]
+def caption_for(objs: list[Obj], rng: np.random.Generator, colours: bool = True) -> str:
+    """The scene's caption; without colours it names the shapes alone ("A circle above a star.")."""
+    names = [o.with_article(colours) for o in objs]
     if len(objs) == 1:
         forms = ["{0}.", "A photo of {0}.", "{0} on a plain background.", "There is {0} in the picture."]
         text = forms[int(rng.integers(len(forms)))].format(names[0])
@@ -199,12 +201,18 @@ def bomb_png() -> bytes:
     return _BOMB
 
 
-def make_sample(seed: int, index: int, *, mismatch: float = 0.0, broken: float = 0.0, sizes: str = "varied") -> dict:
-    """One webdataset record (bytes members) and its truth."""
+def make_sample(seed: int, index: int, *, mismatch: float = 0.0, broken: float = 0.0, sizes: str = "varied",
+                plain: float = 0.0) -> dict:
+    """One webdataset record (bytes members) and its truth. A `plain` fraction of captions name the
+    shapes without their colours (drawn from a stream of their own: other samples are unchanged)."""
     img, objs, caption = render_scene(seed, index, sizes)
+    plain_rng = _rng(seed, index, 2)
+    colours = not (plain and plain_rng.random() < plain)
+    if not colours:
+        caption = caption_for(objs, plain_rng, colours=False)
     rng = _rng(seed, index, 1)
     meta = {"index": index, "seed": seed, "width": img.width, "height": img.height,
-            "objects": [o.to_json() for o in objs], "caption_true": caption, "mismatched": False}
+            "objects": [o.to_json() for o in objs], "caption_true": caption, "mismatched": False, **({} if colours else {"plain": True})}
     if mismatch and rng.random() < mismatch:
         # Another scene's caption, redrawn until it names a different set of shapes.
         k = 0
@@ -214,7 +222,7 @@ def make_sample(seed: int, index: int, *, mismatch: float = 0.0, broken: float =
             other = layout(other_rng, img.width, img.height, pick_shapes(other_rng))
             if {o.shape for o in other} != {o.shape for o in objs} and other:
                 break
-        caption = caption_for(other, other_rng)
+        caption = caption_for(other, other_rng, colours)
         meta["mismatched"] = True
     rec: dict = {"__key__": f"{index:09d}", "jpg": _jpeg(img), "txt": caption.encode()}
     if broken and rng.random() < broken:
