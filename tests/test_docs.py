@@ -3,7 +3,6 @@ options, and the examples that need no data run and print what they say."""
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
