@@ -491,3 +491,81 @@ def test_changed_vocabulary_or_prompt_files_are_refused_on_resume(tmp_path):
         run_synth([str(photos)], str(tmp_path / "o"), opts)
     vocab.write_text("zebra\n")
     assert run_synth([str(photos)], str(tmp_path / "o"), opts)["instructions"] == 2
+
+
+def _reference_output(out, inputs, format="llava"):
+    """instructions.jsonl and the request totals as synth wrote them when it held every log row
+    in memory (the reference the streaming finalize must match byte for byte)."""
+    from vlmtool.core.shards import dumps, expand_inputs, shard_refs
+    from vlmtool.synth.job import to_record
+    from vlmtool.synth.tasks import TASKS
+
+    rank = {"ok": 3, "rejected": 2, "failed": 1}
+    done = {}
+    for p in sorted((out / "log").glob("requests-*.jsonl")):
+        for line in p.read_bytes().split(b"\n"):
+            try:
+                row = orjson.loads(line) if line else None
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(row, dict) or row.get("status") not in rank or not isinstance(row.get("id"), str):
+                continue
+            old = done.get(row["id"])
+            if old is None or rank[row["status"]] >= rank[old["status"]]:
+                done[row["id"]] = row
+    index = {r.name: r.index for r in shard_refs(expand_inputs(inputs))}
+    order = {t: i for i, t in enumerate(TASKS)}
+    ok = sorted((r for r in done.values() if r["status"] == "ok"), key=lambda r: (index.get(r["shard"], 1 << 30), r["order"], order[r["task"]]))
+    by = Counter(f"{r['status']}:{r['reason']}" for r in done.values() if r["status"] != "ok")
+    totals = {"requests": len(done), "ok": len(ok), "retries": sum(r.get("retries", 0) for r in done.values()),
+              "by_task": dict(Counter(r["task"] for r in ok)),
+              "rejected": {k.split(":", 1)[1]: v for k, v in by.items() if k.startswith("rejected:")},
+              "failed": {k.split(":", 1)[1]: v for k, v in by.items() if k.startswith("failed:")}}
+    return b"".join(dumps(to_record(r, format)) + b"\n" for r in ok), totals
+
+
+def _old_duplicate_rule_holds(out):
+    """Replays the logs in the order they were written with the old in-memory rule (every
+    answer of every sample kept as text): an ok answer was new, a duplicate was seen before."""
+    from vlmtool.synth.validate import normalize
+
+    seen = set()
+    for p in sorted((out / "log").glob("requests-*.jsonl")):
+        for row in _lines(p) if p.name == "requests-00000.jsonl" else []:  # (the other: the torn line alone)
+            if row["status"] == "failed" or (row["status"] == "rejected" and row["reason"] != "duplicate"):
+                continue
+            keys = [k for t in row["turns"] for k in [f"{row['key']}\x1f{normalize(t['answer'])}"]
+                    + ([normalize(t["answer"])] if len(t["answer"]) >= 150 else [])]
+            assert any(k in seen for k in keys) == (row["status"] == "rejected"), row["id"]
+            seen.update(keys)
+
+
+def test_streamed_finalize_matches_the_in_memory_one_with_duplicates_and_retried_failures(small_world, tmp_path, monkeypatch):
+    """Several shards, answers rejected as duplicates (within a sample and long ones across
+    samples), requests that failed then succeeded under --retry-failed, and a torn last log
+    line: instructions.jsonl and the totals are those of the in-memory reference."""
+    from vlmtool.synth.teachers import CaptionsTeacher
+
+    real = CaptionsTeacher.turns
+
+    def flaky(self, req):
+        if req.sample_key.endswith("7") and req.task == "reasoning":
+            raise RuntimeError("teacher down")
+        t = real(self, req)
+        if req.task == "detail":  # the same long answer for every sample: a duplicate anywhere but the first
+            t = [{**x, "answer": "A long answer that every sample gets. " * 5} for x in t]
+        return t
+
+    monkeypatch.setattr(CaptionsTeacher, "turns", flaky)
+    out, inputs = tmp_path / "o", [str(small_world)]
+    s = run_synth(inputs, str(out), SynthOptions(progress=False, max_failed=1.0))
+    assert s["failed"].get("teacher_error", 0) > 0 and s["rejected"].get("duplicate", 0) > 0
+    monkeypatch.setattr(CaptionsTeacher, "turns", real)
+    for _ in range(2):  # the retry, then a rerun over logs one of which (a killed rank's) ends in a torn line
+        s = run_synth(inputs, str(out), SynthOptions(progress=False, max_failed=1.0, retry_failed=True))
+        want, totals = _reference_output(out, inputs)
+        assert (out / "instructions.jsonl").read_bytes() == want
+        assert {k: s[k] for k in totals} == {k: v for k, v in totals.items()} | {"rejected": dict(sorted(totals["rejected"].items()))}
+        assert s["failed"] == {} and not list(out.glob("_spill*"))
+        (out / "log" / "requests-00001.jsonl").write_bytes(b'{"id": "torn", "status": "ok", "tur')
+    _old_duplicate_rule_holds(out)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import orjson
@@ -30,7 +30,7 @@ import orjson
 from vlmtool.core.job import Job
 from vlmtool.core.shards import (
     JobDir,
-    atomic_write,
+    atomic_path,
     dumps,
     expand_inputs,
     read_json,
@@ -40,7 +40,7 @@ from vlmtool.core.shards import (
 from vlmtool.errors import JobFailed, UsageError
 from vlmtool.synth.objects import ObjectTables, count_objects, read_vocabulary
 from vlmtool.synth.options import FORMATS, SynthOptions
-from vlmtool.synth.run import Plan, Run
+from vlmtool.synth.run import Plan, Run, Seen
 from vlmtool.synth.tasks import TASKS, load_prompts, parse_tasks
 from vlmtool.synth.teachers import CaptionsTeacher, OpenAITeacher
 
@@ -48,22 +48,49 @@ __all__ = ["FORMATS", "SynthOptions", "run_synth"]
 _STATUS_RANK = {"ok": 3, "rejected": 2, "failed": 1}
 
 
-def _read_logs(log_dir: Path) -> dict[str, dict]:
-    """The latest terminal row per request key over every rank's log (ok beats rejected beats
-    failed, so a request retried after a failure counts once). A torn last line is ignored."""
-    done: dict[str, dict] = {}
+def _log_rows(log_dir: Path):
+    """(line, row) for every terminal row of every rank's log, streamed line by line; a torn
+    last line is skipped."""
     for p in sorted(log_dir.glob("requests-*.jsonl")):
-        for line in p.read_bytes().split(b"\n"):
-            try:
-                row = orjson.loads(line) if line else None
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(row, dict) or row.get("status") not in _STATUS_RANK or not isinstance(row.get("id"), str):
-                continue
-            old = done.get(row["id"])
-            if old is None or _STATUS_RANK[row["status"]] >= _STATUS_RANK[old["status"]]:
-                done[row["id"]] = row
-    return done
+        with open(p, "rb") as f:
+            for line in f:
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and row.get("status") in _STATUS_RANK and isinstance(row.get("id"), str):
+                    yield line, row
+
+
+def _better(row: dict, old: dict | str | None) -> bool:
+    """Whether `row` replaces `old` as a request's result: ok beats rejected beats failed, and
+    of two alike the later wins (a request retried after a failure counts once)."""
+    if old is None:
+        return True
+    return _STATUS_RANK[row["status"]] >= _STATUS_RANK[old if isinstance(old, str) else old["status"]]
+
+
+def _failed_shards(log_dir: Path) -> set[str]:
+    """The shards holding a request whose best result is a failure (for --retry-failed): two
+    passes over the logs, keeping only the failed requests' ids."""
+    failed = {row["id"]: row.get("shard") for _, row in _log_rows(log_dir) if row["status"] == "failed"}
+    if failed:
+        for _, row in _log_rows(log_dir):
+            if row["status"] != "failed":
+                failed.pop(row["id"], None)
+    return set(failed.values())
+
+
+def _seen(log_dir: Path, pending: set[str]) -> Seen:
+    """What a rerun needs from the logs (see run.Seen), bounded by the pending shards."""
+    seen = Seen()
+    for _, row in _log_rows(log_dir):
+        shard = row.get("shard")
+        if row["status"] == "ok":
+            seen.add_ok(shard, row.get("key"), row.get("turns", []), in_flight=shard in pending)
+        if shard in pending and _better(row, seen.status.get(row["id"])):
+            seen.status[row["id"]] = row["status"]
+    return seen
 
 
 def _open_log(path: Path):
@@ -170,16 +197,15 @@ def _synth(jobf: Job, plan: Plan) -> dict:
     t0 = time.perf_counter()
     job = jobf.records()
     log_dir = job.out / "log"
-    done = _read_logs(log_dir)
     if opts.retry_failed:  # reopen the shards that hold failed requests; only those requests are sent again
-        failed_shards = {r["shard"] for r in done.values() if r["status"] == "failed"}
+        failed_shards = _failed_shards(log_dir)
         for ref in jobf.refs:
             if ref.name in failed_shards:
                 job.record_path(ref).unlink(missing_ok=True)
     teacher = make_teacher(opts)
     pending = job.pending()
     log = _open_log(log_dir / f"requests-{jobf.dist.rank:05d}.jsonl")
-    runner = Run(job, teacher, plan, done, log)
+    runner = Run(job, teacher, plan, _seen(log_dir, {r.name for r in pending}), log)
 
     async def main():
         try:
@@ -200,14 +226,79 @@ def _synth(jobf: Job, plan: Plan) -> dict:
     return {**jobf.header(), "complete": True, **finalize(jobf, job, plan), "this_run": this_run}
 
 
+class _Spill:
+    """Log lines sorted into one file per shard under `folder`, at most `handles` files open at
+    once (the least recently written is closed first)."""
+
+    def __init__(self, folder: Path, handles: int = 32):
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)  # a killed finalize's leftovers
+        folder.mkdir(parents=True)
+        self.folder, self.handles = folder, handles
+        self.files: OrderedDict = OrderedDict()
+
+    def add(self, name: str, line: bytes) -> None:
+        f = self.files.pop(name, None)
+        if f is None:
+            if len(self.files) >= self.handles:
+                self.files.popitem(last=False)[1].close()
+            f = open(self.folder / name, "ab")
+        self.files[name] = f
+        f.write(line if line.endswith(b"\n") else line + b"\n")
+
+    def close(self) -> None:
+        while self.files:
+            self.files.popitem()[1].close()
+
+    def best(self, name: str) -> dict[str, dict]:
+        """The best row per request id among the lines spilled under `name` (first seen first)."""
+        best: dict[str, dict] = {}
+        p = self.folder / name
+        if p.exists():
+            with open(p, "rb") as f:
+                for line in f:
+                    row = orjson.loads(line)
+                    if _better(row, best.get(row["id"])):
+                        best[row["id"]] = row
+        return best
+
+
+def _write_instructions(jobf: Job, job: JobDir, plan: Plan) -> tuple[Counter, Counter, Counter]:
+    """instructions.jsonl in input order (shard, sample, task), one shard's rows in memory at a
+    time: the logs are spilled into a file per shard, then each is read, its best row per
+    request kept, sorted and written. Returns (totals, instructions by task, results by status:reason)."""
+    import shutil
+
+    folder = job.out / f"_spill-r{jobf.dist.rank}"
+    spill = _Spill(folder)
+    try:
+        names = {r.name: f"{r.index:06d}" for r in job.shards}
+        for line, row in _log_rows(job.out / "log"):
+            spill.add(names.get(row.get("shard"), "other"), line)  # rows of no input shard come last, as before
+        spill.close()
+        task_order = {t: i for i, t in enumerate(TASKS)}
+        totals, by_task, by = Counter(), Counter(), Counter()
+        with atomic_path(job.out / "instructions.jsonl") as tmp, open(tmp, "wb") as out:
+            for name in [names[r.name] for r in sorted(job.shards, key=lambda r: r.index)] + ["other"]:
+                rows = spill.best(name)
+                ok = sorted((r for r in rows.values() if r["status"] == "ok"), key=lambda r: (r["order"], task_order[r["task"]]))
+                for r in ok:
+                    out.write(dumps(to_record(r, plan.opts.format)) + b"\n")
+                by_task.update(r["task"] for r in ok)
+                by.update(f"{r['status']}:{r['reason']}" for r in rows.values() if r["status"] != "ok")
+                totals.update({"requests": len(rows), "ok": len(ok)})
+                for k in ("retries", "prompt_tokens", "completion_tokens", "image_tokens"):
+                    totals[k] += sum(r.get(k, 0) for r in rows.values())
+    finally:
+        spill.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return totals, by_task, by
+
+
 def finalize(jobf: Job, job: JobDir, plan: Plan) -> dict:
     """instructions.jsonl in input order (shard, sample, task) and the manifest's totals."""
-    rows = _read_logs(job.out / "log")
-    index = {r.name: r.index for r in job.shards}
-    task_order = {t: i for i, t in enumerate(TASKS)}
-    ok = sorted((r for r in rows.values() if r["status"] == "ok"), key=lambda r: (index.get(r["shard"], 1 << 30), r["order"], task_order[r["task"]]))
-    atomic_write(job.out / "instructions.jsonl", b"".join(dumps(to_record(r, plan.opts.format)) + b"\n" for r in ok))
-    by = Counter(f"{r['status']}:{r['reason']}" for r in rows.values() if r["status"] != "ok")
+    counts, by_task, by = _write_instructions(jobf, job, plan)
     records = job.records()
     sample_rejects, negatives_skipped = Counter(), Counter()
     for rec in records.values():
@@ -216,17 +307,14 @@ def finalize(jobf: Job, job: JobDir, plan: Plan) -> dict:
     totals = {
         "samples": sum(r["samples"] for r in records.values()),
         "samples_rejected": dict(sample_rejects),
-        "requests": len(rows),
-        "instructions": len(ok),
-        "ok": len(ok),
-        "rejected": {k.split(":", 1)[1]: v for k, v in by.items() if k.startswith("rejected:")},
-        "failed": {k.split(":", 1)[1]: v for k, v in by.items() if k.startswith("failed:")},
+        "requests": counts["requests"],
+        "instructions": counts["ok"],
+        "ok": counts["ok"],
+        "rejected": {k.split(":", 1)[1]: v for k, v in sorted(by.items()) if k.startswith("rejected:")},
+        "failed": {k.split(":", 1)[1]: v for k, v in sorted(by.items()) if k.startswith("failed:")},
         "hallucinations": by.get("rejected:hallucination", 0),
-        "retries": sum(r.get("retries", 0) for r in rows.values()),
-        "prompt_tokens": sum(r.get("prompt_tokens", 0) for r in rows.values()),
-        "completion_tokens": sum(r.get("completion_tokens", 0) for r in rows.values()),
-        "image_tokens": sum(r.get("image_tokens", 0) for r in rows.values()),
-        "by_task": dict(Counter(r["task"] for r in ok)),
+        **{k: counts[k] for k in ("retries", "prompt_tokens", "completion_tokens", "image_tokens")},
+        "by_task": dict(by_task),
         "negatives_skipped": dict(negatives_skipped),
     }
     note = negatives_note(negatives_skipped, plan.opts.objects_field)

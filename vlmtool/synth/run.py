@@ -4,10 +4,11 @@ workers send them to the teacher, and every result is logged (and flushed) as it
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vlmtool.core.job import redact
 from vlmtool.core.records import ReadOptions, Reject, iter_samples
@@ -67,6 +68,44 @@ def _decoded(ref: ShardRef, s: Sample | Reject) -> Sample | Reject:
     return s
 
 
+LONG_ANSWER = 150  # chars: an answer this long is a duplicate wherever it appeared before
+
+
+def answer_digest(norm: str) -> int:
+    """A long answer's normalized text as 8 bytes (blake2b): the job-wide duplicate set holds
+    these, a fixed size per answer, never the texts."""
+    return int.from_bytes(hashlib.blake2b(norm.encode(), digest_size=8).digest(), "little")
+
+
+def answer_keys(turns: list[dict]) -> tuple[list[str], list[int]]:
+    """(each answer normalized: a duplicate within its sample, the digests of the long ones:
+    a duplicate anywhere)."""
+    norms, longs = [], []
+    for t in turns:
+        norm = normalize(t["answer"])
+        norms.append(norm)
+        if len(t["answer"]) >= LONG_ANSWER:
+            longs.append(answer_digest(norm))
+    return norms, longs
+
+
+@dataclass
+class Seen:
+    """What a rerun knows from the logs, bounded by the pending shards: the best status of each
+    request of a pending shard (the only requests that can be skipped or sent), the answers of
+    each pending shard's samples, and the digests of every long answer of the job."""
+
+    status: dict[str, str] = field(default_factory=dict)  # request id -> best status (pending shards)
+    answers: dict[str, set[str]] = field(default_factory=dict)  # shard -> {sample key \x1f normalized answer}
+    long: set[int] = field(default_factory=set)  # answer_digest of every ok long answer
+
+    def add_ok(self, shard: str, sample_key: str, turns: list[dict], in_flight: bool) -> None:
+        norms, longs = answer_keys(turns)
+        self.long.update(longs)
+        if in_flight:
+            self.answers.setdefault(shard, set()).update(f"{sample_key}\x1f{n}" for n in norms)
+
+
 def new_state() -> dict:
     return {"samples": 0, "rejected": Counter(), "rejects": [], "skipped": 0, "outstanding": 0, "produced": False,
             "results": Counter(), "negatives_skipped": Counter(), "t0": time.perf_counter()}
@@ -75,13 +114,14 @@ def new_state() -> dict:
 class Run:
     """One rank's run over its pending shards."""
 
-    def __init__(self, job: JobDir, teacher, plan: Plan, done: dict[str, dict], log):
-        self.job, self.teacher, self.plan, self.done, self.log = job, teacher, plan, done, log
+    def __init__(self, job: JobDir, teacher, plan: Plan, seen: Seen, log):
+        self.job, self.teacher, self.plan, self.log = job, teacher, plan, log
         self.opts = plan.opts
         self.stats = Counter()
         self.reasons = Counter()  # rejected: / failed: reasons of this run
-        # duplicates: the same answer twice for one sample, or a long answer (>= 150 chars) anywhere
-        self.seen_answers = {a for r in done.values() if r["status"] == "ok" for a in self._answer_keys(r["key"], r.get("turns", []))}
+        # duplicates: the same answer twice for one sample (kept while its shard is in flight),
+        # or a long answer (>= LONG_ANSWER chars) anywhere in the job (kept as digests)
+        self.seen = seen
         self.shard_state: dict[str, dict] = {}
         self.error: BaseException | None = None  # the first exception a worker met; the producer re-raises it
         from tqdm import tqdm
@@ -124,8 +164,7 @@ class Run:
                 question = f"Is there {article(absent)} in the image?"
             prompt = self.plan.prompts[task].format(caption=s.caption, objects=describe_objects(objects), question=question or "")
             key = request_key(s.key, ref.url, task, system + "\n" + prompt, self.teacher.name, self.teacher.model)
-            prev = self.done.get(key)
-            if prev is not None and prev["status"] in ("ok", "rejected"):
+            if self.seen.status.get(key) in ("ok", "rejected"):
                 state["skipped"] += 1
                 continue
             yield (order, Request(key, s.key, ref.name, ref.url, task, prompt, system, s.image_bytes, s.image_ext, s.caption,
@@ -154,9 +193,10 @@ class Run:
             self.bar.close()
 
     def maybe_finish(self, ref: ShardRef) -> None:
-        st = self.shard_state[ref.name]
-        if st["produced"] and st["outstanding"] == 0 and not st.get("finished"):
-            st["finished"] = True
+        st = self.shard_state.get(ref.name)
+        if st is not None and st["produced"] and st["outstanding"] == 0:
+            del self.shard_state[ref.name]  # a finished shard's state and answers are not needed any more
+            self.seen.answers.pop(ref.name, None)
             self.log.flush()
             self.job.write_record(ref, {"samples": st["samples"], "ok": st["samples"] - sum(st["rejected"].values()),
                                         "rejected": dict(st["rejected"]), "rejects": st["rejects"], "skipped_done": st["skipped"],
@@ -218,18 +258,9 @@ class Run:
             turns = validate(res.turns, req.task, present, self.plan.vocabulary, res.finish_reason, req.absent)
         except Rejected as e:
             return {"status": "rejected", "reason": e.reason, "detail": e.detail, "turns": res.turns}
-        keys = self._answer_keys(req.sample_key, turns)
-        if any(a in self.seen_answers for a in keys):
+        norms, longs = answer_keys(turns)
+        mine = self.seen.answers.get(req.shard, ())
+        if any(f"{req.sample_key}\x1f{n}" in mine for n in norms) or any(d in self.seen.long for d in longs):
             return {"status": "rejected", "reason": "duplicate", "turns": turns}
-        self.seen_answers.update(keys)
+        self.seen.add_ok(req.shard, req.sample_key, turns, in_flight=True)
         return {"status": "ok", "reason": None, "turns": turns}
-
-    @staticmethod
-    def _answer_keys(sample_key: str, turns: list[dict]) -> list[str]:
-        out = []
-        for t in turns:
-            norm = normalize(t["answer"])
-            out.append(f"{sample_key}\x1f{norm}")
-            if len(t["answer"]) >= 150:
-                out.append(norm)
-        return out
