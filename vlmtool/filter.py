@@ -17,6 +17,7 @@ with the scores: CLIP scores are only comparable when all four match.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -98,35 +99,44 @@ def _read_rows(job: JobDir, ref: ShardRef) -> list[dict]:
     return [orjson.loads(line) for line in (job.out / "_scores" / f"{ref.name}.jsonl").read_bytes().splitlines()]
 
 
-def select_keep(job: JobDir, min_score: float | None, keep_fraction: float | None,
-                shards: list[ShardRef] | None = None) -> tuple[float | None, dict[str, set[int]], int]:
-    """Which rows of which shard are kept: by threshold, or the global top fraction of valid
-    samples (ties broken by shard order, then position). Returns (threshold, kept rows by shard
-    name, number of valid samples among the shards read). A threshold needs only the `shards`
-    a rank selects; a global fraction reads every shard's scores."""
+def _shard_scores(job: JobDir, ref: ShardRef):
+    """(scores, row positions) of one shard's valid samples, as compact arrays."""
     import numpy as np
 
-    scores, shard_idx, row_idx = [], [], []
-    for ref in (shards if shards is not None and min_score is not None else job.shards):
-        for i, row in enumerate(_read_rows(job, ref)):
-            if row["score"] is not None:
-                scores.append(row["score"])
-                shard_idx.append(ref.index)
-                row_idx.append(i)
-    n = len(scores)
-    s = np.asarray(scores, dtype=np.float64)
-    names = {r.index: r.name for r in job.shards}
-    kept: dict[str, set[int]] = {r.name: set() for r in job.shards}
-    if min_score is not None:
-        sel = np.nonzero(s >= min_score)[0]
-        threshold = min_score
-    else:
-        k = int(round(keep_fraction * n))
-        order = np.lexsort((np.asarray(row_idx), np.asarray(shard_idx), -s))  # score desc, then shard, then position
-        sel = order[:k]
-        threshold = float(s[order[k - 1]]) if k else None
-    for j in sel:
-        kept[names[shard_idx[j]]].add(row_idx[j])
+    rows = _read_rows(job, ref)
+    pos = np.fromiter((i for i, row in enumerate(rows) if row["score"] is not None), dtype=np.int64)
+    return np.fromiter((rows[i]["score"] for i in pos), dtype=np.float64, count=len(pos)), pos
+
+
+def select_keep(job: JobDir, min_score: float | None, keep_fraction: float | None,
+                shards: list[ShardRef] | None = None) -> tuple[float | None, dict, int]:
+    """Which rows of which shard are kept: by threshold, or the global top fraction of valid
+    samples (ties broken by shard order, then position). Returns (threshold, kept row positions
+    by shard name (sorted int arrays), number of valid samples among the shards read). A threshold needs only the `shards`
+    a rank selects; a global fraction reads every shard's scores, held as arrays (16 bytes a
+    sample), never as rows."""
+    import numpy as np
+
+    read = shards if shards is not None and min_score is not None else job.shards
+    if min_score is not None:  # one shard at a time
+        kept, n = {}, 0
+        for ref in read:
+            s, pos = _shard_scores(job, ref)
+            kept[ref.name], n = pos[s >= min_score], n + len(s)
+        return min_score, kept, n
+    parts = [_shard_scores(job, ref) for ref in read]
+    s = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+    row_idx = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    shard_idx = np.concatenate([np.full(len(p[0]), ref.index, dtype=np.int64) for ref, p in zip(read, parts)]) if parts else row_idx
+    del parts
+    n = len(s)
+    k = int(round(keep_fraction * n))
+    order = np.lexsort((row_idx, shard_idx, -s))  # score desc, then shard, then position
+    sel = order[:k]
+    threshold = float(s[order[k - 1]]) if k else None
+    sel = sel[np.lexsort((row_idx[sel], shard_idx[sel]))]  # by shard, then position
+    bounds = np.searchsorted(shard_idx[sel], [r.index for r in job.shards] + [1 << 62])
+    kept = {r.name: row_idx[sel[bounds[i]:bounds[i + 1]]] for i, r in enumerate(job.shards)}
     return threshold, kept, n
 
 
@@ -162,9 +172,10 @@ def _records_by_range(path: str, rows: list[dict]):
     return mm, ranges
 
 
-def _select_shard(job: JobDir, ref: ShardRef, kept_rows: set[int], threshold: float | None) -> dict:
-    """Copy the kept records of one input shard, original bytes, to shards/NAME.tar, and write
-    its final rows (score, kept, reason)."""
+def _select_shard(job: JobDir, ref: ShardRef, kept_rows, threshold: float | None) -> dict:
+    """Copy the kept records of one input shard (`kept_rows`: their positions), original bytes,
+    to shards/NAME.tar, and write its final rows (score, kept, reason)."""
+    kept_rows = {int(i) for i in kept_rows}
     rows = _read_rows(job, ref)
     final = job.out / "shards" / f"{ref.name}.tar"
     fast = _records_by_range(ref.url, rows)
@@ -336,7 +347,10 @@ def run_filter(inputs: list[str], out: str, opts: FilterOptions) -> dict:
         if not selecting.all_done():
             return {**job.incomplete(selecting, this_run, "the last one writes scores.jsonl and the report"), "threshold": threshold}
         # ---- the last rank: one scores.jsonl in input order, the report, the manifest
-        atomic_write(job.out / "scores.jsonl", b"".join((job.out / "_rows" / f"{ref.name}.jsonl").read_bytes() for ref in refs))
+        with atomic_path(job.out / "scores.jsonl") as tmp, open(tmp, "wb") as f:  # streamed: one shard's rows at a time
+            for ref in refs:
+                with open(job.out / "_rows" / f"{ref.name}.jsonl", "rb") as part:
+                    shutil.copyfileobj(part, f, 1 << 20)
         score_records = scoring.records()
         desc = desc or _model_desc(job) or {"precision": precision_name(dtype)}
         report = _report(job, score_records, selecting.records(), threshold, desc, opts.plot)

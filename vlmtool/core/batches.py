@@ -184,6 +184,9 @@ def run_shards(
     the collated data itself is the result)."""
     from tqdm import tqdm
 
+    from vlmtool.core.runtime import fixed_mmap_threshold
+
+    fixed_mmap_threshold()  # memory bounded by the batch, not the number of batches run
     todo = job.pending()
     stats = RunStats(shards_skipped=len(job.mine()) - len(todo))
     stream = ShardStream(todo, prep, batch_size, read or ReadOptions(), objects_field)

@@ -143,3 +143,23 @@ def init_process_group(device) -> bool:
     if not td.is_initialized():
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return True
+
+
+def fixed_mmap_threshold(nbytes: int = 128 << 10) -> bool:
+    """Fix glibc malloc's mmap threshold (M_MMAP_THRESHOLD) at `nbytes`, its starting value,
+    so that every allocation above it is mapped and given back when freed. Left dynamic, glibc
+    raises the threshold each time a large mapped block is freed (up to 32 MiB), after which the
+    per-batch buffers (unpickled batches, activations) come from the heap, which fragments and
+    is never returned: the filter's score pass grew by about 9 KB a sample that way (measured:
+    RssAnon at each shard's end 605 -> 751 MB over 10 shards, live Python objects flat; flat at
+    503 MB with the threshold fixed). A no-op off glibc or when MALLOC_MMAP_THRESHOLD_ is set.
+    Loader workers forked afterwards inherit it. Returns whether it was set."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, nbytes))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
