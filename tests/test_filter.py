@@ -205,3 +205,36 @@ def test_missing_weights_and_bad_arguments_say_what_to_do(tmp_path):
     p = run_cli("filter", FIXTURES / "shapes", "--out", tmp_path / "d", "--model", "tiny-clip", "--pretrained", "/nope/x.pt",
                 "--min-score", "0", check=False)
     assert p.returncode == 2 and "no such file" in p.stderr
+
+
+def test_select_keep_on_arrays_matches_the_row_by_row_selection(tmp_path):
+    """The global top fraction (ties by shard, then position) and the threshold, from scores
+    held as arrays, are those of the reference that kept every row in Python lists."""
+    from vlmtool.core.runtime import Dist
+    from vlmtool.core.shards import JobDir, shard_refs
+    from vlmtool.filter import select_keep
+
+    refs = shard_refs([f"/x/{n}.tar" for n in ("a", "b", "c", "d")])
+    rng = np.random.default_rng(0)
+    table = {}
+    for ref in refs[:3]:  # d: no rows at all
+        scores = [None if rng.random() < 0.2 else float(rng.choice([0.1, 0.25, 0.3, rng.random()])) for _ in range(40)]
+        table[ref.name] = scores
+        path = tmp_path / "_scores" / f"{ref.name}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"".join(orjson.dumps({"key": f"k{i}", "score": s, "reason": None if s is not None else "x"}) + b"\n"
+                                  for i, s in enumerate(scores)))
+    (tmp_path / "_scores" / "d.jsonl").write_bytes(b"")
+    job = JobDir(tmp_path, "filter", refs, Dist(), stage="score")
+    flat = [(s, ref.index, i) for ref in refs for i, s in enumerate(table.get(ref.name, [])) if s is not None]
+    for frac in (0.1, 0.37, 0.5, 1.0):
+        k = int(round(frac * len(flat)))
+        top = sorted(flat, key=lambda t: (-t[0], t[1], t[2]))[:k]
+        threshold, kept, n = select_keep(job, None, frac)
+        assert n == len(flat) and threshold == top[-1][0]
+        assert {name: sorted(map(int, v)) for name, v in kept.items()} == {
+            r.name: sorted(i for _, j, i in top if j == r.index) for r in refs}
+    threshold, kept, n = select_keep(job, 0.25, None, refs[1:3])
+    assert threshold == 0.25 and set(kept) == {"b", "c"}
+    assert {name: list(map(int, v)) for name, v in kept.items()} == {
+        r.name: [i for i, s in enumerate(table[r.name]) if s is not None and s >= 0.25] for r in refs[1:3]}
