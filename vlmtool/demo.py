@@ -22,8 +22,12 @@ class DemoOptions:
 
     samples: int = 1200  # the world the pipeline filters and trains on
     heldout: int = 120  # the held-out world eval reads
-    clip_samples: int = 2000  # the clean world the CLIP trains on
-    clip_steps: int = 60
+    clip_samples: int = 2000  # the clean world the CLIP trains on (its captions name the shapes alone)
+    clip_model: str = "tiny-rn-clip"
+    clip_steps: int = 600
+    clip_batch: int = 64
+    clip_lr: float = 2e-3
+    layer: int = -1  # the tower block whose tokens the LM reads
     lm_steps: int = 100  # stage 0
     align_steps: int = 100  # stage 1
     tune_steps: int = 400  # stage 2
@@ -61,7 +65,8 @@ def _worlds(out_p: Path, opts: DemoOptions, steps: dict) -> tuple[Path, Path]:
     world_dir, clip_dir, heldout_dir = out_p / "world", out_p / "clip-world", out_p / "heldout"
     made = [(world_dir, dict(samples=opts.samples, shard_size=max(16, opts.samples // 8), seed=0, mismatch=0.3, broken=0.03,
                              videos=1), "the world (30% mismatched captions, 3% broken)"),
-            (clip_dir, dict(samples=opts.clip_samples, shard_size=250, seed=1), "a clean world to train the CLIP on"),
+            (clip_dir, dict(samples=opts.clip_samples, shard_size=250, seed=1, plain=1.0),
+             "a clean world to train the CLIP on, captions naming the shapes alone"),
             (heldout_dir, dict(samples=opts.heldout, shard_size=max(16, opts.heldout // 2), seed=99), "a held-out world for eval")]
     for folder, kw, what in made:
         if not (folder / "world.json").exists():
@@ -77,10 +82,10 @@ def _clip(out_p: Path, opts: DemoOptions, steps: dict) -> Path:
     from vlmtool.clip.train import ClipTrainOptions, run_clip_train
 
     model_dir = out_p / "clip"
-    _log(f"clip-train: a tiny CLIP, {opts.clip_steps} steps on CPU")
+    _log(f"clip-train: a tiny CLIP ({opts.clip_model}), {opts.clip_steps} steps on CPU")
     tr = run_clip_train([str(out_p / "clip-world")], str(model_dir),
-                        ClipTrainOptions(model="tiny-clip", steps=opts.clip_steps, batch_size=128, warmup=10, workers=1,
-                                         save_every=opts.clip_steps, progress=opts.progress))
+                        ClipTrainOptions(model=opts.clip_model, steps=opts.clip_steps, batch_size=opts.clip_batch, lr=opts.clip_lr,
+                                         warmup=20, workers=1, save_every=opts.clip_steps, progress=opts.progress))
     steps["clip-train"] = {k: tr[k] for k in ("steps", "loss_first", "loss_last", "seconds")}
     return model_dir
 
@@ -126,26 +131,41 @@ def _budget(kept: Path, steps: dict) -> None:
 def _encode(out_p: Path, kept: Path, model_dir: Path, opts: DemoOptions, steps: dict) -> Path:
     from vlmtool.encode import EncodeOptions, run_encode
 
-    _log("encode: the CLIP's patch tokens of the kept images (penultimate layer, LLaVA's choice)")
-    e = run_encode([str(kept)], str(out_p / "features"), EncodeOptions(pretrained=str(model_dir), workers=2, progress=opts.progress))
+    _log(f"encode: the CLIP's token grid of the kept images (block {opts.layer})")
+    e = run_encode([str(kept)], str(out_p / "features"), EncodeOptions(pretrained=str(model_dir), layer=opts.layer, workers=2,
+                                                                                       progress=opts.progress))
     steps["encode"] = {k: e.get(k) for k in ("samples", "ok", "rejected", "tokens", "bytes")}
     return out_p / "features"
 
 
-def _train(out_p: Path, feats: Path, instructions: Path, opts: DemoOptions, steps: dict) -> Path:
+def stage_plan(out_p: Path, instructions: Path, opts: DemoOptions, connector: str = "mlp", prefix: str = "stage",
+               stage0: Path | None = None) -> list[tuple[int, Path, dict, str]]:
+    """The demo's three training stages as (stage, folder, TrainOptions fields, what): the bundled
+    LM pretrained on the text, the connector aligned on captions, then instruction tuning on synth's
+    data with the LM unfrozen. bench/ablation.py reuses it for the other connectors and data."""
+    common = dict(batch_size=opts.batch_size, d_model=opts.d_model, n_layers=opts.n_layers, n_heads=4, vocab_size=2048,
+                  max_seq=512, workers=1, progress=opts.progress, connector=connector)
+    s0, s1, s2 = stage0 or out_p / f"{prefix}0", out_p / f"{prefix}1", out_p / f"{prefix}2"
+    stages = [(1, s1, dict(steps=opts.align_steps, init=str(s0)), "alignment: only the connector trains, on captions"),
+              (2, s2, dict(steps=opts.tune_steps, init=str(s1), instructions=str(instructions), lr=opts.tune_lr, text_mix=0.1),
+               "instruction tuning on synth's data, the LM unfrozen")]
+    if stage0 is None:
+        stages.insert(0, (0, s0, dict(steps=opts.lm_steps, instructions=str(instructions)), "language-model pretraining on the text"))
+    return [(stage, folder, {**common, **kw, "save_every": kw["steps"]}, what) for stage, folder, kw, what in stages]
+
+
+def run_stages(feats: Path, plan: list[tuple[int, Path, dict, str]], steps: dict, label: str = "train") -> Path:
     from vlmtool.vlm.train import TrainOptions, run_train
 
-    common = dict(batch_size=opts.batch_size, d_model=opts.d_model, n_layers=opts.n_layers, n_heads=4, vocab_size=2048,
-                  max_seq=512, workers=1, progress=opts.progress)
-    stages = [(0, dict(steps=opts.lm_steps, instructions=str(instructions)), "language-model pretraining on the text"),
-              (1, dict(steps=opts.align_steps, init=str(out_p / "stage0")), "alignment: only the connector trains, on captions"),
-              (2, dict(steps=opts.tune_steps, init=str(out_p / "stage1"), instructions=str(instructions), lr=opts.tune_lr, text_mix=0.1),
-               "instruction tuning on synth's data, the LM unfrozen")]
-    for stage, kw, what in stages:
-        _log(f"train stage {stage}: {what}")
-        t = run_train([str(feats)], str(out_p / f"stage{stage}"), TrainOptions(stage=stage, save_every=kw["steps"], **common, **kw))
-        steps[f"train-{stage}"] = {k: t.get(k) for k in ("steps", "loss_first", "loss_last", "val_loss", "val_text_loss", "seconds")}
-    return out_p / "stage2"
+    for stage, folder, kw, what in plan:
+        _log(f"{label} stage {stage}: {what}")
+        t = run_train([str(feats)], str(folder), TrainOptions(stage=stage, **kw))
+        steps[f"{label}-{stage}"] = {k: t.get(k) for k in ("steps", "loss_first", "loss_last", "val_loss", "val_text_loss", "seconds")}
+    return plan[-1][1]
+
+
+def _train(out_p: Path, feats: Path, instructions: Path, opts: DemoOptions, steps: dict) -> Path:
+    return run_stages(feats, stage_plan(out_p, instructions, opts), steps)
 
 
 def _eval(out_p: Path, ckpt: Path, heldout: Path, opts: DemoOptions, steps: dict) -> dict:

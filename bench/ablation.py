@@ -1,0 +1,85 @@
+"""The demo's ablation, in one run, from a finished `vlmtool demo` folder (docs/benchmarks.md):
+
+(a) no negatives: stage 2 again, from the demo's stage 1, on synth's data with the negative
+    ("Is there a X?" -> "No") conversations removed: its yes-ratio shows the prior they correct;
+(b) connectors: xattn (Flamingo-style gated cross-attention) and native (early fusion), each
+    trained through stages 1 and 2 from the demo's stage 0 with the demo's settings (the mlp
+    projector is the demo's own checkpoint);
+then every checkpoint is evaluated on the demo's held-out world (POPE's three settings, blind,
+swap, CHAIR) and printed side by side with its visual tokens, KV bytes and train seconds.
+
+    vlmtool demo -o vlmtool-demo && python bench/ablation.py vlmtool-demo
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse
+import json
+import runpy
+from pathlib import Path
+
+_common = runpy.run_path(os.path.join(_HERE, "_common.py"))
+machine = _common["machine"]
+
+
+def without_negatives(src: Path, dst: Path) -> dict:
+    import orjson
+
+    kept = dropped = 0
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        for line in f:
+            if orjson.loads(line).get("task") == "negative":
+                dropped += 1
+                continue
+            g.write(line)
+            kept += 1
+    return {"kept": kept, "dropped": dropped}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("demo", help="a finished `vlmtool demo` folder")
+    ap.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    args = ap.parse_args()
+
+    from vlmtool.demo import DemoOptions, run_stages, stage_plan
+    from vlmtool.evals import EvalOptions, compare
+    from vlmtool.evals.report import comparison_table
+
+    demo = Path(args.demo)
+    if not (demo / "eval" / "report.json").exists():
+        sys.exit(f"{demo}: not a finished demo folder (no stage2): run `vlmtool demo -o {demo}` first")
+    opts, out, steps = DemoOptions(progress=False), demo / "ablation", {}
+    out.mkdir(exist_ok=True)
+    feats, instructions = demo / "features", demo / "synth" / "instructions.jsonl"
+    no_neg = out / "instructions-no-negatives.jsonl"
+    counts = without_negatives(instructions, no_neg)
+    print(f"[ablation] without negatives: {counts['kept']} conversations ({counts['dropped']} negative ones removed)", file=sys.stderr)
+    _, folder, kw, what = stage_plan(out, no_neg, opts, prefix="no-negatives-stage", stage0=demo / "stage0")[-1]
+    plan = [(2, folder, {**kw, "init": str(demo / "stage1")}, what)]  # stage 2 only, from the demo's own stage 1
+    models = {"mlp": demo / "stage2", "mlp-no-negatives": run_stages(feats, plan, steps, "no-negatives")}
+    for connector in ("xattn", "native"):
+        models[connector] = run_stages(feats, stage_plan(out, instructions, opts, connector, f"{connector}-stage", demo / "stage0"),
+                                       steps, connector)
+    result = compare([str(p) for p in models.values()], [str(demo / "heldout")],
+                     EvalOptions(device="cpu", chair_images=60, progress=False), out=out / "eval")
+    names = list(models)
+    rows = [{"model": name, **{k: v for k, v in row.items() if k != "checkpoint"}} for name, row in zip(names, result["table"])]
+    print(comparison_table(rows), file=sys.stderr)
+    yes = {name: {s: r["pope"][s]["yes_ratio"] for s in r["pope"]} for name, r in zip(names, result["checkpoints"].values())}
+    summary = {"machine": machine(), "rows": rows, "yes_ratio": yes, "train": steps, "no_negatives": counts}
+    (out / "ablation.json").write_text(json.dumps(summary, indent=1))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"yes-ratio by setting: {json.dumps(yes)}")
+
+
+if __name__ == "__main__":
+    main()
