@@ -171,11 +171,11 @@ def test_captions_teacher_writes_llava_and_messages(tmp_path):
 
 def test_faults_on_first_try_still_give_exactly_one_result_each(small_world, tmp_path):
     good, n_req = _expected_requests(small_world)
-    with FakeOpenAI(fail_once=0.2, timeout_sleep=1.0, api_key="sk-test-123") as srv:
+    with FakeOpenAI(fail_once=0.2, timeout_sleep=4.0, api_key="sk-test-123") as srv:  # the client gives up at 2 s: a slow reply on busy cores is no timeout
         os.environ["VLMTOOL_TEST_KEY"] = "sk-test-123"
         try:
             s = run_synth([str(small_world)], str(tmp_path / "o"), teacher="openai", base_url=srv.url, model="fake", concurrency=8,
-                          timeout=0.5, max_retries=4, backoff=0.01, api_key_env="VLMTOOL_TEST_KEY", progress=False)
+                          timeout=2.0, max_retries=4, backoff=0.01, api_key_env="VLMTOOL_TEST_KEY", progress=False)
         finally:
             del os.environ["VLMTOOL_TEST_KEY"]
         outcomes = Counter(o for _, _, o in srv.log)
