@@ -30,34 +30,30 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def tiny_tower(tmp_path_factory):
-    """A random tiny-clip saved as a clip-train folder, so the job and the reference load the same weights."""
+def _saved_tower(tmp_path_factory, arch: str):
+    """A random `arch` saved as a clip-train folder, so the job and the reference load the same weights."""
     import torch
 
     from vlmtool.clip.model import load_clip
     from vlmtool.clip.train import save_model
 
     torch.manual_seed(0)
-    loaded = load_clip("tiny-clip", "random")
-    out = tmp_path_factory.mktemp("tower")
+    loaded = load_clip(arch, "random")
+    out = tmp_path_factory.mktemp(arch)
     save_model(out, loaded.model, loaded, 0, {"test": True})
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_tower(tmp_path_factory):
+    """A random tiny-clip (a ViT)."""
+    return _saved_tower(tmp_path_factory, "tiny-clip")
 
 
 @pytest.fixture(scope="module")
 def tiny_rn_tower(tmp_path_factory):
-    """A random tiny-rn-clip (open_clip's ModifiedResNet tower, 64 px) as a clip-train folder."""
-    import torch
-
-    from vlmtool.clip.model import load_clip
-    from vlmtool.clip.train import save_model
-
-    torch.manual_seed(0)
-    loaded = load_clip("tiny-rn-clip", "random")
-    out = tmp_path_factory.mktemp("rn-tower")
-    save_model(out, loaded.model, loaded, 0, {"test": True})
-    return out
+    """A random tiny-rn-clip (open_clip's ModifiedResNet tower, 64 px)."""
+    return _saved_tower(tmp_path_factory, "tiny-rn-clip")
 
 
 @pytest.fixture(scope="module")
