@@ -1,4 +1,5 @@
-"""Header-only budgeting against fully decoding the same images, as a ratio in one run.
+"""Header-only budgeting against fully decoding the same images, as a ratio in one run; and a
+quick estimate (`vlmtool budget --size`) against a bare Python start, the floor of any command.
 
     python bench/budget.py [--samples 10000] [--sizes varied] [--model llava-next,qwen2-vl]
 """
@@ -39,6 +40,24 @@ def decode_all(shards: list[Path]) -> int:
     return n
 
 
+def quick_estimate(runs: int = 5) -> tuple[float, float]:
+    """Median seconds of `vlmtool budget --size 1920x1080 -m qwen2-vl,llava-next --json` as a new
+    process, and of `python -c pass` (the interpreter's own start)."""
+    import statistics
+    import subprocess
+
+    def median(cmd: list[str]) -> float:
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    quick = median([sys.executable, "-m", "vlmtool", "budget", "--size", "1920x1080", "-m", "qwen2-vl,llava-next", "--json"])
+    return quick, median([sys.executable, "-c", "pass"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--samples", type=int, default=10_000)
@@ -65,6 +84,8 @@ def main() -> None:
     print(f"budget ({len(presets)} presets, header only): {n / t_budget:10.0f} images/s")
     print(f"full decode                    : {n_dec / t_dec:10.0f} images/s")
     print(f"ratio header-only / decode: {(n / t_budget) / (n_dec / t_dec):.1f}x")
+    quick, bare = quick_estimate()
+    print(f"quick estimate (--size, 2 presets, new process): {quick:.3f} s; bare python start {bare:.3f} s; ratio {quick / bare:.1f}x")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def test_quick_estimate_imports_no_torch_and_answers_json():
         "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted({m.split('.')[0] for m in sys.modules}))))\n"
         "from vlmtool.cli import main\nmain()\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)  # its speed: bench/budget.py
     assert p.returncode == 0, p.stderr
     mods = set(p.stderr.split("MODULES ", 1)[1].split())
     assert not mods & {"torch", "open_clip", "numpy", "av", "webdataset"}
