@@ -29,17 +29,32 @@ machine = _common["machine"]
 
 
 def without_negatives(src: Path, dst: Path) -> dict:
+    """synth's rows with every presence probe answered no taken out: the negative task's rows,
+    and the no-probe turn the captions teacher writes into each conversation."""
+    import re
+
     import orjson
 
-    kept = dropped = 0
+    probe = re.compile(r"(<image>\n)?Is there an? .+ in the image\?")
+    kept = dropped = turns_dropped = 0
     with open(src, "rb") as f, open(dst, "wb") as g:
         for line in f:
-            if orjson.loads(line).get("task") == "negative":
+            row = orjson.loads(line)
+            if row.get("task") == "negative":
                 dropped += 1
                 continue
-            g.write(line)
-            kept += 1
-    return {"kept": kept, "dropped": dropped}
+            conv, out = row["conversations"], []
+            for q, a in zip(conv[::2], conv[1::2]):
+                if probe.fullmatch(q["value"]) and a["value"].startswith("No"):
+                    turns_dropped += 1
+                    if q["value"].startswith("<image>\n") and len(conv) > 2:
+                        conv[conv.index(q) + 2]["value"] = "<image>\n" + conv[conv.index(q) + 2]["value"]
+                    continue
+                out += [q, a]
+            if out:
+                g.write(orjson.dumps({**row, "conversations": out}) + b"\n")
+                kept += 1
+    return {"kept": kept, "dropped": dropped, "no_turns_dropped": turns_dropped}
 
 
 def main() -> None:
@@ -60,13 +75,18 @@ def main() -> None:
     feats, instructions = demo / "features", demo / "synth" / "instructions.jsonl"
     no_neg = out / "instructions-no-negatives.jsonl"
     counts = without_negatives(instructions, no_neg)
-    print(f"[ablation] without negatives: {counts['kept']} conversations ({counts['dropped']} negative ones removed)", file=sys.stderr)
+    print(f"[ablation] without negatives: {counts['kept']} conversations ({counts['dropped']} negative ones removed, "
+          f"{counts['no_turns_dropped']} no-answers taken out of the others)", file=sys.stderr)
     _, folder, kw, what = stage_plan(out, no_neg, opts, prefix="no-negatives-stage", stage0=demo / "stage0")[-1]
     plan = [(2, folder, {**kw, "init": str(demo / "stage1")}, what)]  # stage 2 only, from the demo's own stage 1
     models = {"mlp": demo / "stage2", "mlp-no-negatives": run_stages(feats, plan, steps, "no-negatives")}
     for connector in ("xattn", "native"):
-        models[connector] = run_stages(feats, stage_plan(out, instructions, opts, connector, f"{connector}-stage", demo / "stage0"),
-                                       steps, connector)
+        plan = stage_plan(out, instructions, opts, connector, f"{connector}-stage", demo / "stage0")
+        src = feats
+        if connector == "native":  # early fusion reads the kept images themselves, at the tower's 64 px in 8 px patches
+            src = demo / "filter" / "shards"
+            plan = [(stage, folder, {**kw, "image_size": 64, "patch_size": 8}, what) for stage, folder, kw, what in plan]
+        models[connector] = run_stages(src, plan, steps, connector)
     result = compare([str(p) for p in models.values()], [str(demo / "heldout")],
                      EvalOptions(device="cpu", chair_images=60, progress=False), out=out / "eval")
     names = list(models)

@@ -167,3 +167,23 @@ def test_inspect_fixture_cli_json(tmp_path):
     assert s["samples"] == 32 and s["ok"] + sum(s["rejected"].values()) == 32
     assert s["fields"]["jpg"] == s["ok"]
     assert p.stderr.strip() == "" or "Traceback" not in p.stderr
+
+
+def test_the_mmap_threshold_is_fixed_only_while_a_shard_job_runs(monkeypatch):
+    """run_shards fixes glibc's mmap threshold (flat memory) and sets it high again when done, so
+    that a training loop later in the same process (the demo) is not left mapping and faulting
+    in every activation of every step."""
+    from vlmtool.core import batches, runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "_set_mmap_threshold", lambda n: calls.append(n) or True)
+
+    @runtime.fixed_mmap_threshold()
+    def job():
+        calls.append("inside")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        job()
+    assert calls == [128 << 10, "inside", runtime.MMAP_THRESHOLD_MAX]
+    assert batches.run_shards.__wrapped__ is not None  # the shard runner is wrapped the same way

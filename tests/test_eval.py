@@ -289,3 +289,30 @@ def test_the_asker_batches_caches_and_counts_a_bad_image_once():
     assert first == ["seen: q1", None, "seen: q1", "seen: q2", "seen: q1", "blind: q1"]
     assert again == ["seen: q1", None, "blind: q1"]
     assert asker.bad == {"missing_image": 1} and max(model.batches) <= 3 and asker.asked == 5
+
+
+def test_the_ablations_no_negatives_data_holds_no_no_answer_and_keeps_the_image_first(tmp_path):
+    """bench/ablation.py's "no negatives" arm: every presence probe answered no is gone (the
+    negative task's rows and the no-turn inside conversations); what is left is untouched."""
+    import runpy
+
+    import orjson
+
+    from conftest import FIXTURES, ROOT
+
+    from vlmtool.synth.job import run_synth
+    from vlmtool.synth.options import SynthOptions
+
+    run_synth([str(FIXTURES / "shapes")], str(tmp_path / "synth"), SynthOptions(teacher="captions", progress=False))
+    src = tmp_path / "synth" / "instructions.jsonl"
+    counts = runpy.run_path(str(ROOT / "bench" / "ablation.py"))["without_negatives"](src, tmp_path / "no-neg.jsonl")
+    before = [orjson.loads(x) for x in src.read_bytes().splitlines()]
+    after = [orjson.loads(x) for x in (tmp_path / "no-neg.jsonl").read_bytes().splitlines()]
+    assert counts["dropped"] == sum(r["task"] == "negative" for r in before) > 0 and counts["no_turns_dropped"] > 0
+    assert len(after) == counts["kept"] == len(before) - counts["dropped"]
+    for r in after:
+        conv = r["conversations"]
+        assert not any(a["value"].startswith("No") for a in conv[1::2]), conv
+        assert conv[0]["value"].startswith("<image>\n") and sum("<image>" in c["value"] for c in conv) == 1
+    yes = [a["value"] for r in after for a in r["conversations"][1::2] if a["value"].startswith("Yes")]
+    assert len(yes) == sum(a["value"].startswith("Yes") for r in before for a in r["conversations"][1::2] if r["task"] != "negative")

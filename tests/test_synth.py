@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from conftest import FIXTURES, json_out, run_cli
+from conftest import FIXTURES, json_out, run_cli, world_truth
 from fake_openai import FakeOpenAI
 
 from vlmtool.synth.job import SynthOptions, run_synth
@@ -162,6 +163,19 @@ def test_captions_teacher_writes_llava_and_messages(tmp_path):
     assert s["samples_rejected"] == {k: v for k, v in world["counts"]["broken"].items() if v}
     negs = [r for r in rows if r["task"] == "negative"]
     assert negs and all(r["conversations"][1]["value"].startswith("No,") for r in negs)
+    # presence probes come in balanced pairs (POPE's yes and no), each answer true to the truth
+    truth = {k: {o["shape"] for o in v.get("objects") or []} for k, v in world_truth(FIXTURES / "shapes").items()}
+    answers = Counter()
+    for r in rows:
+        conv = r["conversations"]
+        for q, a in zip(conv[::2], conv[1::2]):
+            asked = re.fullmatch(r"(?:<image>\n)?Is there an? (\w+) in the image\?", q["value"])
+            if asked:
+                said = a["value"].split(",")[0]
+                assert said == ("Yes" if asked.group(1) in truth[r["key"]] else "No"), (r["key"], q, a)
+                answers[r["task"], said] += 1
+    for task in ("conversation", "negative"):
+        assert answers[task, "Yes"] == answers[task, "No"] > 0, answers
     m = run_synth([str(FIXTURES / "shapes")], str(tmp_path / "b"), SynthOptions(format="messages", tasks="conversation=1,negative=1",
                                                                                per_sample=1, progress=False))
     mrows = _lines(tmp_path / "b" / "instructions.jsonl")

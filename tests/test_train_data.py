@@ -174,3 +174,29 @@ def test_a_run_whose_every_sample_is_too_long_stops_with_one_line(tmp_path):
     feats = make_features(tmp_path / "f", shards=1, per_shard=4, tokens=40)
     with pytest.raises(UsageError, match="too_long: 4"):
         run_train([str(feats)], str(tmp_path / "o"), tiny_opts(stage=1, max_seq=32, val_samples=0))
+
+
+def test_length_grouped_batches_pad_less_and_keep_every_item_once():
+    from vlmtool.core.records import Reject
+    from vlmtool.core.train import Batcher, EpochEnd, length_grouped
+
+    rnd = random.Random(3)
+    items = [{"i": i, "ids": [0] * rnd.randint(5, 120)} for i in range(768)]  # 3 groups of 8 batches of 32
+    stream = [*items[:100], Reject("s", "k", "too_long", ""), *items[100:], EpochEnd(1, 768)]
+
+    def batcher(groups, skip=0):
+        return Batcher(length_grouped(iter(stream), 32, lambda it: len(it["ids"]), groups, seed=7), 32, skip=skip)
+
+    plain, b = batcher(1), batcher(8)
+    plain, grouped = [plain.next_batch() for _ in range(24)], [b.next_batch() for _ in range(24)]
+    assert sorted(it["i"] for bt in grouped for it in bt) == list(range(768))  # nothing lost or repeated
+    assert b.rejected == {"too_long": 1}
+    padded = lambda bs: sum(len(bt) * max(len(it["ids"]) for it in bt) for bt in bs)  # noqa: E731
+    assert padded(grouped) < 0.75 * padded(plain)
+    longest = [max(len(it["ids"]) for it in bt) for bt in grouped[:8]]
+    assert longest != sorted(longest)  # the batches of a group come in a shuffled order
+    # a resumed Batcher, skipping the items consumed, continues with the very next batches
+    first = batcher(8)
+    for _ in range(5):
+        first.next_batch()
+    assert [it["i"] for it in batcher(8, skip=first.consumed).next_batch()] == [it["i"] for it in grouped[5]]

@@ -24,13 +24,13 @@ class DemoOptions:
     heldout: int = 120  # the held-out world eval reads
     clip_samples: int = 2000  # the clean world the CLIP trains on (its captions name the shapes alone)
     clip_model: str = "tiny-rn-clip"
-    clip_steps: int = 600
+    clip_steps: int = 1200
     clip_batch: int = 64
     clip_lr: float = 2e-3
     layer: int = -1  # the tower block whose tokens the LM reads
     lm_steps: int = 100  # stage 0
     align_steps: int = 100  # stage 1
-    tune_steps: int = 400  # stage 2
+    tune_steps: int = 800  # stage 2
     tune_lr: float = 1e-3
     d_model: int = 128
     n_layers: int = 4
@@ -85,7 +85,7 @@ def _clip(out_p: Path, opts: DemoOptions, steps: dict) -> Path:
     _log(f"clip-train: a tiny CLIP ({opts.clip_model}), {opts.clip_steps} steps on CPU")
     tr = run_clip_train([str(out_p / "clip-world")], str(model_dir),
                         ClipTrainOptions(model=opts.clip_model, steps=opts.clip_steps, batch_size=opts.clip_batch, lr=opts.clip_lr,
-                                         warmup=20, workers=1, save_every=opts.clip_steps, progress=opts.progress))
+                                         warmup=20, workers=0, save_every=opts.clip_steps, progress=opts.progress))
     steps["clip-train"] = {k: tr[k] for k in ("steps", "loss_first", "loss_last", "seconds")}
     return model_dir
 

@@ -12,7 +12,8 @@ def demo_cmd(
     out: str = typer.Option("vlmtool-demo", "--out", "-o", help="Folder for the demo's worlds and job outputs (a rerun resumes).", metavar="DIR"),
     samples: int = typer.Option(1200, "--samples", "-n", min=64, help="Size of the shapes world the pipeline filters and trains on."),
     heldout: int = typer.Option(120, "--heldout", min=16, help="Size of the held-out world eval reads."),
-    tune_steps: int = typer.Option(400, "--tune-steps", min=1, help="Steps of stage-2 instruction tuning."),
+    clip_steps: int = typer.Option(1200, "--clip-steps", min=1, help="Steps of CLIP training (the vision tower)."),
+    tune_steps: int = typer.Option(800, "--tune-steps", min=1, help="Steps of stage-2 instruction tuning."),
     as_json: bool = JSON,
     progress: bool = PROGRESS,
 ) -> None:

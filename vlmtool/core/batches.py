@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 from vlmtool.core.records import ReadOptions, Reject, iter_samples
+from vlmtool.core.runtime import fixed_mmap_threshold
 from vlmtool.core.samples import Sample, SampleError
 from vlmtool.core.shards import JobDir, ShardRef
 from vlmtool.errors import JobFailed
@@ -164,6 +165,7 @@ class RunStats:
                 "samples_per_s": round(self.samples / self.seconds, 1) if self.seconds > 0 else None}
 
 
+@fixed_mmap_threshold()  # memory bounded by the batch, not the number of batches run
 def run_shards(
     job: JobDir,
     prep: Preparer,
@@ -184,9 +186,6 @@ def run_shards(
     the collated data itself is the result)."""
     from tqdm import tqdm
 
-    from vlmtool.core.runtime import fixed_mmap_threshold
-
-    fixed_mmap_threshold()  # memory bounded by the batch, not the number of batches run
     todo = job.pending()
     stats = RunStats(shards_skipped=len(job.mine()) - len(todo))
     stream = ShardStream(todo, prep, batch_size, read or ReadOptions(), objects_field)

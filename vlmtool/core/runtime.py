@@ -7,6 +7,7 @@ imported only by the functions that need it, so light commands stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -145,15 +146,7 @@ def init_process_group(device) -> bool:
     return True
 
 
-def fixed_mmap_threshold(nbytes: int = 128 << 10) -> bool:
-    """Fix glibc malloc's mmap threshold (M_MMAP_THRESHOLD) at `nbytes`, its starting value,
-    so that every allocation above it is mapped and given back when freed. Left dynamic, glibc
-    raises the threshold each time a large mapped block is freed (up to 32 MiB), after which the
-    per-batch buffers (unpickled batches, activations) come from the heap, which fragments and
-    is never returned: the filter's score pass grew by about 9 KB a sample that way (measured:
-    RssAnon at each shard's end 605 -> 751 MB over 10 shards, live Python objects flat; flat at
-    503 MB with the threshold fixed). A no-op off glibc or when MALLOC_MMAP_THRESHOLD_ is set.
-    Loader workers forked afterwards inherit it. Returns whether it was set."""
+def _set_mmap_threshold(nbytes: int) -> bool:
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
         return False
     try:
@@ -162,4 +155,29 @@ def fixed_mmap_threshold(nbytes: int = 128 << 10) -> bool:
         return bool(ctypes.CDLL("libc.so.6").mallopt(-3, nbytes))  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return False
+
+
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: where the dynamic threshold ends up
+
+
+@contextlib.contextmanager
+def fixed_mmap_threshold(nbytes: int = 128 << 10):
+    """Within the block, fix glibc malloc's mmap threshold (M_MMAP_THRESHOLD) at `nbytes`, its
+    starting value, so that every allocation above it is mapped and given back when freed. Left
+    dynamic, glibc raises the threshold each time a large mapped block is freed (up to 32 MiB),
+    after which the per-batch buffers (unpickled batches, activations) come from the heap, which
+    fragments and is never returned: the filter's score pass grew by about 9 KB a sample that way
+    (measured: RssAnon at each shard's end 605 -> 751 MB over 10 shards, live Python objects
+    flat; flat at 503 MB with the threshold fixed). Loader workers forked inside inherit it.
+
+    On leaving, the threshold is set to 32 MiB, the value the dynamic rule climbs to (glibc has no
+    way back to the dynamic rule): a training loop run later in the same process (`vlmtool demo`)
+    would otherwise map, fault in and unmap every activation of every step, which made its steps
+    2.3x slower. A no-op off glibc or when MALLOC_MMAP_THRESHOLD_ is set. Yields whether it was set."""
+    was_set = _set_mmap_threshold(nbytes)
+    try:
+        yield was_set
+    finally:
+        if was_set:
+            _set_mmap_threshold(MMAP_THRESHOLD_MAX)
 

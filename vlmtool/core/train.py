@@ -92,6 +92,33 @@ class TrainStream:
             yield EpochEnd(epoch, read)
 
 
+def length_grouped(items: Iterator, size: int, length: Callable[[Any], int], groups: int = 16, seed: int = 0) -> Iterator:
+    """The stream with batches of similar length (transformers' `group_by_length`, LLaVA's
+    length-grouped sampler): read `groups * size` items, sort them by `length`, cut them into
+    batches of `size` and hand those out in a shuffled order, so a batch pads to its own longest
+    item rather than the stream's. Rejects and EpochEnds pass straight through.
+
+    A pure function of the input stream and `seed`, and every group is a whole number of batches,
+    so a `Batcher` over it still resumes exactly by the count of items consumed."""
+    if groups <= 1:
+        yield from items
+        return
+    rng = random.Random(f"length_grouped:{seed}")
+    buf: list = []
+    for item in items:
+        if isinstance(item, (Reject, EpochEnd)):
+            yield item
+            continue
+        buf.append(item)
+        if len(buf) == groups * size:
+            buf.sort(key=length)  # stable: ties keep the shuffled order
+            batches = [buf[i : i + size] for i in range(0, len(buf), size)]
+            rng.shuffle(batches)
+            for b in batches:
+                yield from b
+            buf = []
+
+
 class Batcher:
     """Groups a TrainStream's items into batches of `size`, counting rejects and epochs, and
     the items consumed (the data position a checkpoint stores)."""

@@ -45,15 +45,16 @@ class Plan:
         # the names an answer is checked against for objects that are not there
         self.vocabulary = sorted(set(self.tables.vocabulary) | set(self.file_vocabulary or []))
 
-    def negative(self, s: Sample, present: list[str] | None) -> tuple[str | None, str | None]:
-        """(the object a negative question asks about, None) or (None, why none is asked)."""
+    def negative(self, s: Sample, present: list[str] | None, salt: str = "") -> tuple[str | None, str | None]:
+        """(the object a negative question asks about, None) or (None, why none is asked). A
+        `salt` draws another one for the same sample (a conversation's balancing probe)."""
         if present is None and not self.file_vocabulary:
             return None, "no_object_metadata"  # nothing says what is absent: asking would guess
         candidates = self.file_vocabulary or self.tables.vocabulary
         if present is None:  # objects the caption names may well be there
             named = mentioned(s.caption or "", candidates)
             candidates = [c for c in candidates if c not in named]
-        absent = absent_object(s.key, present or [], candidates, self.opts.negatives, self.tables)
+        absent = absent_object(s.key + salt, present or [], candidates, self.opts.negatives, self.tables)
         return (absent, None) if absent else (None, "no_absent_object")
 
 
@@ -162,6 +163,8 @@ class Run:
                     state["negatives_skipped"][why] += 1
                     continue
                 question = f"Is there {article(absent)} in the image?"
+            elif task == "conversation" and getattr(self.teacher, "balances_probes", False):
+                absent, _ = self.plan.negative(s, present, salt=":conversation")  # its no to the conversation's yes
             prompt = self.plan.prompts[task].format(caption=s.caption, objects=describe_objects(objects), question=question or "")
             key = request_key(s.key, ref.url, task, system + "\n" + prompt, self.teacher.name, self.teacher.model)
             if self.seen.status.get(key) in ("ok", "rejected"):

@@ -119,6 +119,9 @@ class CaptionsTeacher:
     image's own size, so no metadata can make it fail."""
 
     name = "captions"
+    # Every conversation it writes holds a balanced pair of presence probes (POPE's yes and no):
+    # the job gives conversation requests an absent object too.
+    balances_probes = True
 
     def __init__(self, model: str = "captions-v1"):
         self.model = model
@@ -133,22 +136,28 @@ class CaptionsTeacher:
         listing = ", ".join(article(n) for n in names[:-1]) + (f" and {article(names[-1])}" if len(names) > 1 else article(names[0])) if names else ""
         if req.task == "negative":
             shows = f" The image shows {listing}." if listing else (f" It shows: {caption}" if caption else "")
-            return [{"question": req.question, "answer": f"No, there is no {req.absent} in the image.{shows}"}]
+            turns = [{"question": req.question, "answer": f"No, there is no {req.absent} in the image.{shows}"}]
+            if objs:  # and the yes that balances it (worded apart from the conversation's yes, which may ask the same)
+                turns.append({"question": f"Is there {article(objs[0]['label'])} in the image?",
+                              "answer": f"Yes, the image does show {article(names[0])}."})
+            return turns
         if not objs:  # no boxes: stay with what the caption says
             question = "Describe the image in detail." if req.task == "detail" else "What does the image show?"
             return [{"question": question, "answer": _sentence(caption)}]
         if req.task == "conversation":
-            return self._conversation(objs, names, listing)
+            return self._conversation(objs, names, listing, req.absent)
         if req.task == "detail":
             return self._detail(objs, names, listing, req.width, req.height)
         return self._reasoning(objs, names)
 
     @staticmethod
-    def _conversation(objs: list[dict], names: list[str], listing: str) -> list[dict]:
+    def _conversation(objs: list[dict], names: list[str], listing: str, absent: str | None = None) -> list[dict]:
         n = len(objs)
-        asked = objs[-1]["label"]  # a presence probe answered yes, the counterpart of the negative task's no (POPE's balance)
-        turns = [{"question": f"Is there {article(asked)} in the image?", "answer": f"Yes, there is {article(asked)} in the image."},
-                 {"question": "What objects can you see in the image?", "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."}]
+        asked = objs[-1]["label"]  # a presence probe answered yes, and (given an absent object) one answered no: POPE's balance
+        turns = [{"question": f"Is there {article(asked)} in the image?", "answer": f"Yes, there is {article(asked)} in the image."}]
+        if absent:
+            turns.append({"question": f"Is there {article(absent)} in the image?", "answer": f"No, there is no {absent} in the image."})
+        turns.append({"question": "What objects can you see in the image?", "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."})
         if n > 1:
             turns.append({"question": f"Where is the {names[0]} relative to the {names[1]}?",
                           "answer": f"The {names[0]} is {_rel(objs[0], objs[1])} the {names[1]}."})

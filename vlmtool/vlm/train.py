@@ -37,6 +37,7 @@ from vlmtool.core.train import (
     Schedule,
     TrainStream,
     barrier,
+    length_grouped,
     load_state,
     save_state,
     set_rng_state,
@@ -84,6 +85,7 @@ class TrainOptions:
     seed: int = 0
     val_samples: int = 16
     shuffle_buffer: int = 1000
+    length_groups: int = 1
     vocab_size: int = 4096
     d_model: int = 256
     n_layers: int = 4
@@ -333,8 +335,9 @@ def _loader(refs, prep: Prep, plan: Plan, opts: TrainOptions, dist, skip: int) -
     stream = TrainStream(refs, None, opts.seed, dist.rank, dist.world_size, buffer=opts.shuffle_buffer,
                          read_shard=partial(prep.read, plan.src))
     mine = len(refs[dist.rank :: dist.world_size])
-    items = iter(loader(stream, opts.workers, prefetch=8, shards=mine))
-    return Batcher(_never_empty(items, max(1, min(opts.workers, mine))), opts.batch_size, skip=skip)
+    items = _never_empty(iter(loader(stream, opts.workers, prefetch=8, shards=mine)), max(1, min(opts.workers, mine)))
+    grouped = length_grouped(items, opts.batch_size, lambda it: len(it["ids"]), opts.length_groups, seed=opts.seed)
+    return Batcher(grouped, opts.batch_size, skip=skip)
 
 
 def _never_empty(items, readers: int):
