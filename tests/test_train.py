@@ -82,8 +82,13 @@ def test_a_stopped_run_resumes_to_the_same_weights(data, tmp_path):
     run_train([str(feats)], str(tmp_path / "straight"), tiny_opts(**opts))
     first = run_train([str(feats)], str(tmp_path / "stopped"), tiny_opts(**opts, stop_at=3))
     assert first["steps"] == 3 and not first["complete"]
+    secs = json.loads((tmp_path / "stopped" / "checkpoint.json").read_text())["extra"]["train_seconds"]
     again = run_train([str(feats)], str(tmp_path / "stopped"), tiny_opts(**opts))
     assert again["steps"] == 6 and again["complete"]
+    # the training time eval's cost table reports counts both runs
+    from vlmtool.evals.cost import model_cost
+
+    assert model_cost(tmp_path / "stopped")["train_seconds"] >= secs + 0.5 * again["seconds"] > secs > 0
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     steps = [r for r in (tmp_path / "stopped" / "train_log.jsonl").read_text().splitlines() if '"loss"' in r]

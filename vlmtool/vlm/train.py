@@ -19,6 +19,7 @@ the whole global batch, so N ranks match one process with N times the batch.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -361,13 +362,15 @@ def _never_empty(items, readers: int):
         yield item
 
 
-def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: TrainOptions) -> None:
-    """The training state (with this step's weights) first, then the checkpoint folder."""
+def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: TrainOptions, seconds: float) -> None:
+    """The training state (with this step's weights) first, then the checkpoint folder.
+    `seconds`: training time so far, over every run that resumed it (eval's cost table reads it)."""
     from vlmtool.vlm.checkpoint import save_checkpoint
 
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_state(out, opt, step, consumed, extra={"model": weights, "tower": tower})
-    save_checkpoint(out, model, tok, tower=tower, extra={"stage": opts.stage, "step": step, "options": options_dict(opts)})
+    save_state(out, opt, step, consumed, extra={"model": weights, "tower": tower, "train_seconds": seconds})
+    save_checkpoint(out, model, tok, tower=tower, extra={"stage": opts.stage, "step": step, "train_seconds": round(seconds, 2),
+                                                         "options": options_dict(opts)})
 
 
 def plot_loss(out: Path) -> Path | None:
@@ -434,9 +437,11 @@ def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower
     dtype = resolve_precision(opts.precision, dev)
     train_step = make_train_step(ddp, opt, params, dev, dtype, use_dist, dist.world_size, tok.pad_id, model.lm.max_seq)
 
+    t_start, before = time.perf_counter(), float(state.get("train_seconds", 0.0)) if state is not None else 0.0
+
     def save(at: int) -> None:
         if dist.is_main:
-            _save(out_p, model, tok, tower, opt, at, batches.consumed, opts)
+            _save(out_p, model, tok, tower, opt, at, batches.consumed, opts, before + time.perf_counter() - t_start)
 
     stop = min(opts.steps, opts.stop_at) if opts.stop_at else opts.steps
     res = train_loop(step=step, steps=stop, next_batch=batches.next_batch, train_step=train_step,
