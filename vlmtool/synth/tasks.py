@@ -97,7 +97,7 @@ class Request:
     width: int = 0
     height: int = 0
     question: str | None = None  # negative task: the question asked
-    absent: str | None = None  # negative task: the object asked about
+    absent: str | None = None  # negative task, and the conversation of a teacher that balances probes: an absent object
     image_tokens: int = 0
 
 
