@@ -30,7 +30,7 @@ class DemoOptions:
     layer: int = -1  # the tower block whose tokens the LM reads
     lm_steps: int = 100  # stage 0
     align_steps: int = 100  # stage 1
-    tune_steps: int = 800  # stage 2
+    tune_steps: int = 1200  # stage 2
     tune_lr: float = 1e-3
     d_model: int = 128
     n_layers: int = 4

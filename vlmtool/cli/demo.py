@@ -13,7 +13,7 @@ def demo_cmd(
     samples: int = typer.Option(1200, "--samples", "-n", min=64, help="Size of the shapes world the pipeline filters and trains on."),
     heldout: int = typer.Option(120, "--heldout", min=16, help="Size of the held-out world eval reads."),
     clip_steps: int = typer.Option(1200, "--clip-steps", min=1, help="Steps of CLIP training (the vision tower)."),
-    tune_steps: int = typer.Option(800, "--tune-steps", min=1, help="Steps of stage-2 instruction tuning."),
+    tune_steps: int = typer.Option(1200, "--tune-steps", min=1, help="Steps of stage-2 instruction tuning."),
     as_json: bool = JSON,
     progress: bool = PROGRESS,
 ) -> None:
