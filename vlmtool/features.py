@@ -77,22 +77,71 @@ def feature_shards(inputs: list[str]) -> list[str]:
     return expand_inputs(specs)
 
 
-def _sample(rec: dict, where: str) -> dict | None:
+MAX_ROWS = 1 << 16  # rows one sample may hold (64 views of 32x32 patches); a header saying more is refused
+
+
+def _sample(rec: dict, where: str, width: int | None = None) -> dict:
+    """One feature record -> its sample, or SampleError(missing_image|bad_json|bad_features|
+    non_finite) naming what is wrong: the tokens a 2-D float array [T, D] with D the tower's
+    width (when known) and at least the rows its views name, all finite; the json an object of
+    this format version."""
+    from vlmtool.core.samples import SampleError
+
     if "tokens.npy" not in rec or "json" not in rec:
-        return None
-    meta = orjson.loads(rec["json"])
+        raise SampleError("missing_image", "no tokens.npy/json member")
+    try:
+        meta = orjson.loads(rec["json"])
+    except orjson.JSONDecodeError as e:
+        raise SampleError("bad_json", str(e)) from None
+    if not isinstance(meta, dict):
+        raise SampleError("bad_json", f"a {type(meta).__name__}, not an object")
     check_version(meta, f"{where} {rec['__key__']}")
-    out = {"key": rec["__key__"], "tokens": load_npy(rec["tokens.npy"]), "meta": meta}
+    tokens = check_tokens(rec["tokens.npy"], width, _rows_named(meta))
+    out = {"key": rec["__key__"], "tokens": tokens, "meta": meta}
     if "pooled.npy" in rec:
         out["pooled"] = load_npy(rec["pooled.npy"])
     return out
 
 
-def read(paths: list[str], rejects: list | None = None) -> Iterator[dict]:
-    """One dict per sample of the feature shards, in order: `key`, `tokens` (float16 [T, D]),
-    `meta` (the sample's json) and, when written, `pooled`. Broken records are skipped and, when
-    a `rejects` list is given, appended to it."""
+def _rows_named(meta: dict) -> int:
+    """The rows the sample's views say it has (the end of the last view)."""
+    from vlmtool.core.samples import SampleError
+
+    views = meta.get("views")
+    try:
+        return max(int(v["rows"][1]) for v in views) if views else 0
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise SampleError("bad_metadata", "views is not a list of {kind, rows: [start, end]}") from None
+
+
+def check_tokens(data: bytes, width: int | None, rows: int):
+    """.npy bytes -> the [T, D] float array, or SampleError(bad_features|non_finite)."""
+    import numpy as np
+
+    from vlmtool.core.samples import SampleError
+
+    try:
+        a = load_npy(data)
+    except Exception as e:  # empty, truncated, pickled, not .npy at all
+        raise SampleError("bad_features", f"tokens.npy cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
+    if a.ndim != 2 or a.dtype.kind != "f":
+        raise SampleError("bad_features", f"tokens.npy is {a.dtype} {list(a.shape)}, not a float [T, D] array")
+    if width is not None and a.shape[1] != width:
+        raise SampleError("bad_features", f"tokens.npy has width {a.shape[1]}, the tower's is {width}")
+    if not 0 < a.shape[0] <= MAX_ROWS or a.shape[0] < rows:
+        raise SampleError("bad_features", f"tokens.npy has {a.shape[0]} rows, its views name {rows} (at most {MAX_ROWS})")
+    if not np.isfinite(a).all():
+        raise SampleError("non_finite", f"tokens.npy holds {int((~np.isfinite(a)).sum())} NaN or infinite values")
+    return a
+
+
+def read(paths: list[str], rejects: list | None = None, width: int | None = None) -> Iterator[dict]:
+    """One dict per sample of the feature shards, in order: `key`, `tokens` (float [T, D]),
+    `meta` (the sample's json) and, when written, `pooled`. A broken record or a spoiled sample
+    (`_sample`'s checks; `width`: the width every sample must have) is skipped and, when a
+    `rejects` list is given, appended to it."""
     from vlmtool.core.records import ReadOptions, Reject, tar_records
+    from vlmtool.core.samples import SampleError
     from vlmtool.core.shards import shard_refs
 
     read_opts = ReadOptions(max_member_bytes=1 << 31)
@@ -102,10 +151,11 @@ def read(paths: list[str], rejects: list | None = None) -> Iterator[dict]:
                 if rejects is not None:
                     rejects.append(rec)
                 continue
-            s = _sample(rec, ref.url)
-            if s is None:
+            try:
+                s = _sample(rec, ref.url, width)
+            except SampleError as e:
                 if rejects is not None:
-                    rejects.append(Reject(ref.name, rec["__key__"], "missing_image", "no tokens.npy/json member"))
+                    rejects.append(Reject(ref.name, rec["__key__"], e.reason, e.detail))
                 continue
             s["shard"] = ref.name
             yield s

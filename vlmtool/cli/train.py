@@ -8,6 +8,7 @@ from vlmtool.cli._app import (
     DEVICE,
     INPUTS,
     JSON,
+    MAX_PIXELS,
     OUT,
     PRECISION,
     PROGRESS,
@@ -79,6 +80,9 @@ def infer_cmd(
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Questions answered together."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the whole sequence at every step instead of using the KV cache (for checking)."),
     blind: bool = typer.Option(False, "--blind", help="Withhold the image (the visual tokens) from the model."),
+    max_pixels: int = MAX_PIXELS,
+    allow_tower_change: bool = typer.Option(False, "--allow-tower-change", help="Encode with the checkpoint's tower even if its "
+                                            "weights file changed since the features were made (sha256 differs)."),
     device: str = DEVICE,
     as_json: bool = JSON,
 ) -> None:

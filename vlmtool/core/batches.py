@@ -132,15 +132,28 @@ def loader(stream, workers: int, pin_memory: bool = False, prefetch: int = 4, sh
         def __iter__(self):
             return iter(stream)
 
-    yield from DataLoader(_DS(), batch_size=None, num_workers=min(workers, shards or workers), pin_memory=pin_memory,
-                          prefetch_factor=prefetch, persistent_workers=False, worker_init_fn=_worker_init)
-
-
-def _worker_init(worker_id: int) -> None:
-    """Loader workers: one thread each, and a lower CPU priority than the process that runs the
-    model, so that where they share cores the model is never the one kept waiting."""
+    import functools
     import os
 
+    yield from DataLoader(_DS(), batch_size=None, num_workers=min(workers, shards or workers), pin_memory=pin_memory,
+                          prefetch_factor=prefetch, persistent_workers=False,
+                          worker_init_fn=functools.partial(_worker_init, parent=os.getpid()))
+
+
+def _worker_init(worker_id: int, parent: int | None = None) -> None:
+    """Loader workers: die with the process that started them, hold none of its job-folder locks,
+    run one thread each at a lower CPU priority than the process that runs the model (so that
+    where they share cores the model is never the one kept waiting).
+
+    A worker that outlived a SIGKILLed parent kept the folder lock it inherited and blocked the
+    rerun for minutes (writing to a pipe nobody reads): the kernel now kills it with its parent
+    (PR_SET_PDEATHSIG), and it closes its copies of the lock descriptors at once."""
+    import os
+
+    from vlmtool.core.job import release_inherited_locks
+
+    die_with_parent(parent)
+    release_inherited_locks()
     try:
         os.nice(int(os.environ.get("VLMTOOL_WORKER_NICE", "10")))
     except (OSError, AttributeError, ValueError):  # pragma: no cover - platforms without nice
@@ -250,3 +263,19 @@ def merge_totals(records: dict[str, dict]) -> dict:
     }
 
 
+
+
+def die_with_parent(parent: int | None) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux prctl PR_SET_PDEATHSIG);
+    exit now if the parent is already gone. Elsewhere a no-op: torch's own worker watchdog stays."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG (linux/prctl.h)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)

@@ -94,6 +94,7 @@ class Job:
             os.close(fd)
             raise UsageError(f"another vlmtool job (rank {self.dist.rank}) is running in {self.out}: wait for it to end, "
                              "or use another --out") from None
+        _LOCK_FDS.add(fd)
         return fd
 
     def _remove_stale_temps(self) -> None:
@@ -130,6 +131,7 @@ class Job:
 
     def close(self) -> None:
         if self._lock_fd is not None:
+            _LOCK_FDS.discard(self._lock_fd)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -186,6 +188,21 @@ class Job:
         more = {**(summarize(recs) if summarize else {}), **(extra or {})}
         self.write_manifest(records, totals, more)
         return {**self.header(), "complete": True, **totals, **more, "this_run": this_run}
+
+
+_LOCK_FDS: set[int] = set()  # this process's job-folder locks (flock on these descriptors)
+
+
+def release_inherited_locks() -> None:
+    """In a forked child (a loader worker): close the copies of the parent's lock descriptors, so
+    that the lock lives exactly as long as the job's own process (flock belongs to the open file,
+    which the parent still holds: closing the child's copy leaves the parent's lock in place)."""
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
 
 
 def log(job: str, msg: str) -> None:

@@ -34,6 +34,10 @@ REASONS = {
     "duplicate_key": "the record's key appears earlier in the same shard",
     "member_too_large": "a member is larger than its cap (--max-image-bytes, --max-text-bytes, --max-member-bytes)",
     "filtered": "a pre-filter of the job excluded the sample",
+    "bad_features": "a feature member is not a readable float [T, D] array of the tower's width with the rows its views name",
+    "non_finite": "a feature member holds NaN or infinite values",
+    "too_long": "the sample's tokens do not fit the model's context",
+    "bad_row": "an instruction or question row has a missing or wrong-typed field, or an image marker count that is not one",
 }
 
 
@@ -105,8 +109,7 @@ def decode_image(data: bytes, draft: tuple[int, int] | None = None, mode: str = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im.load()
-        if im.mode != mode:
-            im = im.convert(mode)
+        im = to_rgb(im) if mode == "RGB" else (im.convert(mode) if im.mode != mode else im)
     except SampleError:
         raise
     except Exception as e:
@@ -114,6 +117,48 @@ def decode_image(data: bytes, draft: tuple[int, int] | None = None, mode: str = 
         reason = "truncated_image" if ("truncated" in msg or "broken data stream" in msg or "premature end" in msg.lower()) else "corrupt_image"
         raise SampleError(reason, msg) from None
     return im
+
+
+def to_rgb(im):
+    """A decoded PIL image -> 8-bit RGB, upright, as a person sees it: the one conversion every job
+    uses (encode, infer, eval, train's pixels).
+    - EXIF orientation applied (a phone photo stored sideways is turned upright);
+    - 16-bit and 32-bit greyscale (`I;16*`, `I`) scaled to 8 bits by their bit depth, float (`F`)
+      by its range, never clipped (PIL's own convert clips at 255: a 16-bit PNG turns white);
+    - transparency (RGBA, LA, P or L with a transparent colour) composited onto white, as
+      transformers' `image_transforms.convert_to_rgb` does, instead of showing whatever colour
+      the transparent pixels hold;
+    - CMYK, YCbCr, 1-bit, palettes: PIL's conversion."""
+    from PIL import Image, ImageOps
+
+    if im.getexif().get(0x0112, 1) != 1:  # 0x0112: EXIF Orientation
+        im = ImageOps.exif_transpose(im)
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _deep_to_l(im)
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _deep_to_l(im):
+    """16/32-bit integer or float greyscale -> 8-bit L, scaled, not clipped."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(im)
+    if im.mode == "F":
+        lo, hi = (0.0, 1.0) if a.size and float(np.nanmin(a)) >= 0 and float(np.nanmax(a)) <= 1 else (0.0, 255.0)
+        out = np.clip(np.nan_to_num(a.astype(np.float64)) / hi * 255.0, 0, 255)
+    else:
+        bits = 16 if im.mode.startswith("I;16") or (a.size and int(a.max()) > 255) else 8
+        if a.size and int(a.max()) > 65535:
+            bits = 32
+        out = np.clip(a.astype(np.float64) / (2**bits - 1) * 255.0, 0, 255)
+    return Image.fromarray(np.rint(out).astype(np.uint8), "L")
 
 
 def parse_record(record: dict, shard: str, max_pixels: int = DEFAULT_MAX_PIXELS, objects_field: str | None = "objects") -> Sample:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from vlmtool.core.records import ReadOptions, Reject, iter_samples
 from vlmtool.core.samples import SampleError
 from vlmtool.core.shards import ShardRef, atomic_path, dumps
+from vlmtool.errors import UsageError
 
 STATE_FILE = "train_state.pt"
 
@@ -127,6 +128,7 @@ class Batcher:
         self.items, self.size = items, size
         self.consumed = 0
         self.rejected: dict[str, int] = {}
+        self.reject_rows: dict[tuple, str] = {}  # (shard, key, reason) -> detail, each bad sample once however often read
         self.epochs = 0
         for _ in range(skip):  # resume: the same items an uninterrupted run consumed, dropped
             self._next()
@@ -136,6 +138,7 @@ class Batcher:
         self.consumed += 1
         if isinstance(item, Reject):
             self.rejected[item.reason] = self.rejected.get(item.reason, 0) + 1
+            self.reject_rows.setdefault((item.shard, item.key, item.reason), item.detail)
         elif isinstance(item, EpochEnd):
             self.epochs += 1
         return item
@@ -207,7 +210,35 @@ def load_state(out: Path) -> dict | None:
     p = out / STATE_FILE
     if not p.exists():
         return None
-    return torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or holding objects weights_only refuses
+        raise UsageError(f"{p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}): "
+                         f"delete it to start this run over, or use another --out") from None
+    if not isinstance(state, dict) or not {"optimizer", "step", "consumed", "rng"} <= state.keys():
+        raise UsageError(f"{p} is not a training state written by vlmtool: delete it to start this run over, or use another --out")
+    return state
+
+
+def write_rejects(path: Path, rows: dict[tuple, str]) -> int:
+    """rejects.jsonl of a training run: one line per (shard, key, reason), merged with the lines
+    an earlier run of the same folder wrote; returns the count."""
+    import orjson
+
+    have: dict[tuple, str] = {}
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                r = orjson.loads(line)
+                have[(r["shard"], r["key"], r["reason"])] = r.get("detail", "")
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+    have.update({k: v for k, v in rows.items() if k not in have})
+    from vlmtool.core.shards import atomic_write
+
+    atomic_write(path, b"".join(dumps({"shard": s, "key": k, "reason": r, "detail": d}) + b"\n"
+                                for (s, k, r), d in sorted(have.items())))
+    return len(have)
 
 
 # ---------------------------------------------------------------------------------- loop

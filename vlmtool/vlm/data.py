@@ -30,9 +30,19 @@ CAPTION_PROMPT = "Describe the image briefly."  # stage 1: a fixed instruction -
 _SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
+MAX_ROW_BYTES = 1 << 20  # one instruction row (a JSONL line); longer lines are counted and skipped unread
+
+
 def shard_stem(name: str) -> str:
-    """`/a/b/00001.tar` (or a URL, or `pipe:... 00001.tar -`) -> `00001`: the join key's shard part."""
-    base = str(name).rstrip("/").split("/")[-1].split()[0] if " " not in str(name) else _stem_of_pipe(str(name))
+    """`/a/b/00001.tar`, `https://host/b/00001.tar?sig=...` or `pipe:aws s3 cp s3://b/00001.tar -`
+    -> `00001`: the join key's shard part. The whole file name, spaces and all: only a `pipe:`
+    command is split into words."""
+    name = str(name)
+    if name.startswith("pipe:"):
+        return _stem_of_pipe(name)
+    base = name.rstrip("/").split("/")[-1]
+    if "://" in name:
+        base = base.split("?")[0].split("#")[0]
     for s in _SUFFIXES:
         if base.endswith(s):
             return base[: -len(s)]
@@ -40,8 +50,25 @@ def shard_stem(name: str) -> str:
 
 
 def _stem_of_pipe(name: str) -> str:
-    parts = [p for p in name.split() if p.endswith(_SUFFIXES)]
+    parts = [p for p in name[len("pipe:"):].split() if p.endswith(_SUFFIXES)]
     return shard_stem(parts[-1]) if parts else name
+
+
+def capped_lines(f, cap: int = MAX_ROW_BYTES) -> Iterator[bytes | None]:
+    """The lines of a binary file, each read with at most `cap` bytes in memory: a longer line is
+    drained in chunks and given as None (the caller counts it)."""
+    while True:
+        line = f.readline(cap + 1)
+        if not line:
+            return
+        if len(line) > cap and not line.endswith(b"\n"):
+            while True:
+                more = f.readline(1 << 20)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield None
+            continue
+        yield line
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -93,7 +120,7 @@ def open_inputs(inputs: list[str], images: bool = False) -> Inputs:
     for s in shards:
         fj = _features_json(s)
         if fj is not None and fj not in towers:
-            towers[fj] = features.read_features_json(fj.parent).get("tower") or {}
+            towers[fj] = tower_reference(features.read_features_json(fj.parent))
     widths = {str(p.parent): t.get("width") for p, t in towers.items()}
     if len(set(widths.values())) > 1:
         raise UsageError(f"feature folders of different widths in one run: {widths}; train on one tower's features")
@@ -107,6 +134,16 @@ def open_inputs(inputs: list[str], images: bool = False) -> Inputs:
             raise UsageError(f"feature shard {s} has vectors of width {w}, not {width} like the others "
                              f"(its features.json or the first shard): mixed towers")
     return Inputs(shards, "features", tower, width)
+
+
+def tower_reference(features_json: dict) -> dict:
+    """What a checkpoint records of the features it was trained on: features.json's tower, and
+    under `views` the view layout encode cut (AnyRes preset and its options, frames a video), so
+    that infer and eval rebuild exactly that layout for a new image."""
+    tower = dict(features_json.get("tower") or {})
+    tower["views"] = {"anyres": features_json.get("anyres"), "anyres_options": features_json.get("anyres_options"),
+                      "frames_per_video": features_json.get("frames_per_video"), "frame_budget": features_json.get("frame_budget")}
+    return tower
 
 
 def first_width(shard: str) -> int | None:
@@ -183,11 +220,10 @@ class Instructions:
     rows: dict[tuple[str, str], list] = field(default_factory=dict)
     total: int = 0
     malformed: int = 0
+    reasons: dict = field(default_factory=dict)  # malformed rows by what was wrong
 
     @classmethod
     def load(cls, path: str | None) -> Instructions:
-        from vlmtool.vlm.tokenizer import turns_from_record
-
         out = cls()
         if path is None:
             return out
@@ -195,16 +231,16 @@ class Instructions:
         if not p.is_file():
             raise UsageError(f"--instructions {path}: no such file")
         with open(p, "rb") as f:
-            for line in f:
-                if not line.strip():
+            for line in capped_lines(f):
+                if line is not None and not line.strip():
                     continue
                 out.total += 1
                 try:
-                    row = orjson.loads(line)
-                    turns = turns_from_record(row)
-                    where = (shard_stem(str(row.get("shard") or "")), str(row["key"]))
-                except (orjson.JSONDecodeError, UsageError, KeyError, TypeError, AttributeError):
+                    where, turns = instruction_row(line)
+                except UsageError as e:
                     out.malformed += 1
+                    why = str(e).split(":")[0]
+                    out.reasons[why] = out.reasons.get(why, 0) + 1
                     continue
                 out.rows.setdefault(where, []).append(turns)
         return out
@@ -217,6 +253,36 @@ class Instructions:
     def joined(self, entries: list[Entry]) -> int:
         have = {(e.stem, e.key) for e in entries}
         return sum(len(v) for k, v in self.rows.items() if k in have)
+
+
+def instruction_row(line: bytes | None) -> tuple[tuple[str, str], list]:
+    """One instruction line -> ((shard stem, key), turns), or UsageError("REASON: ...") naming
+    what is wrong: over-long, not JSON, no shard (`shard`, or the folder of `image`
+    "SHARD/KEY.jpg"), no string key, turns that are not user/assistant pairs, or an `<image>`
+    anywhere but once in the first user turn (none is allowed: the slots go first)."""
+    from vlmtool.vlm.tokenizer import IMAGE, turns_from_record
+
+    if line is None:
+        raise UsageError(f"too_long: a row of more than {MAX_ROW_BYTES} bytes")
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise UsageError("bad_json: not a JSON line") from None
+    if not isinstance(row, dict):
+        raise UsageError(f"bad_row: a {type(row).__name__}, not an object")
+    key, shard, image = row.get("key"), row.get("shard"), row.get("image")
+    if not isinstance(shard, str) or not shard:
+        shard = image.rsplit("/", 1)[0] if isinstance(image, str) and "/" in image else None
+    if not isinstance(shard, str) or not shard or not isinstance(key, str) or not key:
+        raise UsageError("bad_row: no shard and key (fields `shard` and `key`, or `image` as SHARD/KEY.jpg)")
+    try:
+        turns = turns_from_record(row)
+    except UsageError as e:
+        raise UsageError(f"bad_row: {e}") from None
+    users = [u.count(IMAGE) for u, _ in turns]
+    if sum(users) > 1 or any(users[1:]) or any(IMAGE in a for _, a in turns):
+        raise UsageError(f"bad_row: {sum(users)} {IMAGE} markers; one image, in the first user turn")
+    return (shard_stem(shard), key), turns
 
 
 def flat_text(turns) -> str:
@@ -240,14 +306,14 @@ class Prep:
     seed: int = 0
     skip: frozenset = frozenset()
     max_len: int = 0  # items longer than the LM's context are counted and skipped (cutting would split the image)
+    width: int | None = None  # the feature width every sample must have (the connector's input)
 
     def read(self, src: Inputs, ref) -> Iterator:
         """A TrainStream `read_shard`: this shard's items, rejects passed through."""
         from vlmtool.core.records import Reject
 
         rng = random.Random(f"{self.seed}:{ref.name}")  # text-mix draws: a pure function of seed and shard
-        size = self.native[0] if self.native is not None and self.stage > 0 else 0
-        for s in (_feature_samples(ref) if src.kind == "features" else _image_samples(ref, size)):
+        for s in self.samples(src, ref):
             if not isinstance(s, dict):
                 yield s
                 continue
@@ -257,7 +323,12 @@ class Prep:
                 if self.max_len and len(item["ids"]) > self.max_len:
                     yield Reject(ref.name, s["key"], "too_long", f"{len(item['ids'])} tokens, the LM takes {self.max_len}")
                 else:
-                    yield item
+                    yield {**item, "key": f"{ref.name}/{s['key']}"}
+
+    def samples(self, src: Inputs, ref) -> Iterator:
+        """The shard's samples (dicts) and rejects, checked for this run's feature width."""
+        size = self.native[0] if self.native is not None and self.stage > 0 else 0
+        return _feature_samples(ref, self.width) if src.kind == "features" else _image_samples(ref, size)
 
     def items(self, s: dict, rng: random.Random | None = None) -> Iterator[dict]:
         if self.stage == 0:
@@ -330,12 +401,12 @@ def lm_layout(meta: dict, n_rows: int) -> tuple[list[int], list[int]]:
     return list(rows), list(newline_after)
 
 
-def _feature_samples(ref) -> Iterator:
+def _feature_samples(ref, width: int | None = None) -> Iterator:
     from vlmtool import features
     from vlmtool.core.records import Reject
 
     rejects: list = []
-    for s in features.read([ref.url], rejects):
+    for s in features.read([ref.url], rejects, width):
         while rejects:
             yield rejects.pop(0)
         yield {"key": s["key"], "stem": _source_stem(s["meta"], ref.url), "caption": _caption(s["meta"]),

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import orjson
 
+from vlmtool.core.samples import DEFAULT_MAX_PIXELS
 from vlmtool.errors import UsageError
 
+MAX_QUESTION_CHARS = 4096  # a question row's text, capped before it is tokenized
 _TOWERS: dict = {}
 
 
@@ -33,53 +35,135 @@ def _tower_field(tower: dict, *names, default=None):
     return default
 
 
-def load_tower(tower: dict, device="cpu"):
-    """The open_clip model a tower reference names (loaded once per process)."""
+def load_tower(tower: dict, device="cpu", allow_change: bool = False):
+    """The open_clip model a tower reference names (loaded once per process). Its weights file
+    is checked against the sha256 encode recorded: a changed tower gives other features than the
+    ones the model was trained on, so it is refused unless `allow_change`."""
     from vlmtool.clip.model import load_clip
 
     arch = _tower_field(tower, "arch", "model", "architecture")
     pretrained = _tower_field(tower, "pretrained", "weights", "path")
     if not arch and not pretrained:
         raise UsageError("the checkpoint's tower reference names no architecture or weights: cannot encode images")
+    if not allow_change:
+        check_tower_weights(tower)
     key = (arch, pretrained, str(device))
     if key not in _TOWERS:
         _TOWERS[key] = load_clip(arch, pretrained, device=device)
     return _TOWERS[key]
 
 
-def encode_image(tower: dict, image, device="cpu"):
-    """A PIL image -> its feature rows [T, D] (float32), as encode writes them for one view:
-    layer `tower["layer"]` (LLaVA: -2) of the tower, without CLS unless `tower["cls"]`."""
+def check_tower_weights(tower: dict) -> None:
+    """Refuse a tower whose weights file is not the one the features were made with."""
+    from vlmtool.encode.job import file_sha256
+
+    path, want = tower.get("weights_file"), tower.get("weights_sha256")
+    if not path or not want:
+        return
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"the checkpoint's vision tower {path} is missing: restore it, or pass --allow-tower-change "
+                         "to encode with the tower at --pretrained's place as it is now")
+    stat = p.stat()
+    memo = (str(p), stat.st_size, stat.st_mtime_ns)
+    if _SHA_MEMO.get(memo) is None:
+        _SHA_MEMO[memo] = file_sha256(p)
+    if _SHA_MEMO[memo] != want:
+        raise UsageError(f"the vision tower {path} changed since the features were encoded (sha256 {_SHA_MEMO[memo][:12]}... , "
+                         f"recorded {want[:12]}...): its features are not the ones the model learned; "
+                         "pass --allow-tower-change to use it anyway")
+
+
+_SHA_MEMO: dict = {}
+
+
+def _view_tower(tower: dict):
+    """The view geometry encode used (encode.views.Tower), from the checkpoint's tower reference;
+    None for one whole-image view."""
+    views = tower.get("views") or {}
+    if not views.get("anyres"):
+        return None
+    from vlmtool.encode.views import Tower
+
+    return Tower(int(tower["image_size"]), int(tower["patch_size"]), bool(tower.get("cls")), views["anyres"])
+
+
+def encode_image(tower: dict, image, device="cpu", allow_change: bool = False):
+    """A PIL image -> the rows [T_v, D] (float32) the LM sees: `visual_rows` without the newlines."""
+    return visual_rows(tower, image, device, allow_change)[0]
+
+
+def visual_rows(tower: dict, image, device="cpu", allow_change: bool = False):
+    """A PIL image -> (rows [T_v, D] float32 the LM sees, newline_after), as encode wrote them and
+    train laid them out: layer `tower["layer"]` (LLaVA: -2), without CLS unless `tower["cls"]`;
+    with the AnyRes layout the checkpoint recorded (base view + tiles, unpadded, a newline slot
+    after each feature row), the very views encode cut and `features.lm_layout`'s order."""
     import torch
 
+    from vlmtool import features
     from vlmtool.clip.model import grid_tokens
 
-    loaded = load_tower(tower, device)
+    loaded = load_tower(tower, device, allow_change)
     layer, cls = int(_tower_field(tower, "layer", default=-2)), bool(_tower_field(tower, "cls", default=False))
-    x = loaded.transform(image.convert("RGB"))[None].to(device)  # [1, 3, H, W]
+    image = image.convert("RGB")
+    vt = _view_tower(tower)
+    if vt is None:
+        views, meta = [image], None
+    else:
+        from vlmtool.encode.views import image_views
+
+        views, meta = image_views(image, vt)
+    x = torch.stack([loaded.transform(v) for v in views]).to(device)  # [V, 3, H, W]
     with torch.no_grad():
-        rows, _ = grid_tokens(loaded.model.visual, x, layer, cls)  # [1, T, D]
-    return rows[0].float()  # [T, D]
+        rows, _ = grid_tokens(loaded.model.visual, x, layer, cls)  # [V, T, D]
+    rows = rows.reshape(-1, rows.shape[-1]).float()  # [V*T, D]: views one after the other, as encode writes them
+    if meta is None:
+        return rows, []
+    order, newline_after = features.lm_layout(meta)
+    return rows[order], list(newline_after)  # [T_v, D]
+
+
+class PromptTooLong(UsageError):
+    def __init__(self, index: int, tokens: int, limit: int):
+        super().__init__(f"too_long: the prompt has {tokens} tokens, the model takes {limit}")
+        self.index = index
 
 
 class Answerer:
     """Answers questions about images with one checkpoint, `batch_size` prompts at a time."""
 
-    def __init__(self, checkpoint, device="cpu", batch_size: int = 8, use_cache: bool = True):
+    def __init__(self, checkpoint, device="cpu", batch_size: int = 8, use_cache: bool = True, allow_tower_change: bool = False):
         self.ck, self.device, self.batch_size, self.use_cache = checkpoint, device, batch_size, use_cache
         self.model, self.tok, self.config = checkpoint.model, checkpoint.tokenizer, checkpoint.config
+        self.allow_tower_change = allow_tower_change
 
     def answer(self, images: list | None, questions: list[str], max_new_tokens: int = 64, temperature: float = 0.0,
                top_p: float = 1.0, seed: int | None = None) -> list[str]:
         """One answer per question; `images` (PIL images, one per question) or None: blind."""
         if images is not None and len(images) != len(questions):
             raise UsageError(f"{len(images)} images for {len(questions)} questions")
-        out = []
+        out: list = []
         for i in range(0, len(questions), self.batch_size):
             imgs = None if images is None else images[i : i + self.batch_size]
-            ids = self.generate(imgs, questions[i : i + self.batch_size], max_new_tokens, temperature, top_p, seed)
-            out.extend(self.tok.decode(x, skip_special=True).strip() for x in ids)
+            out.extend(self._answer_batch(imgs, questions[i : i + self.batch_size], max_new_tokens, temperature, top_p, seed))
         return out
+
+    def _answer_batch(self, images, questions, *gen) -> list:
+        """Answers of one batch; a prompt longer than the model's context is answered with a
+        `PromptTooLong` (the caller counts it) and the others still get theirs."""
+        keep = list(range(len(questions)))
+        answers: list = [None] * len(questions)
+        while keep:
+            try:
+                ids = self.generate(None if images is None else [images[i] for i in keep], [questions[i] for i in keep], *gen)
+            except PromptTooLong as e:
+                answers[keep[e.index]] = e
+                keep.pop(e.index)
+                continue
+            for i, x in zip(keep, ids):
+                answers[i] = self.tok.decode(x, skip_special=True).strip()
+            break
+        return answers
 
     def inputs(self, images: list | None, questions: list[str]) -> dict:
         """Left-padded prompts and the visual inputs for one batch."""
@@ -97,14 +181,19 @@ class Answerer:
         elif images is not None:
             if not self.ck.tower:
                 raise UsageError(f"checkpoint {self.ck.path} has no vision tower reference: it cannot encode images")
-            feats = [encode_image(self.ck.tower, im, self.device) for im in images]  # each [T, D]
+            encoded = [visual_rows(self.ck.tower, im, self.device, self.allow_tower_change) for im in images]
+            feats = [f for f, _ in encoded]  # each [T_v, D]
             kw["visual"] = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.device)  # [B, T, D]
             kw["visual_mask"] = torch.nn.utils.rnn.pad_sequence([torch.ones(len(f), dtype=torch.bool) for f in feats],
                                                                 batch_first=True).to(self.device)  # [B, T]
-            layouts = [(self.model.slot_count(len(f)), []) for f in feats]
+            layouts = [(n, nl if n else []) for n, nl in ((self.model.slot_count(len(f)), nl) for f, nl in encoded)]
         else:
             layouts = [(0, [])] * len(questions)
         encs = [self.tok.encode_chat([(q, None)], n_visual=n, newline_after=nl) for q, (n, nl) in zip(questions, layouts)]
+        limit = self.model.lm.max_seq
+        for i, e in enumerate(encs):
+            if len(e) > limit:
+                raise PromptTooLong(i, len(e), limit)
         batch = collate(encs, self.tok.pad_id, side="left", max_len=self.model.lm.max_seq)
         return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device), **kw}
 
@@ -113,13 +202,18 @@ class Answerer:
                                    top_p=top_p, seed=seed, stop_ids=self.tok.stop_ids, use_cache=self.use_cache)
 
 
-def load_answerer(checkpoint: str | Path, device="cpu", batch_size: int = 8, use_cache: bool = True) -> Answerer:
-    """An `Answerer` over a checkpoint folder written by `vlmtool train`."""
+def load_answerer(checkpoint: str | Path, device="cpu", batch_size: int = 8, use_cache: bool = True,
+                  allow_tower_change: bool = False) -> Answerer:
+    """An `Answerer` over a checkpoint folder written by `vlmtool train`; its tower's weights are
+    checked against the recorded sha256 before any image is answered."""
     from vlmtool.core.runtime import resolve_device
     from vlmtool.vlm.checkpoint import load_checkpoint
 
     dev = resolve_device(device) if isinstance(device, str) else device
-    return Answerer(load_checkpoint(checkpoint, dev), dev, batch_size, use_cache)
+    ck = load_checkpoint(checkpoint, dev)
+    if ck.tower and not allow_tower_change:
+        check_tower_weights(ck.tower)
+    return Answerer(ck, dev, batch_size, use_cache, allow_tower_change)
 
 
 class LocalTeacher:
@@ -141,7 +235,10 @@ class LocalTeacher:
 
     def _answer(self, image, q: str) -> str:
         with self._lock:
-            return self.answerer.answer(None if image is None else [image], [q], self.max_new_tokens, self.temperature)[0]
+            a = self.answerer.answer(None if image is None else [image], [q], self.max_new_tokens, self.temperature)[0]
+        if isinstance(a, Exception):
+            raise a
+        return a
 
     async def generate(self, req):
         from vlmtool.synth.teachers import Result
@@ -159,15 +256,15 @@ class LocalTeacher:
         return None
 
 
-def _open_image(data: bytes):
-    from PIL import Image, UnidentifiedImageError
+def _open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Image bytes -> an RGB PIL image, through the one decoder every job uses (bit depth, alpha,
+    EXIF orientation handled), refused past `max_pixels` before any pixel is decoded."""
+    from vlmtool.core.samples import SampleError, decode_image
 
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise UsageError(f"cannot read the image ({type(e).__name__})") from None
+        return decode_image(data, max_pixels=max_pixels)
+    except SampleError as e:
+        raise UsageError(f"cannot read the image ({e.reason}: {e.detail})") from None
 
 
 # ---------------------------------------------------------------------------------- the command
@@ -189,6 +286,8 @@ class InferOptions:
     batch_size: int = 8
     no_cache: bool = False
     blind: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_tower_change: bool = False
     device: str = "auto"
 
 
@@ -199,49 +298,68 @@ def _jobs(opts: InferOptions) -> Iterator[dict]:
     if opts.image is not None:
         if not opts.question:
             raise UsageError("--image needs --question")
-        yield {"image": opts.image, "question": opts.question, "image_obj": _read_image_file(opts.image)}
+        yield {"image": opts.image, "question": opts.question, "image_obj": _read_image_file(opts.image, opts.max_pixels)}
     elif opts.questions is not None:
-        yield from _question_rows(Path(opts.questions))
+        yield from _question_rows(Path(opts.questions), opts.max_pixels)
     else:
         if not opts.question:
             raise UsageError("--shards needs --question (asked of every sample)")
-        yield from _shard_rows(opts.shards, opts.question)
+        yield from _shard_rows(opts.shards, opts.question, opts.max_pixels)
 
 
-def _read_image_file(path: str):
+def _read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--image {path}: no such file")
-    return _open_image(p.read_bytes())
+    return _open_image(p.read_bytes(), max_pixels)
 
 
-def _question_rows(path: Path) -> Iterator[dict]:
+def question_row(row) -> tuple[str, str | None]:
+    """(question, image name or None) of one --questions row, or UsageError naming what is wrong:
+    a JSON object, `question` a non-empty string of at most MAX_QUESTION_CHARS, `image` a string
+    or absent (null: ask blind)."""
+    if not isinstance(row, dict):
+        raise UsageError(f"bad_row: a {type(row).__name__}, not a JSON object")
+    q, img = row.get("question"), row.get("image")
+    if not isinstance(q, str) or not q.strip():
+        raise UsageError(f"bad_row: question is {type(q).__name__ if not isinstance(q, str) else 'empty'}, not a non-empty string")
+    if len(q) > MAX_QUESTION_CHARS:
+        raise UsageError(f"too_long: question of {len(q)} characters, at most {MAX_QUESTION_CHARS}")
+    if img is not None and not isinstance(img, str):
+        raise UsageError(f"bad_row: image is {type(img).__name__}, not a file name")
+    return q, img
+
+
+def _question_rows(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict]:
     if not path.is_file():
         raise UsageError(f"--questions {path}: no such file")
-    for n, line in enumerate(path.read_bytes().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = orjson.loads(line)
-            q, img = str(row["question"]), row.get("image")
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            yield {"line": n, "error": "not a JSON object with a question"}
-            continue
-        out = {"image": img, "question": q}
-        try:
-            out["image_obj"] = None if img is None else _open_image((path.parent / img).read_bytes())
-        except (UsageError, OSError) as e:
-            out["error"] = f"image: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
-        yield out
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                q, img = question_row(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                yield {"line": n, "error": "bad_row: not JSON"}
+                continue
+            except UsageError as e:
+                yield {"line": n, "error": str(e)}
+                continue
+            out = {"line": n, "image": img, "question": q}
+            try:
+                out["image_obj"] = None if img is None else _open_image((path.parent / img).read_bytes(), max_pixels)
+            except (UsageError, OSError) as e:
+                out["error"] = f"image: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
+            yield out
 
 
-def _shard_rows(shards: list[str], question: str) -> Iterator[dict]:
-    from vlmtool.core.records import Reject, iter_samples
+def _shard_rows(shards: list[str], question: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict]:
+    from vlmtool.core.records import ReadOptions, Reject, iter_samples
     from vlmtool.core.samples import SampleError
     from vlmtool.core.shards import expand_inputs, shard_refs
 
     for ref in shard_refs(expand_inputs(shards)):
-        for s in iter_samples(ref):
+        for s in iter_samples(ref, ReadOptions(max_pixels=max_pixels)):
             if isinstance(s, Reject):
                 yield {"shard": ref.name, "key": s.key, "question": question, "error": s.reason}
                 continue
@@ -253,7 +371,8 @@ def _shard_rows(shards: list[str], question: str) -> Iterator[dict]:
 
 def run_infer(opts: InferOptions, as_json: bool) -> int:
     """Answer every question; print answers (or JSONL rows with --json) on stdout. Returns the count."""
-    ans = load_answerer(opts.checkpoint, opts.device, opts.batch_size, use_cache=not opts.no_cache)
+    ans = load_answerer(opts.checkpoint, opts.device, opts.batch_size, use_cache=not opts.no_cache,
+                        allow_tower_change=opts.allow_tower_change)
     rows = _jobs(opts)
     n = 0
     while True:
@@ -267,7 +386,10 @@ def run_infer(opts: InferOptions, as_json: bool) -> int:
                 images = [r["image_obj"] for r in group] if seeing else None
                 for r, a in zip(group, ans.answer(images, [r["question"] for r in group], opts.max_new_tokens, opts.temperature,
                                                   opts.top_p, seed)):
-                    r["answer"] = a
+                    if isinstance(a, Exception):
+                        r["error"] = str(a)
+                    else:
+                        r["answer"] = a
         for r in chunk:
             r.pop("image_obj", None)
             line = orjson.dumps(r).decode() if as_json else r.get("answer", f"error: {r.get('error')}")

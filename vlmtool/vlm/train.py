@@ -45,7 +45,7 @@ from vlmtool.core.train import (
     train_loop,
     trim_log,
 )
-from vlmtool.errors import UsageError
+from vlmtool.errors import JobFailed, UsageError
 from vlmtool.vlm.data import (
     Entry,
     Inputs,
@@ -134,6 +134,8 @@ def _check(opts: TrainOptions) -> None:
         raise UsageError("stage 2 trains on instruction rows: give --instructions FILE (synth's instructions.jsonl)")
     if not 0 <= opts.text_mix < 1:
         raise UsageError(f"--text-mix must be in [0, 1), got {opts.text_mix}")
+    if opts.init is not None and not opts.init.strip():
+        raise UsageError("--init is empty: give a checkpoint folder, or leave out --init to start from scratch")
     if opts.lm != "bundled" and not opts.lm.startswith("hf:"):
         raise UsageError(f"--lm must be 'bundled' or 'hf:PATH_OR_ID', got {opts.lm!r}")
 
@@ -155,6 +157,7 @@ def make_plan(inputs: list[str], opts: TrainOptions) -> Plan:
     joined = ins.joined(entries)
     counts = {"samples": len(entries), "usable": len(usable), "instruction_rows": ins.total, "instruction_joined": joined,
               "instruction_unjoined": ins.total - ins.malformed - joined, "instruction_malformed": ins.malformed,
+              "instruction_malformed_by_reason": dict(sorted(ins.reasons.items())),
               "instruction_keys_without_features": sum(1 for k in ins.rows if k not in have)}
     if not usable:
         raise UsageError(_nothing_cause(opts, entries, ins))
@@ -264,7 +267,7 @@ def make_train_step(ddp, opt, params, dev, dtype, use_dist: bool, world: int, pa
     (DDP then averages the gradients over ranks), so N ranks equal one process."""
     import torch
 
-    def step(items, lr, _step):
+    def step(items, lr, at):
         batch = {k: v.to(dev) for k, v in collate_items(items, pad_id, max_len).items()}
         for g in opt.param_groups:
             g["lr"] = lr
@@ -280,12 +283,26 @@ def make_train_step(ddp, opt, params, dev, dtype, use_dist: bool, world: int, pa
             total, summed = both[0], both[1:]
         scale = n * world / total.clamp(min=1)
         opt.zero_grad(set_to_none=True)
+        loss = float(summed[0] / total.clamp(min=1))
+        _check_finite("loss", loss, at, items)
         (out.loss * scale).backward()
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM))
+        _check_finite("gradient norm", norm, at, items)
         opt.step()
-        return {"loss": float(summed[0] / total.clamp(min=1)), "tokens": float(total)}
+        return {"loss": loss, "tokens": float(total)}
 
     return step
+
+
+def _check_finite(what: str, value: float, at: int, items: list[dict]) -> None:
+    """Stop the run before a non-finite step reaches the weights (nothing is saved after it)."""
+    import math
+
+    if not math.isfinite(value):
+        keys = [it.get("key", "?") for it in items]
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        raise JobFailed(f"non-finite {what} ({value}) at step {at + 1}; nothing of this step was applied or saved. "
+                        f"The batch: {shown}")
 
 
 def val_loss(model, items: list[dict], pad_id: int, dev, max_len: int, batch_size: int = 16) -> float | None:
@@ -309,21 +326,19 @@ def val_loss(model, items: list[dict], pad_id: int, dev, max_len: int, batch_siz
 def validation_items(plan: Plan, prep: Prep) -> dict[str, list[dict]]:
     """The held-out slice as multimodal items (stages 1 and 2) and as text-only captions."""
     from vlmtool.core.shards import shard_refs as refs_of
-    from vlmtool.vlm.data import _feature_samples, _image_samples
 
     if not plan.val_keys:
         return {"val_loss": [], "val_text_loss": []}
     shards = sorted({e.shard for e in plan.entries if (e.stem, e.key) in plan.val_keys}, key=plan.src.shards.index)
     mm, text = [], []
-    size = prep.native[0] if prep.native is not None and prep.stage > 0 else 0
+    fits = (lambda it: len(it["ids"]) <= prep.max_len) if prep.max_len else (lambda it: True)  # noqa: E731
     for ref in refs_of(shards):
-        samples = _feature_samples(ref) if plan.src.kind == "features" else _image_samples(ref, size)
-        for s in samples:
+        for s in prep.samples(plan.src, ref):  # spoiled samples are rejects here too: left out
             if isinstance(s, dict) and (s["stem"], s["key"]) in plan.val_keys:
                 if prep.stage > 0:
-                    mm.extend(prep.items(s, None))
+                    mm.extend(it for it in prep.items(s, None) if fits(it))
                 if s["caption"]:
-                    text.append(text_item(prep.tok, s["caption"]))
+                    text.extend(it for it in [text_item(prep.tok, s["caption"])] if fits(it))
     return {"val_loss": mm, "val_text_loss": text}
 
 
@@ -368,6 +383,10 @@ def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: Tra
     from vlmtool.vlm.checkpoint import save_checkpoint
 
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:  # never a non-finite checkpoint: the last good one stays
+        raise JobFailed(f"non-finite weights at step {step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
+                        "not saved; lower --lr, or look for spoiled inputs in rejects.jsonl")
     save_state(out, opt, step, consumed, extra={"model": weights, "tower": tower, "train_seconds": seconds})
     save_checkpoint(out, model, tok, tower=tower, extra={"stage": opts.stage, "step": step, "train_seconds": round(seconds, 2),
                                                          "options": options_dict(opts)})
@@ -431,7 +450,7 @@ def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower
     prep = Prep(opts.stage, tok, slots=cfg.connector != "xattn",
                 native=(cfg.image_size, cfg.patch_size) if cfg.connector == "native" else None,
                 rows=plan.instructions.rows, text_mix=opts.text_mix if opts.stage == 2 else 0.0, seed=opts.seed,
-                skip=plan.val_keys, max_len=model.lm.max_seq)
+                skip=plan.val_keys, max_len=model.lm.max_seq, width=plan.src.width if plan.src.kind == "features" else None)
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=opts.stage == 2) if use_dist else model
     batches = _loader(shard_refs(plan.src.shards), prep, plan, opts, dist, consumed)
     dtype = resolve_precision(opts.precision, dev)
@@ -455,7 +474,10 @@ def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower
 def _summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, n_params) -> dict:
     from vlmtool.core.shards import dumps
 
+    from vlmtool.core.train import write_rejects
+
     vals = {}
+    write_rejects(out_p / (f"rejects-r{dist.rank}.jsonl" if dist.world_size > 1 else "rejects.jsonl"), batches.reject_rows)
     if dist.is_main:
         vals = {k: val_loss(model, v, tok.pad_id, dev, model.lm.max_seq) for k, v in validation_items(plan, prep).items()}
         with open(out_p / "train_log.jsonl", "ab") as f:
