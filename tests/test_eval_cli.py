@@ -89,10 +89,30 @@ def test_several_checkpoints_side_by_side(world, fake_models, tmp_path):
     r = _invoke("eval", "pope", world, "-c", good, "-c", prior, "--json", "--no-progress", "--out", out)
     assert r.exit_code == 0, r.output
     table = {row["checkpoint"]: row for row in json.loads(r.stdout)["table"]}
-    assert table["good"]["f1.adversarial"] == 1.0 and table["prior"]["f1.adversarial"] == pytest.approx(2 / 3, abs=1e-6)
-    assert table["good"]["visual_tokens"] == 49 and table["prior"]["visual_tokens"] == 4 * 4 + 4
-    assert table["prior"]["connector"] == "native" and table["good"]["train_seconds"] is None
-    assert (out / "report.png").exists() and (out / "good" / "report.json").exists() and (out / "prior" / "report.json").exists()
+    assert table["0-good"]["f1.adversarial"] == 1.0 and table["1-prior"]["f1.adversarial"] == pytest.approx(2 / 3, abs=1e-6)
+    assert table["0-good"]["visual_tokens"] == 49 and table["1-prior"]["visual_tokens"] == 4 * 4 + 4
+    assert table["1-prior"]["connector"] == "native" and table["0-good"]["train_seconds"] is None
+    assert (out / "report.png").exists() and (out / "0-good" / "report.json").exists() and (out / "1-prior" / "report.json").exists()
+
+
+def test_compared_checkpoints_write_only_under_out(world, fake_models, tmp_path):
+    """`-c DIR/..`, `-c .` and the same folder twice: each gets its own folder, inside --out, and
+    no checkpoint's own files are touched."""
+    import os
+
+    good = _checkpoint(tmp_path / "ck" / "good", tower={"tokens": 49})
+    out = tmp_path / "cmp"
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "ck").rglob("*")}
+    cwd = os.getcwd()
+    os.chdir(good)
+    try:
+        r = _invoke("eval", "pope", world, "-c", good / "..", "-c", ".", "-c", good, "--no-progress", "--out", out)
+    finally:
+        os.chdir(cwd)
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "questions")
+    assert names == ["0-ck", "1-good", "2-good"], (names, r.output)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ck").rglob("*")} == before
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "ck" / "report.json").exists()
 
 
 def test_kv_bytes_per_connector(tmp_path):

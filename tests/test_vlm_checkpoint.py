@@ -87,6 +87,15 @@ def test_garbage_and_mismatched_files_are_one_line_errors(tok, tmp_path):
     (folder / "config.json").write_text("{oops")
     one_line_error(folder, "not valid JSON")
 
+    # fields that shape no tensor: heads (with kv heads to match), rope_theta, norm_eps
+    folder = save_checkpoint(tmp_path / "e", model, tok)
+    for edit in ({"rope_theta": cfg["rope_theta"] * 2}, {"n_heads": cfg["n_heads"] * 2, "n_kv_heads": cfg["n_kv_heads"] * 2},
+                 {"norm_eps": 1e-3}):
+        (folder / "config.json").write_text(json.dumps({**cfg, **edit}))
+        one_line_error(folder, "changed after the weights were saved")
+    (folder / "config.json").write_text(json.dumps(cfg, indent=4))  # the same values, laid out anew: loads
+    assert load_checkpoint(folder).config == model.config
+
     folder = save_checkpoint(tmp_path / "c", model, tok)
     (folder / "checkpoint.json").write_text(json.dumps({"format": "something-else"}))
     one_line_error(folder, "not a vlmtool VLM checkpoint")

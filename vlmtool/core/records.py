@@ -95,6 +95,13 @@ def _cut_header_key(buf: bytes) -> str | None:
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
 
 
+def unsafe_key(key: str) -> bool:
+    """A key no output may carry as a member or file name: absolute (`/x`, `C:x`, `\\x`), with a
+    `..` component, or holding a NUL or a backslash (a Windows separator)."""
+    parts = key.split("/")
+    return key.startswith("/") or ".." in parts or "\x00" in key or "\\" in key or (len(key) > 1 and key[1] == ":")
+
+
 def _base_plus_ext(name: str) -> tuple[str | None, str | None]:
     from webdataset.tariterators import base_plus_ext
 
@@ -172,6 +179,8 @@ def _records(f, ref: ShardRef, read: ReadOptions) -> Iterator[dict | Reject]:
             cur, faults = {"__key__": key, "__url__": ref.url}, []
             if key in seen:
                 faults.append(("duplicate_key", f"key {key!r} appears earlier in the shard"))
+            elif unsafe_key(key):
+                faults.append(("unsafe_key", f"key {key[:80]!r} is absolute or climbs out of its folder"))
             seen.add(key)
         keep = True
         if ext in cur:

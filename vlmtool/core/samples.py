@@ -32,6 +32,7 @@ REASONS = {
     "broken_tar": "the tar file ends or breaks inside this record, or cannot be opened or read at all",
     "duplicate_member": "a member of the record is repeated (e.g. KEY.jpg twice in a row)",
     "duplicate_key": "the record's key appears earlier in the same shard",
+    "unsafe_key": "the record's key is an absolute path or climbs out of its folder (`..`): no output may carry it",
     "member_too_large": "a member is larger than its cap (--max-image-bytes, --max-text-bytes, --max-member-bytes)",
     "filtered": "a pre-filter of the job excluded the sample",
     "bad_features": "a feature member is not a readable float [T, D] array of the tower's width with the rows its views name",

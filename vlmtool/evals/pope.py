@@ -136,12 +136,16 @@ def read_questions(path: str | Path) -> tuple[list[Probe], list[dict]]:
         data = path.read_bytes()
     except OSError as e:
         raise UsageError(f"--questions {path}: {e.strerror or e}") from None
-    probes, bad = [], []
+    probes, bad, seen = [], [], set()
     for n, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            probes.append(_probe(line, n))
+            probe = _probe(line, n)
+            if probe.question_id in seen:  # a repeated question would count twice in every metric
+                raise BadLine(f"question_id {str(probe.question_id)[:40]!r} repeats an earlier line")
+            seen.add(probe.question_id)
+            probes.append(probe)
         except (BadLine, orjson.JSONDecodeError) as e:
             bad.append({"file": path.name, "line": n, "detail": str(e)[:200]})
     return probes, bad

@@ -201,8 +201,16 @@ def evaluate(model: str | Answerer, inputs: list[str] | None = None, opts: EvalO
 
 
 def _names(models: list) -> list[str]:
-    names = [Path(m).name if isinstance(m, (str, Path)) else type(m).__name__ for m in models]
-    return [f"{i}-{n}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+    """A folder name per compared model, always one plain component under --out: its index and
+    its folder's own name made safe (`-c ..`, `-c .`, `-c a/b/..` and odd characters included)."""
+    import re
+
+    out = []
+    for i, m in enumerate(models):
+        raw = Path(m).resolve().name if isinstance(m, (str, Path)) else type(m).__name__
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._")[:60] or "model"
+        out.append(f"{i}-{safe}")
+    return out
 
 
 def compare(models: list, inputs: list[str] | None = None, opts: EvalOptions = EvalOptions(),

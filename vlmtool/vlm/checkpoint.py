@@ -48,7 +48,7 @@ def save_checkpoint(folder: str | Path, model, tokenizer, tower: dict | None = N
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "tower": tower, "extra": extra or {},
             "tokenizer": "lm" if model.config.is_hf else "tokenizer.json"}
-    meta_bytes = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()  # fail before touching anything
+    json.dumps(meta)  # fail before touching anything
     (folder / "checkpoint.json").unlink(missing_ok=True)
     fsync_dir(folder)
     model.config.to_json(folder / "config.json")
@@ -58,8 +58,27 @@ def save_checkpoint(folder: str | Path, model, tokenizer, tower: dict | None = N
         _replace_folder(folder / "lm", lambda d: (model.lm.model.config.save_pretrained(str(d)), tokenizer.save(d)))
     else:
         tokenizer.save(folder / "tokenizer.json")
-    atomic_write(folder / "checkpoint.json", meta_bytes)
+    meta["config_sha256"] = _config_sha256(folder, model.config.is_hf)
+    atomic_write(folder / "checkpoint.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return folder
+
+
+def _config_sha256(folder: Path, with_lm: bool) -> str:
+    """sha256 of config.json (and lm/config.json for a transformers LM): the architecture the
+    weights were saved with. Head counts, rope_theta or norms edited afterwards would load into
+    tensors of the same shapes and compute something else, silently."""
+    import hashlib
+
+    def canonical(p: Path) -> bytes:  # the values, not the layout: a re-indented file is the same config
+        try:
+            return json.dumps(json.loads(p.read_text()), sort_keys=True).encode()
+        except (OSError, ValueError):
+            return b""
+
+    h = hashlib.sha256(canonical(folder / "config.json"))
+    if with_lm:
+        h.update(b"\0" + canonical(folder / "lm" / "config.json"))
+    return h.hexdigest()
 
 
 def _replace_folder(final: Path, fill) -> None:
@@ -94,6 +113,11 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Checkpoint:
     config = VLMConfig.from_json(folder / "config.json")
     model, tokenizer = _build(folder, config)
     _load_weights(folder, model)
+    want = meta.get("config_sha256")
+    if want and want != _config_sha256(folder, config.is_hf):  # same shapes, other architecture (heads, rope_theta, eps)
+        raise UsageError(f"checkpoint {folder}: config.json{' or lm/config.json' if config.is_hf else ''} changed after the "
+                         "weights were saved (its sha256 differs from checkpoint.json's): the weights would load into another "
+                         "architecture; restore it or retrain")
     model.to(device).eval()
     return Checkpoint(model, tokenizer, model.config, meta.get("tower"), meta.get("extra") or {}, folder)
 
