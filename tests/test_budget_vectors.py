@@ -13,7 +13,7 @@ VECTORS = json.loads((Path(__file__).parent / "budget_vectors" / "vectors.json")
 
 def _cases():
     for key, rows in VECTORS.items():
-        if key.endswith((":video", ":video_text")) or key == "audio":
+        if key.endswith((":video", ":video_text")) or ":video:" in key or key == "audio":
             continue
         preset, _, opt = key.partition(":")
         options = {}
@@ -50,7 +50,7 @@ def test_image_tokens_match_reference(preset, options, row):
         assert 1 + plan.grid[0] * plan.grid[1] == row["patches"]
     if "wrapper_tokens" in row:  # MiniCPM-V: the placeholder text's markers, id digits and newlines
         assert plan.wrapper_tokens == row["wrapper_tokens"]
-    if "resized" in row:  # MiniCPM-V: the sliced canvas (or the resized image) of the processor's own run
+    if "resized" in row:  # MiniCPM-V, Pixtral: the sliced canvas (or the resized image) of the processor's own run
         assert list(plan.resized) == row["resized"]
 
 
@@ -97,6 +97,17 @@ def test_video_text_matches_the_processors_prompt(preset, row):
         assert text["timestamp_tokens"] is None and text["timestamp_chars"] == sum(map(len, text["timestamp_text"]))
     assert start + body + end == row["text"]
     assert text["marker_tokens"] == 2 + 2 * groups
+
+
+@pytest.mark.parametrize("row", VECTORS["qwen3-vl:video:cap_pixels_per_frame=true"], ids=lambda r: f"{r['frames']}f-{r['size'][0]}x{r['size'][1]}")
+def test_qwen3_vl_per_frame_cap_matches_reference(row):
+    # transformers' Qwen3VLVideoProcessor.get_num_of_video_patches with cap_pixels_per_frame=True
+    w, h = row["size"]
+    if "error" in row:
+        with pytest.raises(UsageError):
+            video_tokens("qwen3-vl", row["frames"], w, h, cap_pixels_per_frame=True)
+        return
+    assert video_tokens("qwen3-vl", row["frames"], w, h, cap_pixels_per_frame=True) == row["tokens"]
 
 
 def test_idefics_helper_and_processor_agree_where_both_ran():

@@ -16,6 +16,7 @@ from functools import cache
 
 from vlmtool.budget import audio as A
 from vlmtool.budget import frontier as F
+from vlmtool.budget import minicpm as M
 from vlmtool.budget import presets as P
 from vlmtool.budget.presets import Preset
 from vlmtool.errors import UsageError
@@ -52,6 +53,7 @@ PRESETS: dict[str, Preset] = _merged([
     Preset("gemini-3", "ai.google.dev/gemini-api/docs/media-resolution (Token counts, Gemini 3 models)", "release", P.gemini3, P.gemini3_video),
     Preset("custom", "N_img = N x P_t + P_0 (docs/budget.md)", "release", P.custom, ranges={"tile_size": (0, 1 << 16)}),
     *F.PRESETS,
+    *M.PRESETS,
     *A.PRESETS,
 ])
 
@@ -66,7 +68,7 @@ RANGES: dict[str, tuple] = {
     "pan_and_scan_min_crop_size": _SIDE, "merge": (1, 64), "merge_size": (1, 64), "temporal_patch_size": (1, 64),
     "max_patches": (1, 1 << 20), "pixel_shuffle_ratio": (1 / 64, 1.0), "dynamic_hd": _COUNT, "crop_size": _SIDE, "min_patches": _COUNT, "multiplier": (1e-6, 1e6), "pan_and_scan_min_ratio_to_activate": (1.0, 1e6),
 }
-CHOICES = {"detail": ("low", "high", "auto"), "media_resolution": P.MEDIA_RESOLUTIONS}
+CHOICES = {"detail": ("low", "high", "auto"), "media_resolution": P.MEDIA_RESOLUTIONS, "downsample_mode": ("16x", "4x")}
 MAX_PINPOINTS = 256
 
 
