@@ -570,13 +570,18 @@ def audio(vectors: dict) -> None:
 
 
     whisper_fe, phi4_fe = WhisperFeatureExtractor(), Phi4MultimodalFeatureExtractor()
-    rows = {k: [] for k in ("whisper", "qwen2-audio", "qwen2.5-omni", "phi4-mm", "gemma3n:audio")}
+    rows = {k: [] for k in ("whisper", "whisper:chunked=true", "qwen2-audio", "qwen2-audio:chunked=true", "qwen2.5-omni", "phi4-mm",
+                            "gemma3n:audio")}
     for sec in SECONDS:
         n = round(sec * 16000)
         wave = np.zeros(n, dtype=np.float32)
-        # Whisper: each 30 s window padded to 3000 frames; the encoder's stride-2 conv halves them.
+        # Whisper: the feature extractor pads or truncates the clip to 3000 frames (its default call);
+        # chunked, each 30 s window so; the encoder's stride-2 conv halves the frames.
+        rows["whisper"].append({"seconds": sec, "tokens": whisper_fe(wave, sampling_rate=16000)["input_features"].shape[-1] // 2})
         windows = [wave[i : i + whisper_fe.n_samples] for i in range(0, n, whisper_fe.n_samples)]
-        rows["whisper"].append({"seconds": sec, "tokens": sum(whisper_fe(w, sampling_rate=16000)["input_features"].shape[-1] // 2 for w in windows)})
+        rows["whisper:chunked=true"].append({"seconds": sec, "tokens": sum(whisper_fe(w, sampling_rate=16000)["input_features"].shape[-1] // 2 for w in windows)})
+        per_window = [int(whisper_fe(w, sampling_rate=16000, return_attention_mask=True, padding="max_length")["attention_mask"].sum(-1)[0]) for w in windows]
+        rows["qwen2-audio:chunked=true"].append({"seconds": sec, "tokens": sum(int(_get_feat_extract_output_lengths(np.array(f))) for f in per_window)})
         # Qwen2-Audio / Qwen2.5-Omni: the processors' _process_audio (padding max_length, attention mask).
         mask = whisper_fe(wave, sampling_rate=16000, return_attention_mask=True, padding="max_length")["attention_mask"]
         frames = int(mask.sum(-1)[0])
@@ -707,6 +712,7 @@ def main() -> None:
     if sys.argv[1:] == ["--issue25"]:  # remake only issue 25's vectors, keep the rest
         data = json.loads(OUT.read_text())
         issue25(data["vectors"])
+        audio(data["vectors"])
         data["meta"]["issue25"] = {"transformers": transformers.__version__}
         OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(f"wrote {OUT} (issue 25 vectors, transformers {transformers.__version__})")
@@ -731,7 +737,7 @@ def main() -> None:
                          {"size": [4096, 8192], "options": {"detail": "low"}, "tokens": 85}]
     vectors["gpt-4o-mini"] = [{"size": [1024, 1024], "tokens": 2833 + 4 * 5667}, {"size": [4096, 8192], "options": {"detail": "low"}, "tokens": 2833}]
     vectors["gpt-4.1-mini"] = [{"size": [1024, 1024], "tokens": 1024, "billed": 1658.88}, {"size": [1800, 2400], "tokens": 1452, "billed": 2352.24}]
-    vectors["claude"] = [{"size": [200, 200], "tokens": 54}, {"size": [1000, 1000], "tokens": 1334}, {"size": [1092, 1092], "tokens": 1590}]
+    vectors["claude-3"] = [{"size": [200, 200], "tokens": 54}, {"size": [1000, 1000], "tokens": 1334}, {"size": [1092, 1092], "tokens": 1590}]
     vectors["gemini"] = [{"size": [384, 384], "tokens": 258}, {"size": [100, 300], "tokens": 258}]
 
     frontier(vectors)
