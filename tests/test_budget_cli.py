@@ -141,8 +141,8 @@ HOSTED = [
     ("gpt-4o-mini", 1024, 1024, {}, 2833 + 4 * 5667, 0.15, None),
     ("gpt-4.1-mini", 1024, 1024, {}, 1658.88, 0.4, None), ("gpt-4.1-mini", 1800, 2400, {}, 2352.24, 0.4, None),
     ("gpt-4.1-mini", 1920, 1080, {}, 2442.96, 2.5, None),  # issue 10: priced 1508 patches before
-    ("claude", 200, 200, {}, 54, 3.0, "0.00016"), ("claude", 1000, 1000, {}, 1334, 3.0, "0.004"),
-    ("claude", 1092, 1092, {}, 1590, 3.0, "0.0048"),
+    ("claude-3", 200, 200, {}, 54, 3.0, "0.00016"), ("claude-3", 1000, 1000, {}, 1334, 3.0, "0.004"),
+    ("claude-3", 1092, 1092, {}, 1590, 3.0, "0.0048"),
     ("gemini", 384, 384, {}, 258, 0.3, None), ("gemini", 1000, 1000, {}, 4 * 258, 0.3, None),
     ("gemini-3", 1000, 1000, {}, 1120, 2.0, None), ("gemini-3", 64, 9000, {"media_resolution": "low"}, 280, 2.0, None),
     ("gemini-3", 1920, 1080, {"media_resolution": "medium"}, 560, 2.0, None),
@@ -227,7 +227,7 @@ BAD_SETS = [("qwen2-vl", "max_pixels=0"), ("qwen2-vl", "patch_size=0"), ("llava-
             ("llava-next", "grid_pinpoints=0x0"), ("internvl2.5", "max_tiles=1e8"), ("internvl2.5", "max_tiles=100000000"),
             ("custom", "tile_size=-1"), ("custom", "merge=0"), ("gemma3", "do_pan_and_scan=maybe"), ("gpt-4o", "detail=medium"),
             ("gpt-4.1-mini", "multiplier=nan"), ("gpt-4.1-mini", "multiplier=-1"), ("llava-next", "grid_pinpoints=336"),
-            ("claude", "pixels_per_token=0"), ("gemini", "tile_size=0"), ("qwen2-vl", "min_pixels=99999999999999999")]
+            ("claude-3", "pixels_per_token=0"), ("claude", "patch=0"), ("gemini", "tile_size=0"), ("qwen2-vl", "min_pixels=99999999999999999")]
 
 
 @pytest.mark.parametrize("model, pair", BAD_SETS)

@@ -13,7 +13,7 @@ VECTORS = json.loads((Path(__file__).parent / "budget_vectors" / "vectors.json")
 
 def _cases():
     for key, rows in VECTORS.items():
-        if key.endswith((":video", ":video_text")) or key == "audio":
+        if key.endswith((":video", ":video_text")) or ":video:" in key or key == "audio":
             continue
         preset, _, opt = key.partition(":")
         options = {}
@@ -50,7 +50,7 @@ def test_image_tokens_match_reference(preset, options, row):
         assert 1 + plan.grid[0] * plan.grid[1] == row["patches"]
     if "wrapper_tokens" in row:  # MiniCPM-V: the placeholder text's markers, id digits and newlines
         assert plan.wrapper_tokens == row["wrapper_tokens"]
-    if "resized" in row:  # MiniCPM-V: the sliced canvas (or the resized image) of the processor's own run
+    if "resized" in row:  # MiniCPM-V, Pixtral: the sliced canvas (or the resized image) of the processor's own run
         assert list(plan.resized) == row["resized"]
 
 
@@ -99,6 +99,17 @@ def test_video_text_matches_the_processors_prompt(preset, row):
     assert text["marker_tokens"] == 2 + 2 * groups
 
 
+@pytest.mark.parametrize("row", VECTORS["qwen3-vl:video:cap_pixels_per_frame=true"], ids=lambda r: f"{r['frames']}f-{r['size'][0]}x{r['size'][1]}")
+def test_qwen3_vl_per_frame_cap_matches_reference(row):
+    # transformers' Qwen3VLVideoProcessor.get_num_of_video_patches with cap_pixels_per_frame=True
+    w, h = row["size"]
+    if "error" in row:
+        with pytest.raises(UsageError):
+            video_tokens("qwen3-vl", row["frames"], w, h, cap_pixels_per_frame=True)
+        return
+    assert video_tokens("qwen3-vl", row["frames"], w, h, cap_pixels_per_frame=True) == row["tokens"]
+
+
 def test_idefics_helper_and_processor_agree_where_both_ran():
     for name in ("idefics3", "smolvlm", "smolvlm-256m"):
         for row in VECTORS[name]:
@@ -107,12 +118,14 @@ def test_idefics_helper_and_processor_agree_where_both_ran():
                 assert [r, c] == row["rows_cols"], (name, row)
 
 
-AUDIO = [(key.split(":")[0], row) for key, rows in VECTORS["audio"].items() for row in rows]
+AUDIO = [(key, row) for key, rows in VECTORS["audio"].items() for row in rows]
 
 
-@pytest.mark.parametrize("preset, row", AUDIO, ids=lambda x: x if isinstance(x, str) else f"{x['seconds']}s")
-def test_audio_tokens_match_reference(preset, row):
-    assert audio_tokens(preset, row["seconds"]) == row["tokens"]
+@pytest.mark.parametrize("key, row", AUDIO, ids=lambda x: x if isinstance(x, str) else f"{x['seconds']}s")
+def test_audio_tokens_match_reference(key, row):
+    preset, _, opt = key.partition(":")
+    options = {"chunked": True} if opt == "chunked=true" else {}  # gemma3n:audio names the modality
+    assert audio_tokens(preset, row["seconds"], **options) == row["tokens"]
 
 
 def test_gemini_audio_is_the_documented_rate():

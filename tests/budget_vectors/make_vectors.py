@@ -120,8 +120,15 @@ SIZES = [(1, 1), (1, 2), (2, 1), (13, 13), (14, 14), (27, 27), (28, 28), (29, 57
 rng = random.Random(0)
 SIZES += [(rng.randint(1, 4000), rng.randint(1, 4000)) for _ in range(40)]
 SIZES += [(rng.randint(100, 800), rng.randint(100, 800)) for _ in range(20)]
+# Issue 25's sets: random sizes of 1 to 8000 px and extreme aspect ratios (mistral3, MiniCPM-V 4.6).
+SIZES25 = SIZES + [(rng.randint(1, 8000), rng.randint(1, 8000)) for _ in range(80)]
+SIZES25 += [(8000, 1), (1, 8000), (8000, 2), (2, 8000), (8000, 5), (5, 8000), (7999, 6), (6, 7999), (1540, 1), (1, 1540), (3080, 1),
+            (3081, 2), (8000, 27), (27, 8000), (8000, 28), (8000, 29), (4000, 11), (8000, 8000), (7777, 13), (13, 7777), (2, 2), (3, 3), (27, 1),
+            (28, 1), (29, 1), (1, 29), (55, 1), (57, 2)]
+SIZES25 += [(rng.randint(1, 8000), rng.randint(1, 40)) for _ in range(15)] + [(rng.randint(1, 40), rng.randint(1, 8000)) for _ in range(15)]
 # Real preprocessing runs on arrays of these (w*h bounded so generation stays quick).
 REAL = [s for s in SIZES if s[0] * s[1] <= 4_500_000] + [(10000, 10000)]
+REAL += [s for s in SIZES25 if s[0] * s[1] <= 4_500_000 and s not in REAL]
 
 
 def arr(w, h):
@@ -262,24 +269,32 @@ def _llama4_vectors(vectors: dict) -> None:
     vectors["llama4"] = count_rows(SIZES, llama4_count, llama4_real)
 
 
-def _pixtral_vectors(vectors: dict) -> None:
-    # Pixtral 12B (patch 16, longest 1024, no merge) and Mistral Small 3.1 (patch 14, longest 1540,
-    # spatial merge 2): the processor's placeholder count is (h // (patch * merge)) * (w // ...)
-    # of the image processor's output size.
+def _pixtral_vectors(vectors: dict, sizes=None) -> None:
+    # Pixtral 12B (patch 16, longest 1024, no merge) and Mistral Small 3.1/3.2 (patch 14, longest 1540,
+    # spatial merge 2). Every size: PixtralProcessor._get_num_multimodal_tokens itself (the image
+    # processor's resize at patch x merge, tokens = (h // (patch * merge)) * (w // ...)). REAL sizes:
+    # the image processor run with the patch size PixtralProcessor._process_images passes it.
+    from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+    sizes = SIZES if sizes is None else sizes
     for name, patch, longest, merge in (("pixtral", 16, 1024, 1), ("mistral3", 14, 1540, 2)):
         ip = PixtralImageProcessorPil(patch_size={"height": patch, "width": patch}, size={"longest_edge": longest})
+        ns = SimpleNamespace(image_processor=ip, patch_size=patch, spatial_merge_size=merge,
+                             _merge_kwargs=lambda **kw: {"images_kwargs": {}})
 
-        def pix_count(w, h, patch=patch, longest=longest, merge=merge):
-            rh, rw = get_resize_output_image_size(arr(w, h), size=(longest, longest), patch_size=(patch, patch), input_data_format="channels_last")
-            if not rh // (patch * merge) or not rw // (patch * merge):  # replace_image_token indexes an empty list
-                raise ValueError(f"resized to {rw}x{rh}: no {patch * merge} px token row or column")
-            return (rh // (patch * merge)) * (rw // (patch * merge))
+        def pix_count(w, h, ns=ns, patch=patch, merge=merge, longest=longest):
+            rh, rw = get_resize_output_image_size(arr(w, h), size=(longest, longest), patch_size=(patch * merge, patch * merge),
+                                                  input_data_format="channels_last")
+            if not rh or not rw:  # the fitted side floors to 0 px: the image processor cannot resize to it
+                raise ValueError(f"resized to {rw}x{rh}")
+            return PixtralProcessor._get_num_multimodal_tokens(ns, image_sizes=[(h, w)])["num_image_tokens"][0]
 
         def pix_real(w, h, ip=ip, patch=patch, merge=merge):
-            rh, rw = (int(x) for x in images(ip, w, h)["image_sizes"][0])
-            return {"real_tokens": (rh // (patch * merge)) * (rw // (patch * merge))}
+            out = ip(arr(w, h), return_tensors="np", input_data_format="channels_last", patch_size=patch * merge)
+            rh, rw = (int(x) for x in out["image_sizes"][0])
+            return {"real_tokens": (rh // (patch * merge)) * (rw // (patch * merge)), "resized": [rw, rh]}
 
-        vectors[name] = count_rows(SIZES, pix_count, pix_real)
+        vectors[name] = count_rows(sizes, pix_count, pix_real)
 
 
 def _gotocr2_vectors(vectors: dict) -> None:
@@ -466,12 +481,82 @@ def _minicpmv_vectors(vectors: dict, snapshot: str) -> None:
     vectors["minicpm-v4:video"] = rows
 
 
+def _minicpmv46_vectors(vectors: dict) -> None:
+    # MiniCPM-V 4.6: transformers' own MiniCPMV4_6ImageProcessorPil (class defaults) and its
+    # processor's replace_image_token, which writes the placeholder text from the image processor's
+    # target sizes and grid. Every size: the text made from a shape-only run of the image processor's
+    # own get_sliced_grid / find_best_resize / get_refine_size (as _preprocess composes them); REAL
+    # sizes: its whole preprocess on an array (real_tokens). Tokens are the image tokens of the text,
+    # wrapper tokens its other tokens (markers, the image id's digit, the newlines between slice rows).
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+    from transformers.models.minicpmv4_6.processing_minicpmv4_6 import MiniCPMV4_6Processor
+
+    marks = dict(image_token="<I>", image_start_token="<image>", image_end_token="</image>", slice_start_token="<slice>",
+                 slice_end_token="</slice>")
+
+    def rows_for(ip, sizes, downsample_mode="16x", use_image_id=True):
+        ns = SimpleNamespace(slice_mode=ip.slice_mode, **marks)
+        divisor = 4 if downsample_mode == "4x" else 16
+
+        def placeholder(out):
+            text = MiniCPMV4_6Processor.replace_image_token(ns, out, 0, image_token_divisor=divisor)
+            text = ("<image_id>0</image_id>" if use_image_id else "") + text
+            rest = re.sub("<I>|</?image>|</?slice>|</?image_id>", "", text)
+            n_marks = len(re.findall("</?image>|</?slice>|</?image_id>", text))
+            return {"tokens": text.count("<I>"), "wrapper_tokens": n_marks + len(rest)}
+
+        def shapes(w, h):  # _preprocess's sizes without pixels
+            grid = ip.get_sliced_grid((h, w), ip.max_slice_nums, ip.scale_resolution) if ip.slice_mode else None
+            sh, sw = ip.find_best_resize((h, w), ip.scale_resolution, ip.patch_size, downsample_mode, allow_upscale=grid is None)
+            ts = [[sh // ip.patch_size, sw // ip.patch_size]]
+            if grid is not None:
+                rh, rw = ip.get_refine_size((h, w), grid, ip.scale_resolution, ip.patch_size, downsample_mode, allow_upscale=True)
+                ts += [[rh // grid[0] // ip.patch_size, rw // grid[1] // ip.patch_size]] * (grid[0] * grid[1])
+            out = {"grids": [grid or [0, 0]], "num_patches_per_image": [len(ts)], "target_sizes": np.array(ts)}
+            return {**placeholder(out), "rows_cols": list(grid or [0, 0])}
+
+        def real(w, h):
+            out = ip(arr(w, h), return_tensors="np", input_data_format="channels_last", downsample_mode=downsample_mode)
+            return {"real_tokens": placeholder(out)["tokens"]}
+
+        rows = count_rows(sizes, shapes, real)
+        for row in rows:
+            assert "error" in row or "real_tokens" not in row or row["real_tokens"] == row["tokens"], row
+        return rows
+
+    ip = MiniCPMV4_6ImageProcessorPil()
+    vectors["minicpm-v-4.6"] = rows_for(ip, SIZES25)
+    vectors["minicpm-v-4.6:downsample_mode=4x"] = rows_for(ip, SIZES, "4x")
+    vectors["minicpm-v-4.6:use_image_id=false"] = rows_for(ip, SIZES[:40], use_image_id=False)
+
+
+def _qwen3_cap_vectors(vectors: dict) -> None:
+    # Qwen3-VL video with cap_pixels_per_frame (qwen-vl-utils' per-frame cap): the video processor's
+    # own get_num_of_video_patches, over frame counts and random sizes up to 8000 px.
+    vp = Qwen3VLVideoProcessor()
+    sizes = [(640, 360), (1920, 1080), (1280, 720), (160, 120), (28, 28), (3000, 200), (10, 4000), (7999, 41), (8000, 8000)]
+    sizes += [(rng.randint(1, 8000), rng.randint(1, 8000)) for _ in range(12)]
+    rows = []
+    for frames in (2, 3, 4, 8, 16, 64, 250, 768):
+        for w, h in sizes:
+            n = safe(lambda f, h, w: vp.get_num_of_video_patches(f, h, w, videos_kwargs={"cap_pixels_per_frame": True}) // 4, frames, h, w)
+            rows.append({"frames": frames, "size": [w, h], **({"tokens": int(n)} if not isinstance(n, dict) else n)})
+    vectors["qwen3-vl:video:cap_pixels_per_frame=true"] = rows
+
+
+def issue25(vectors: dict) -> None:
+    """Issue 25: mistral3 (and pixtral) at the processor's patch x merge rounding, MiniCPM-V 4.6, Qwen3-VL's per-frame cap."""
+    _pixtral_vectors(vectors, SIZES25)
+    _minicpmv46_vectors(vectors)
+    _qwen3_cap_vectors(vectors)
+
+
 SECONDS = [1, 1.5, 2.7, 5, 10, 29.99, 30, 30.01, 45, 60, 90.5, 119.99, 120]
 
 
 def frontier(vectors: dict) -> None:
     """The 2025 families (issue 14): each processor class built from its config values in code."""
-    for part in (_qwen3_glm, _video_text_vectors, _llama4_vectors, _pixtral_vectors, _gotocr2_vectors, _cohere_vectors, _idefics2_vectors, _phi4_vectors, _ovis2_vectors, _molmo_vectors, _fixed_vectors):
+    for part in (_qwen3_glm, _video_text_vectors, _llama4_vectors, issue25, _gotocr2_vectors, _cohere_vectors, _idefics2_vectors, _phi4_vectors, _ovis2_vectors, _molmo_vectors, _fixed_vectors):
         part(vectors)
 
 
@@ -485,13 +570,18 @@ def audio(vectors: dict) -> None:
 
 
     whisper_fe, phi4_fe = WhisperFeatureExtractor(), Phi4MultimodalFeatureExtractor()
-    rows = {k: [] for k in ("whisper", "qwen2-audio", "qwen2.5-omni", "phi4-mm", "gemma3n:audio")}
+    rows = {k: [] for k in ("whisper", "whisper:chunked=true", "qwen2-audio", "qwen2-audio:chunked=true", "qwen2.5-omni", "phi4-mm",
+                            "gemma3n:audio")}
     for sec in SECONDS:
         n = round(sec * 16000)
         wave = np.zeros(n, dtype=np.float32)
-        # Whisper: each 30 s window padded to 3000 frames; the encoder's stride-2 conv halves them.
+        # Whisper: the feature extractor pads or truncates the clip to 3000 frames (its default call);
+        # chunked, each 30 s window so; the encoder's stride-2 conv halves the frames.
+        rows["whisper"].append({"seconds": sec, "tokens": whisper_fe(wave, sampling_rate=16000)["input_features"].shape[-1] // 2})
         windows = [wave[i : i + whisper_fe.n_samples] for i in range(0, n, whisper_fe.n_samples)]
-        rows["whisper"].append({"seconds": sec, "tokens": sum(whisper_fe(w, sampling_rate=16000)["input_features"].shape[-1] // 2 for w in windows)})
+        rows["whisper:chunked=true"].append({"seconds": sec, "tokens": sum(whisper_fe(w, sampling_rate=16000)["input_features"].shape[-1] // 2 for w in windows)})
+        per_window = [int(whisper_fe(w, sampling_rate=16000, return_attention_mask=True, padding="max_length")["attention_mask"].sum(-1)[0]) for w in windows]
+        rows["qwen2-audio:chunked=true"].append({"seconds": sec, "tokens": sum(int(_get_feat_extract_output_lengths(np.array(f))) for f in per_window)})
         # Qwen2-Audio / Qwen2.5-Omni: the processors' _process_audio (padding max_length, attention mask).
         mask = whisper_fe(wave, sampling_rate=16000, return_attention_mask=True, padding="max_length")["attention_mask"]
         frames = int(mask.sum(-1)[0])
@@ -619,6 +709,14 @@ def main() -> None:
         OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(f"wrote {OUT} (video text vectors, transformers {transformers.__version__})")
         return
+    if sys.argv[1:] == ["--issue25"]:  # remake only issue 25's vectors, keep the rest
+        data = json.loads(OUT.read_text())
+        issue25(data["vectors"])
+        audio(data["vectors"])
+        data["meta"]["issue25"] = {"transformers": transformers.__version__}
+        OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {OUT} (issue 25 vectors, transformers {transformers.__version__})")
+        return
     if sys.argv[1:] == ["--frontier"]:  # remake only the frontier vectors, keep the rest
         data = json.loads(OUT.read_text())
         frontier(data["vectors"])
@@ -639,7 +737,7 @@ def main() -> None:
                          {"size": [4096, 8192], "options": {"detail": "low"}, "tokens": 85}]
     vectors["gpt-4o-mini"] = [{"size": [1024, 1024], "tokens": 2833 + 4 * 5667}, {"size": [4096, 8192], "options": {"detail": "low"}, "tokens": 2833}]
     vectors["gpt-4.1-mini"] = [{"size": [1024, 1024], "tokens": 1024, "billed": 1658.88}, {"size": [1800, 2400], "tokens": 1452, "billed": 2352.24}]
-    vectors["claude"] = [{"size": [200, 200], "tokens": 54}, {"size": [1000, 1000], "tokens": 1334}, {"size": [1092, 1092], "tokens": 1590}]
+    vectors["claude-3"] = [{"size": [200, 200], "tokens": 54}, {"size": [1000, 1000], "tokens": 1334}, {"size": [1092, 1092], "tokens": 1590}]
     vectors["gemini"] = [{"size": [384, 384], "tokens": 258}, {"size": [100, 300], "tokens": 258}]
 
     frontier(vectors)

@@ -28,12 +28,21 @@ def _samples(seconds: float, sampling_rate: int) -> int:
     return round(_check_seconds(seconds) * sampling_rate)
 
 
-def whisper(seconds: float, window_seconds: int = 30, tokens_per_window: int = 1500) -> int:
-    """Whisper: the feature extractor pads (or cuts) audio to 30 s windows of 3000 log-mel frames,
-    and the encoder's stride-2 convolution gives 1500 positions a window; long-form transcription
-    runs consecutive windows. Ref: transformers models/whisper/feature_extraction_whisper.py
-    (chunk_length 30, hop_length 160), configuration_whisper.py (max_source_positions 1500)."""
-    return tokens_per_window * max(1, math.ceil(_check_seconds(seconds) / window_seconds))
+def _windows(seconds: float, window_seconds: int) -> list[float]:
+    """A clip cut into consecutive windows of window_seconds (the last one shorter), as long-form
+    transcription runs it; one window for a clip of 0 s."""
+    seconds = _check_seconds(seconds)
+    n = max(1, math.ceil(seconds / window_seconds))
+    return [min(window_seconds, seconds - k * window_seconds) for k in range(n)]
+
+
+def whisper(seconds: float, window_seconds: int = 30, tokens_per_window: int = 1500, chunked: bool = False) -> int:
+    """Whisper: the feature extractor pads or cuts the clip to one 30 s window of 3000 log-mel frames
+    (truncation at chunk_length), and the encoder's stride-2 convolution gives 1500 positions: 1500
+    whatever the length. With chunked, long-form transcription's consecutive 30 s windows: 1500 each.
+    Ref: transformers models/whisper/feature_extraction_whisper.py (chunk_length 30, hop_length 160,
+    __call__ truncation), configuration_whisper.py (max_source_positions 1500)."""
+    return tokens_per_window * (len(_windows(seconds, window_seconds)) if chunked else 1)
 
 
 def _whisper_frames(seconds: float, sampling_rate: int, hop_length: int, max_seconds: int) -> int:
@@ -47,17 +56,25 @@ def _two_strides(frames: int) -> int:
     return ((frames - 1) // 2 + 1 - 2) // 2 + 1 if frames else 0
 
 
-def qwen2_audio(seconds: float, sampling_rate: int = 16000, hop_length: int = 160, max_seconds: int = 30) -> int:
-    """Qwen2-Audio: Whisper log-mel frames of the clip (cut at 30 s), a stride-2 convolution and a
-    stride-2 pooling: about 25 tokens a second, 750 at most. Ref: transformers
+def _qwen_audio(seconds: float, sampling_rate: int, hop_length: int, max_seconds: int, chunked: bool) -> int:
+    if not chunked:
+        return _two_strides(_whisper_frames(seconds, sampling_rate, hop_length, max_seconds))
+    return sum(_two_strides(_whisper_frames(w, sampling_rate, hop_length, max_seconds)) for w in _windows(seconds, max_seconds))
+
+
+def qwen2_audio(seconds: float, sampling_rate: int = 16000, hop_length: int = 160, max_seconds: int = 30, chunked: bool = False) -> int:
+    """Qwen2-Audio: Whisper log-mel frames of the clip, cut at 30 s (the processor pads to max_length
+    and truncates), a stride-2 convolution and a stride-2 pooling: about 25 tokens a second, 750 at
+    most. With chunked, a clip cut by the caller into 30 s pieces, each counted so. Ref: transformers
     models/qwen2_audio/processing_qwen2_audio.py (num_audio_tokens)."""
-    return _two_strides(_whisper_frames(seconds, sampling_rate, hop_length, max_seconds))
+    return _qwen_audio(seconds, sampling_rate, hop_length, max_seconds, chunked)
 
 
-def qwen25_omni(seconds: float, sampling_rate: int = 16000, hop_length: int = 160, max_seconds: int = 30) -> int:
-    """Qwen2.5-Omni audio: the Qwen2-Audio rule (Whisper frames cut at 30 s, two stride-2 steps).
-    Ref: transformers models/qwen2_5_omni/processing_qwen2_5_omni.py _get_num_audio_tokens."""
-    return _two_strides(_whisper_frames(seconds, sampling_rate, hop_length, max_seconds))
+def qwen25_omni(seconds: float, sampling_rate: int = 16000, hop_length: int = 160, max_seconds: int = 30, chunked: bool = False) -> int:
+    """Qwen2.5-Omni audio: the Qwen2-Audio rule (Whisper frames cut at 30 s, two stride-2 steps;
+    chunked: 30 s pieces). Ref: transformers models/qwen2_5_omni/processing_qwen2_5_omni.py
+    _get_num_audio_tokens, _get_feat_extract_output_lengths."""
+    return _qwen_audio(seconds, sampling_rate, hop_length, max_seconds, chunked)
 
 
 def phi4_mm(seconds: float, sampling_rate: int = 16000, win_length: int = 400, hop_length: int = 160, audio_compression_rate: int = 8,
@@ -73,12 +90,11 @@ def phi4_mm(seconds: float, sampling_rate: int = 16000, win_length: int = 400, h
     return -(-compressed // audio_downsample_rate)
 
 
-def gemma3n_audio(seconds: float, audio_seq_length: int = 188) -> int:
-    """Gemma 3n audio: 188 tokens a clip (the feature extractor cuts at 30 s). Ref: transformers
-    models/gemma3n/processing_gemma3n.py (audio_seq_length 188), feature_extraction_gemma3n.py
-    (max_length 480000 samples)."""
-    _check_seconds(seconds)
-    return audio_seq_length
+def gemma3n_audio(seconds: float, audio_seq_length: int = 188, chunked: bool = False) -> int:
+    """Gemma 3n audio: 188 tokens a clip (the feature extractor cuts at 30 s); chunked: 188 for each
+    30 s piece. Ref: transformers models/gemma3n/processing_gemma3n.py (audio_seq_length 188),
+    feature_extraction_gemma3n.py (max_length 480000 samples)."""
+    return audio_seq_length * (len(_windows(seconds, 30)) if chunked else 1)
 
 
 def _preset(name: str, source: str, audio, video=None) -> object:

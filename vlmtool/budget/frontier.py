@@ -1,6 +1,6 @@
 """Visual-token rules of the 2025 open-model frontier, one function per family, each written from
 the processor that ships in transformers (the version is in tests/budget_vectors/vectors.json),
-except MiniCPM-V 4.x, whose processor ships as remote code in its model repositories.
+(MiniCPM-V lives in minicpm.py.)
 
 Defaults are the main release's published preprocessing config where it could be established
 (the preset's `config` says "release"), else the processor class defaults ("class"); docs/budget.md
@@ -285,91 +285,6 @@ def phi4_mm(width: int, height: int, crop_size: int = 448, patch_size: int = 14,
     return Plan("phi4-mm", width, height, n, 0, layout, grid=(rows, cols), resized=(tw, th), n_parts=rows * cols + 2)
 
 
-# ---------------------------------------------------------------------------------- MiniCPM-V 4.x
-
-
-def minicpmv_grid(width: int, height: int, scale_resolution: int, max_slice_nums: int) -> tuple[int, int] | None:
-    """(cols, rows) of the slices, or None when the image is not sliced: the slice count is the
-    image's area in scale_resolution^2 units (ceil, at most max_slice_nums; 1 means no slicing);
-    of the factorisations of that count and of one less and one more (not 1, not past the cap),
-    the one whose aspect ratio is nearest the image's in log space, the first on ties. Ref:
-    openbmb MiniCPM-V remote code image_processing_minicpmv.py MiniCPMVImageProcessor.get_sliced_grid."""
-    log_ratio = math.log(width / height)
-    multiple = min(math.ceil(width * height / (scale_resolution * scale_resolution)), max_slice_nums)
-    if multiple <= 1:
-        return None
-    best, best_error = (1, 1), math.inf
-    for n in (multiple - 1, multiple, multiple + 1):
-        if n == 1 or n > max_slice_nums:
-            continue
-        for m in range(1, n + 1):
-            if n % m == 0:
-                error = abs(log_ratio - math.log(m / (n // m)))
-                if error < best_error:
-                    best, best_error = (m, n // m), error
-    return best
-
-
-def _ensure_divide(length: float, patch_size: int) -> int:
-    return max(round(length / patch_size) * patch_size, patch_size)
-
-
-def minicpmv_resize(width: float, height: float, scale_resolution: int, patch_size: int, allow_upscale: bool) -> tuple[int, int]:
-    """(width, height) scaled to about scale_resolution^2 pixels at the same aspect ratio (only
-    down unless allow_upscale), rounded to multiples of patch_size. Ref: image_processing_minicpmv.py
-    find_best_resize."""
-    if width * height > scale_resolution * scale_resolution or allow_upscale:
-        r = width / height
-        height = int(scale_resolution / math.sqrt(r))
-        width = int(height * r)
-    return _ensure_divide(width, patch_size), _ensure_divide(height, patch_size)
-
-
-def minicpm_v4(width: int, height: int, max_slice_nums: int = 9, scale_resolution: int = 448, patch_size: int = 14,
-               image_feature_size: int = 64, use_image_id: bool = True, slice_mode: bool = True) -> Plan:
-    """MiniCPM-V 4.x (MiniCPM-V 4, 4.5): the image resized to about 448^2 px, plus, when its area
-    passes 448^2, up to 9 slices on the grid nearest its aspect ratio; a resampler gives 64 query
-    tokens (<unk> placeholders) for the image and for each slice. Wrapped as <image_id>0</image_id>
-    <image>...</image>, then <slice>...</slice> per slice with a newline between slice rows.
-    Ref: openbmb/MiniCPM-V-4_5 remote code image_processing_minicpmv.py get_slice_image_placeholder,
-    get_sliced_grid, slice_image; processing_minicpmv.py (the placeholder replaces each image tag)."""
-    _check_size(width, height)
-    if height in (1, 3):  # transformers' infer_channel_dimension_format reads (1|3, w, 3) as channels-first
-        raise UsageError(f"minicpm-v4: {width}x{height}: the processor takes an image {height} px high for channels-first "
-                         "and fails to normalize it")
-    ids = 3 if use_image_id else 0  # <image_id>, the image's index as text ("0", one token), </image_id>
-    whole = Part("image", image_feature_size, (0, 0, width, height))
-    if not slice_mode:  # the image goes to the encoder as it is, in patch_size px patches
-        if min(width, height) < patch_size:
-            raise UsageError(f"minicpm-v4: without slicing {width}x{height} is not resized and is smaller than one {patch_size} px patch")
-        return Plan("minicpm-v4", width, height, image_feature_size, ids + 2, [whole], note="not sliced (slice_mode off)")
-    grid = minicpmv_grid(width, height, scale_resolution, max_slice_nums)
-    if grid is None:
-        rw, rh = minicpmv_resize(width, height, scale_resolution, patch_size, True)
-        return Plan("minicpm-v4", width, height, image_feature_size, ids + 2, [whole], resized=(rw, rh),
-                    note=f"not sliced: the image resized to {rw}x{rh}")
-    cols, rows = grid
-    sw, sh = minicpmv_resize(width, height, scale_resolution, patch_size, False)
-    cw, ch = _ensure_divide(width, cols), _ensure_divide(height, rows)
-    pw, ph = minicpmv_resize(cw / cols, ch / rows, scale_resolution, patch_size, True)
-    n = rows * cols
-    return Plan("minicpm-v4", width, height, image_feature_size * (n + 1), ids + 2 + 2 * n + rows - 1,
-                lambda: [whole] + _tiles(rows, cols, image_feature_size, width, height, name="slice")(), grid=(rows, cols),
-                resized=(pw * cols, ph * rows), n_parts=n + 1,
-                note=f"the image at {sw}x{sh} + {cols}x{rows} slices of {pw}x{ph}, {image_feature_size} tokens each")
-
-
-def minicpm_v4_video(num_frames: int, width: int, height: int, max_slice_nums: int = 1, scale_resolution: int = 448,
-                     patch_size: int = 14, image_feature_size: int = 64, slice_mode: bool = True) -> int:
-    """MiniCPM-V 4.x video: each frame gets the image placeholder at max_slice_nums 1 (never sliced)
-    and without an image id: 64 a frame. MiniCPM-V 4.5's packing of several frames into one
-    placeholder (its temporal_ids) is not modeled. Ref: vllm/model_executor/models/minicpmv.py
-    get_video_prompt_texts, get_video_max_slice_num; image_processing_minicpmv.py
-    get_slice_image_placeholder."""
-    return num_frames * minicpm_v4(width, height, max_slice_nums, scale_resolution, patch_size, image_feature_size, False,
-                                   slice_mode).tokens
-
-
 # ---------------------------------------------------------------------------------- Llama 4
 
 
@@ -421,12 +336,15 @@ def pixtral_size(height: int, width: int, longest_edge: int, patch: int) -> tupl
 
 
 def _pixtral(preset: str, width: int, height: int, longest_edge: int, patch_size: int, spatial_merge_size: int) -> Plan:
+    """The processor resizes onto whole tokens of patch x merge px (PixtralProcessor._process_images
+    passes patch_size * spatial_merge_size to the image processor), rounding each side up: a tiny
+    image costs one token and a thin one keeps its partial row or column."""
     _check_size(width, height)
-    h, w = pixtral_size(height, width, longest_edge, patch_size)
     merged = patch_size * spatial_merge_size
+    h, w = pixtral_size(height, width, longest_edge, merged)
     rows, cols = h // merged, w // merged
-    if rows == 0 or cols == 0:
-        raise UsageError(f"{preset}: {width}x{height} resizes to {w}x{h}, under one {merged} px token")
+    if rows == 0 or cols == 0:  # the fitted side floors to 0 px (aspect ratio past longest_edge:1)
+        raise UsageError(f"{preset}: {width}x{height} fits {longest_edge} px as a 0 px side, which the processor cannot resize to")
     # [IMG] per token, [IMG_BREAK] after each row but the last, which ends with [IMG_END]
     return Plan(preset, width, height, rows * cols, rows, [Part("image", rows * cols, (0, 0, width, height))], grid=(rows, cols),
                 resized=(w, h), note=f"{rows} rows of {cols} tokens, a break or end token after each")
@@ -439,9 +357,10 @@ def pixtral(width: int, height: int, longest_edge: int = 1024, patch_size: int =
 
 
 def mistral3(width: int, height: int, longest_edge: int = 1540, patch_size: int = 14, spatial_merge_size: int = 2) -> Plan:
-    """Mistral Small 3.1 (mistral3): the Pixtral image processor at 14 px patches, longest edge
-    1540, and 2x2 spatial merge: a token per 28 px. Ref: transformers models/pixtral/processing_pixtral.py
-    replace_image_token (height // 28 of the processor's resized size), mistralai/Mistral-Small-3.1-24B-Instruct-2503."""
+    """Mistral Small 3.1 / 3.2 (mistral3): the Pixtral image processor at 14 px patches, longest edge
+    1540, and 2x2 spatial merge: the image resized onto whole 28 px cells (rounding up), a token per
+    cell. Ref: transformers models/pixtral/processing_pixtral.py _process_images, replace_image_token,
+    _get_num_multimodal_tokens; mistralai/Mistral-Small-3.1-24B-Instruct-2503."""
     return _pixtral("mistral3", width, height, longest_edge, patch_size, spatial_merge_size)
 
 
@@ -491,13 +410,21 @@ def qwen3_vl(width: int, height: int, min_pixels: int = 65_536, max_pixels: int 
 
 
 def qwen3_vl_video(num_frames: int, width: int, height: int, min_pixels: int = 128 * 32 * 32, max_pixels: int = 32 * 32 * 768,
-                   patch_size: int = 16, merge_size: int = 2, temporal_patch_size: int = 2) -> int:
+                   patch_size: int = 16, merge_size: int = 2, temporal_patch_size: int = 2, cap_pixels_per_frame: bool = False,
+                   max_video_tokens: int = 768) -> int:
     """Qwen3-VL video: frame pairs merged, the pixel budget shared by all frames (the class
-    defaults 131072..786432: the release's video config could not be checked offline). Each
-    pair is wrapped in <|vision_start|>..<|vision_end|> after a "<t seconds>" timestamp text,
-    counted apart (qwen3_vl_video_text). Ref: transformers models/qwen3_vl/video_processing_qwen3_vl.py
-    get_num_of_video_patches, processing_qwen3_vl.py replace_video_token."""
-    rh, rw = temporal_smart_resize(num_frames, height, width, temporal_patch_size, patch_size * merge_size, min_pixels, max_pixels)
+    defaults 131072..786432: the release's video config could not be checked offline). With
+    cap_pixels_per_frame (qwen-vl-utils' rule; off by default in transformers 5.25) each frame's
+    pixels are capped at min(max_video_tokens x 32^2, max_pixels // frames), floored at 1.05 x
+    min_pixels, so the budget grows with the frame count. Each pair is wrapped in
+    <|vision_start|>..<|vision_end|> after a "<t seconds>" timestamp text, counted apart
+    (qwen3_vl_video_text). Ref: transformers models/qwen3_vl/video_processing_qwen3_vl.py
+    get_num_of_video_patches, resize; processing_qwen3_vl.py replace_video_token."""
+    factor = patch_size * merge_size
+    if cap_pixels_per_frame and num_frames:
+        per_frame = max(min(max_video_tokens * factor * factor, max_pixels // num_frames), int(min_pixels * 1.05))
+        max_pixels = per_frame * num_frames
+    rh, rw = temporal_smart_resize(num_frames, height, width, temporal_patch_size, factor, min_pixels, max_pixels)
     grid_t = -(-num_frames // temporal_patch_size)
     return grid_t * (rh // patch_size) * (rw // patch_size) // (merge_size * merge_size)
 
@@ -594,7 +521,4 @@ PRESETS = [
     Preset("molmo", _TX + "molmo2/image_processing_molmo2.py, processing_molmo2.py (Molmo2)", "class", molmo,
            ranges={"max_crops": (1, 64)}),
     Preset("ovis2", _TX + "ovis2/processing_ovis2.py, image_processing_ovis2.py", "class", ovis2, ranges={"max_tiles": (1, 64)}),
-    Preset("minicpm-v4", "openbmb/MiniCPM-V-4_5 remote code image_processing_minicpmv.py, processing_minicpmv.py (not in transformers); "
-           "vllm models/minicpmv.py (video)",
-           "release (see docs)", minicpm_v4, minicpm_v4_video, ranges={"max_slice_nums": (1, 1024), "scale_resolution": (1, 1 << 16), "patch_size": (4, 4096)}),
 ]

@@ -16,6 +16,8 @@ from functools import cache
 
 from vlmtool.budget import audio as A
 from vlmtool.budget import frontier as F
+from vlmtool.budget import hosted as H
+from vlmtool.budget import minicpm as M
 from vlmtool.budget import presets as P
 from vlmtool.budget.presets import Preset
 from vlmtool.errors import UsageError
@@ -44,14 +46,10 @@ PRESETS: dict[str, Preset] = _merged([
     Preset("smolvlm", _TX + "smolvlm/image_processing_smolvlm.py", "release", P.smolvlm),
     Preset("smolvlm-256m", _TX + "smolvlm/image_processing_smolvlm.py", "release", P.smolvlm_256m),
     Preset("gemma3", _TX + "gemma3/processing_gemma3.py, image_processing_gemma3.py", "release", P.gemma3),
-    Preset("gpt-4o", "platform.openai.com/docs/guides/images-vision (Calculating costs)", "release", P.gpt_4o),
-    Preset("gpt-4o-mini", "platform.openai.com/docs/guides/images-vision (Calculating costs)", "release", P.gpt_4o_mini),
-    Preset("gpt-4.1-mini", "platform.openai.com/docs/guides/images-vision (Calculating costs)", "release", P.gpt_41_mini),
-    Preset("claude", "docs.anthropic.com build-with-claude/vision (Calculate image costs)", "release", P.claude),
-    Preset("gemini", "ai.google.dev/gemini-api/docs/tokens", "release", P.gemini, P.gemini_video, A.gemini_audio),
-    Preset("gemini-3", "ai.google.dev/gemini-api/docs/media-resolution (Token counts, Gemini 3 models)", "release", P.gemini3, P.gemini3_video),
+    *H.PRESETS,
     Preset("custom", "N_img = N x P_t + P_0 (docs/budget.md)", "release", P.custom, ranges={"tile_size": (0, 1 << 16)}),
     *F.PRESETS,
+    *M.PRESETS,
     *A.PRESETS,
 ])
 
@@ -66,7 +64,7 @@ RANGES: dict[str, tuple] = {
     "pan_and_scan_min_crop_size": _SIDE, "merge": (1, 64), "merge_size": (1, 64), "temporal_patch_size": (1, 64),
     "max_patches": (1, 1 << 20), "pixel_shuffle_ratio": (1 / 64, 1.0), "dynamic_hd": _COUNT, "crop_size": _SIDE, "min_patches": _COUNT, "multiplier": (1e-6, 1e6), "pan_and_scan_min_ratio_to_activate": (1.0, 1e6),
 }
-CHOICES = {"detail": ("low", "high", "auto"), "media_resolution": P.MEDIA_RESOLUTIONS}
+CHOICES = {"detail": ("low", "high", "auto"), "media_resolution": H.MEDIA_RESOLUTIONS, "downsample_mode": ("16x", "4x")}
 MAX_PINPOINTS = 256
 
 

@@ -31,6 +31,7 @@ class BudgetOptions:
     frames: int | None = None
     context: int | None = None
     reserved: int = 0
+    video_text: bool = True
     duration: float | None = None
     fps: float | None = None
     select: str = "uniform"

@@ -191,7 +191,8 @@ def video_section(opts: BudgetOptions, models: list[str], out: BinaryIO, result:
                 r = {**info.to_json(), "model": m, "frames_counted": n, "temporal_pool": opts.temporal_pool,
                      "tokens": video_tokens(m, n, info.width, info.height, **o)}
             else:
-                r = plan_video(m, info, opts.context, opts.reserved, opts.select, opts.sample_fps, opts.frames, opts.max_frames, **o)
+                r = plan_video(m, info, opts.context, opts.reserved, opts.select, opts.sample_fps, opts.frames, opts.max_frames,
+                               count_text=opts.video_text, **o)
             rows.append({**r, **extras(opts, r["tokens"], _billed(m, r["tokens"], o))})
     if opts.json:
         for r in rows:
@@ -204,8 +205,19 @@ def video_section(opts: BudgetOptions, models: list[str], out: BinaryIO, result:
               for r in rows if r.get("timestamps")]
     lines += [f"{r.get('video') or 'video'} {r['model']} text: {len(r['timestamp_text'])} timestamps ("
               + (f"{r['timestamp_tokens']} tokens" if r["timestamp_tokens"] is not None else f"{r['timestamp_chars']} characters, tokens not counted")
-              + f") + {r['marker_tokens']} marker tokens, beside the {r['tokens']} visual tokens" for r in rows if r.get("timestamp_text")]
+              + f") + {r['marker_tokens']} marker tokens, beside the {r['tokens']} visual tokens" + _text_note(r)
+              for r in rows if r.get("timestamp_text")]
     _write(out, "\n".join(lines))
+
+
+def _text_note(plan: dict) -> str:
+    """Whether the plan's budget counted the text (--context, the default) or not."""
+    if plan.get("budget") is None:
+        return ""
+    if plan.get("text_counted"):
+        how = "" if plan.get("timestamp_tokens") is not None else " (a token a character: an upper bound)"
+        return f"; counted in the budget{how}"
+    return "; not counted in the budget (--no-video-text)"
 
 
 def _billed(model: str, tokens: int, options: dict) -> float | None:

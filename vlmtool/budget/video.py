@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from vlmtool.budget import get, video_tokens
@@ -66,31 +67,41 @@ def min_frames(preset: str, width: int, height: int, **options) -> int:
     raise error
 
 
-def frame_budget(preset: str, budget: int, width: int, height: int, reserved: int = 0, max_frames: int | None = None, **options) -> dict:
+def frame_budget(preset: str, budget: int, width: int, height: int, reserved: int = 0, max_frames: int | None = None,
+                 text: Callable[[int], int] | None = None, **options) -> dict:
     """f_max = the largest frame count whose tokens fit budget - reserved, found exactly from
-    video_tokens (for a linear rule that is floor((B - R) / P))."""
+    video_tokens (for a linear rule that is floor((B - R) / P)). With `text` (frame count -> the
+    tokens of the text the processor writes around those frames: timestamps, markers), the visual
+    tokens and that text together fit."""
     room = budget - reserved
     first = min_frames(preset, width, height, **options)
-    one = video_tokens(preset, first, width, height, **options)
+
+    def total(n: int) -> int:
+        return video_tokens(preset, n, width, height, **options) + (text(n) if text else 0)
+
+    one = total(first)
     if room < one:
         least = "one frame" if first == 1 else f"the {first} frames {preset}'s video processor takes at least"
         raise UsageError(f"a budget of {budget} tokens ({reserved} reserved for text) is smaller than {least} "
-                         f"({one} tokens for {preset} at {width}x{height})")
+                         f"({one} tokens for {preset} at {width}x{height}{', its timestamp text included' if text else ''})")
     lo, hi = first, 2 * first
     cap = max_frames if max_frames is not None else 10**7
-    while hi <= cap and video_tokens(preset, hi, width, height, **options) <= room:
+    while hi <= cap and total(hi) <= room:
         lo, hi = hi, hi * 2
     hi = min(hi, cap + 1)
-    while hi - lo > 1:  # video_tokens grows with frames: the last count that fits
+    while hi - lo > 1:  # the tokens grow with frames: the last count that fits
         mid = (lo + hi) // 2
-        if video_tokens(preset, mid, width, height, **options) <= room:
+        if total(mid) <= room:
             lo = mid
         else:
             hi = mid
     f_max = lo
     tokens = video_tokens(preset, f_max, width, height, **options)
-    return {"model": preset, "budget": budget, "reserved": reserved, "tokens_per_frame": round(tokens / f_max, 3),
-            "first_frame_tokens": one, "min_frames": first, "f_max": f_max, "tokens": tokens}
+    out = {"model": preset, "budget": budget, "reserved": reserved, "tokens_per_frame": round(tokens / f_max, 3),
+           "first_frame_tokens": one, "min_frames": first, "f_max": f_max, "tokens": tokens}
+    if text:
+        out["text_tokens"] = text(f_max)
+    return out
 
 
 def change_curve(path: str | Path, size: int = 64, max_rate: float = 8.0, threshold: float = 12.0) -> tuple[list[float], list[float]]:
@@ -184,14 +195,19 @@ DEFAULT_MAX_FRAMES = 100_000  # the most frames a plan lists (a header may claim
 
 
 def plan_video(preset: str, info: VideoInfo, budget: int | None = None, reserved: int = 0, strategy: str = "uniform",
-               sample_fps: float | None = None, num_frames: int | None = None, max_frames: int = DEFAULT_MAX_FRAMES, **options) -> dict:
+               sample_fps: float | None = None, num_frames: int | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
+               count_text: bool = True, **options) -> dict:
     """The whole frame plan for one video: P, f_max, the chosen timestamps and the totals. At most
-    max_frames frames are planned, whatever the budget or the header allows."""
+    max_frames frames are planned, whatever the budget or the header allows. With a budget and
+    count_text (the default), the text the processor writes around the frames (Qwen3-VL's and
+    GLM-4.1V's timestamps and markers: video_text) is counted in it, so visual tokens + text never
+    exceed budget - reserved."""
     pool = int(options.get("temporal_pool", 1) or 1)
     if budget is None and num_frames is None:
         num_frames = info.frames
     if budget is not None:
-        fb = frame_budget(preset, budget, info.width, info.height, reserved, max_frames=max_frames, **options)
+        text = _text_counter(preset, info, strategy, sample_fps, options) if count_text else None
+        fb = frame_budget(preset, budget, info.width, info.height, reserved, max_frames=max_frames, text=text, **options)
         n = fb["f_max"]
     else:
         fb = {"model": preset, "budget": None, "reserved": reserved}
@@ -205,9 +221,38 @@ def plan_video(preset: str, info: VideoInfo, budget: int | None = None, reserved
         raise UsageError(f"{info.path or 'video'}: {len(ts)} frame(s) selected, fewer than {preset}'s video processor takes")
     tokens = video_tokens(preset, len(ts), info.width, info.height, **dict(options))
     out = {**info.to_json(), **fb, "strategy": strategy, "temporal_pool": pool, "selected": len(ts), "timestamps": ts, "tokens": tokens}
+    out.update(video_text(preset, info, ts, **options))
     if budget is not None:
-        assert tokens <= budget - reserved
-    return {**out, **video_text(preset, info, ts, **options)}
+        counted = _counted_text(out) if count_text else 0
+        out["text_counted"] = bool(count_text and "timestamp_text" in out)
+        assert tokens + counted <= budget - reserved
+    return out
+
+
+def _counted_text(plan: dict) -> int:
+    """The text tokens a budget counts: the exact count where the tokenizer is known (Qwen3-VL),
+    else markers + one token a character, an upper bound (GLM-4.1V: a token holds at least one)."""
+    if "timestamp_text" not in plan:
+        return 0
+    if plan.get("wrapper_tokens") is not None:
+        return plan["wrapper_tokens"]
+    return plan["marker_tokens"] + plan["timestamp_chars"]
+
+
+def _text_counter(preset: str, info: VideoInfo, strategy: str, sample_fps: float | None, options: dict) -> Callable[[int], int] | None:
+    """n -> the text tokens of the frames the plan would take for n (uniform and fps: those frames;
+    content: n frames at the video's end, whose timestamps are the longest: an upper bound)."""
+    if get(preset).video_text is None:
+        return None
+
+    def text(n: int) -> int:
+        if strategy == "content":
+            ts = [info.duration] * min(n, info.frames or n)
+        else:
+            ts = select_frames(info, n, strategy, sample_fps)
+        return _counted_text(video_text(preset, info, ts, **options))
+
+    return text
 
 
 def frame_times(info: VideoInfo, timestamps: list[float]) -> list[float]:
@@ -222,8 +267,8 @@ def frame_times(info: VideoInfo, timestamps: list[float]) -> list[float]:
 def video_text(preset: str, info: VideoInfo, timestamps: list[float], **options) -> dict:
     """The text the preset's processor writes around the video's visual tokens (Qwen3-VL's
     "<t seconds>" and GLM-4.1V's whole seconds before or after each temporal group, and their
-    markers), for the selected frames; {} for a preset without such text. Apart from `tokens`:
-    the budget counts visual tokens only."""
+    markers), for the selected frames; {} for a preset without such text. Apart from `tokens`
+    (the visual tokens); a budget counts it beside them (plan_video)."""
     rule = get(preset).video_text
     if rule is None or not timestamps:
         return {}

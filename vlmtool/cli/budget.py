@@ -23,6 +23,7 @@ def budget_cmd(
     frames: int | None = typer.Option(None, "--frames", min=0, help="Video: tokens for this many frames at --size (or of the video)."),
     context: int | None = typer.Option(None, "--context", min=1, help="Video: context budget B in tokens; plans f_max = floor((B - reserved) / P) frames."),
     reserved: int = typer.Option(0, "--reserved", min=0, help="Video: tokens of B kept for text."),
+    video_text: bool = typer.Option(True, "--video-text/--no-video-text", help="Video with --context: count the timestamp text Qwen3-VL and GLM-4.1V write around the frames in B (default), or visual tokens only."),
     duration: float | None = typer.Option(None, "--duration", min=0.0, help="Video given by numbers: seconds (with --size and --fps)."),
     fps: float | None = typer.Option(None, "--fps", min=0.0, help="Video given by numbers: frame rate."),
     select: str = typer.Option("uniform", "--select", metavar="uniform|fps|content", help="Which frames: uniform, fps (cap at --sample-fps), content (where the picture changes)."),
