@@ -35,6 +35,10 @@ REASONS = {
     "unsafe_key": "the record's key is an absolute path or climbs out of its folder (`..`): no output may carry it",
     "member_too_large": "a member is larger than its cap (--max-image-bytes, --max-text-bytes, --max-member-bytes)",
     "filtered": "a pre-filter of the job excluded the sample",
+}
+
+# What the model side (train, infer, eval) rejects beyond the record stream's reasons.
+MODEL_REASONS = {
     "bad_features": "a feature member is not a readable float [T, D] array of the tower's width with the rows its views name",
     "non_finite": "a feature member holds NaN or infinite values",
     "too_long": "the sample's tokens do not fit the model's context",
@@ -54,7 +58,7 @@ def clean_detail(detail: str, limit: int = 300) -> str:
 
 class SampleError(Exception):
     def __init__(self, reason: str, detail: str = ""):
-        assert reason in REASONS or reason.startswith("filter:"), reason
+        assert reason in REASONS or reason in MODEL_REASONS or reason.startswith("filter:"), reason
         detail = clean_detail(detail)
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason

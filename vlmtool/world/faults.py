@@ -248,9 +248,11 @@ def duplicate_shards(s: Samples) -> list[Shard]:
 def odd_member_shards(s: Samples) -> list[Shard]:
     """Member names and types a reader must not trust: never extracted, never followed."""
     names = Shard("member_names.tar", "members named with .., absolute paths and folders: grouped by webdataset's base_plus_ext "
-                  "(key = the name up to the first dot of its last part, folders included); nothing is extracted")
-    for key in ("../escape", "../../../../etc/cron_d_job", "/abs/path/sample", "/tmp/vlmtool_absolute", "a/../../b", "./dot_slash",
-                "sub/dir/inner"):
+                  "(key = the name up to the first dot of its last part, folders included); nothing is extracted, and a key "
+                  "that is absolute or climbs (..) is rejected: no output may carry it as a member or file name")
+    for key in ("../escape", "../../../../etc/cron_d_job", "/abs/path/sample", "/tmp/vlmtool_absolute", "a/../../b"):
+        names.add(key, s.members(key), "unsafe_key", f"a member named {key}.jpg: key {key!r} is absolute or climbs out")
+    for key in ("./dot_slash", "sub/dir/inner"):
         names.add(key, s.members(key), fault=f"a member named {key}.jpg: read as data, key {key!r}")
     names.skip(Member("README"), "no extension: webdataset's base_plus_ext gives no key")
     names.skip(Member("__meta__.json", b"{}"), "a name starting with __ is skipped, as webdataset does")
