@@ -1,6 +1,6 @@
 """inspect's throughput against a bare read of the same tar bytes, as a ratio in one run.
 
-    python bench/inspect.py [--samples 10000] [--sizes varied] [--workers 2]
+    python bench/inspect_shards.py [--samples 10000] [--sizes varied] [--workers 2]
 """
 
 from __future__ import annotations
