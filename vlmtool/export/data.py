@@ -271,8 +271,9 @@ def hf_schema():
 
 
 class HfWriter(Writer):
-    """Hugging Face datasets: `data/SHARD-NNNNN.parquet`, a new file once one reaches
-    --max-shard-size, row groups of PARQUET_ROW_GROUP rows."""
+    """Hugging Face datasets: `data/SHARD-NNNNN.parquet`, row groups of at most
+    PARQUET_ROW_GROUP rows, a new file once one holds --max-shard-size of data (images and text,
+    before compression; a file may pass it by one row)."""
 
     name = "hf"
     needs = "pyarrow"
@@ -287,12 +288,13 @@ class HfWriter(Writer):
             if mine.fullmatch(p.name):
                 p.unlink()
         self.batch: list[dict] = []
-        self.part, self.size, self.file, self.ctx = 0, 0, None, None
+        self.part, self.size, self.pending, self.file, self.ctx = 0, 0, 0, None, None
 
     def add(self, row: Row, name: str, ext: str, image: bytes, first: bool) -> None:
         self.batch.append({"id": row.id, "image": {"bytes": image, "path": f"{self.shard}/{name}.{ext}"},
                            "messages": chat_messages(row.turns), "shard": self.shard, "key": row.key, "task": row.task})
-        if len(self.batch) >= PARQUET_ROW_GROUP:
+        self.pending += len(image) + sum(len(u) + len(a) for u, a in row.turns) + len(row.id) + len(row.key)
+        if len(self.batch) >= PARQUET_ROW_GROUP or self.size + self.pending >= self.limit:
             self._flush()
 
     def _flush(self) -> None:
@@ -302,12 +304,12 @@ class HfWriter(Writer):
         if not self.batch:
             return
         table = pa.Table.from_pylist(self.batch, schema=self.schema)
-        self.batch = []
+        self.size += self.pending
+        self.batch, self.pending = [], 0
         if self.file is None:
             self.ctx = atomic_path(self.folder / f"{self.shard}-{self.part:05d}.parquet")
             self.file = pq.ParquetWriter(str(self.ctx.__enter__()), self.schema)
         self.file.write_table(table, row_group_size=PARQUET_ROW_GROUP)
-        self.size += table.nbytes
         if self.size >= self.limit:
             self._close_part()
 
