@@ -151,7 +151,6 @@ def test_sharegpt_export_follows_llama_factorys_documented_schema(exports):
         assert all((out / p).is_file() for p in ex["images"])
 
 
-@pytest.mark.slow  # transformers and TRL import, one training step (~15 s)
 def test_trl_sfttrainer_takes_an_optimizer_step_on_the_hf_export(exports, tmp_path):
     import datasets
     import torch
