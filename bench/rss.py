@@ -74,9 +74,13 @@ def main() -> None:
         for n in (int(x) for x in a.sizes.split(",")):
             make_world(tmp / f"w{n}", samples=n, shard_size=1000, seed=n, sizes="small", progress=False)
             results[f"world_{n}"] = {name: peak_mb(args) for name, args in jobs(tmp / f"w{n}", tmp / f"r{n}", model, only).items()}
+            manifest = tmp / f"r{n}" / "export" / "manifest.json"
+            if manifest.exists():  # what the export's peak was for: its rows
+                results[f"world_{n}"]["export_rows"] = (json.loads(manifest.read_text())["totals"]["rows"], 0)
     print(json.dumps(results, indent=1))
     for where, row in results.items():
-        print(f"{where:>12}: " + "  ".join(f"{k} {mb:.0f} MB (exit {rc})" for k, (mb, rc) in row.items()), file=sys.stderr)
+        print(f"{where:>12}: " + "  ".join(f"{k} {mb:.0f}" + ("" if k.endswith("_rows") else f" MB (exit {rc})")
+                                                        for k, (mb, rc) in row.items()), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -325,3 +325,9 @@ def test_sigkill_mid_export_then_rerun_gives_the_same_bytes(kill_world, fmt, tmp
     s = json_out(run_cli("export", ins, "--shards", "-", "--to", fmt, "--out", job, "--no-progress", "--json", input=shards))
     assert s["complete"] and s["this_run"]["shards"] == 10 - done
     assert _outputs(job) == _outputs(whole)
+
+
+def test_shards_given_as_the_shells_list_after_one_flag(synth_out, tmp_path):
+    tars = sorted(str(p) for p in (FIXTURES / "shapes").glob("*.tar"))
+    s = json_out(run_cli("export", synth_out, "--shards", *tars, "--to", "wds", "--out", tmp_path / "o", "--json", "--no-progress"))
+    assert s["shards"] == 2 and s["rows"] == len(instructions(synth_out))

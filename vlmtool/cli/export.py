@@ -11,10 +11,12 @@ from vlmtool.cli._app import JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, 
 
 @app.command("export")
 def export_cmd(
-    instructions: str = typer.Argument(..., help="instructions.jsonl as synth writes it (LLaVA conversations or chat messages).",
-                                       metavar="INSTRUCTIONS"),
-    shards: List[str] = typer.Option(..., "--shards", "-s", help="The shards holding the images (paths, patterns, globs, "
-                                     "folders; repeat the option for several).", metavar="SHARDS"),
+    instructions: List[str] = typer.Argument(..., help="instructions.jsonl as synth writes it (LLaVA conversations or chat "
+                                             "messages); words after it that are not options are more shards.",
+                                             metavar="INSTRUCTIONS"),
+    shards: List[str] = typer.Option(..., "--shards", "-s", help="The shards holding the images: paths, patterns, globs, "
+                                     "folders, or - for a list on stdin (`--shards d/*.tar` takes every file the shell lists).",
+                                     metavar="SHARDS"),
     to: str = typer.Option(..., "--to", "-t", help="llava (JSON list + image folder), hf (datasets Parquet), "
                            "sharegpt (LLaMA-Factory) or wds (webdataset shards)."),
     out: str = OUT,
@@ -30,4 +32,6 @@ def export_cmd(
     """Join instruction rows to their images in the shards and write them in a trainer's layout."""
     from vlmtool.export import ExportOptions, run_export
 
-    emit(run_export(instructions, shards, out, options(ExportOptions, locals())), as_json)
+    # click gives an option one value: the shell's other words (`--shards d/*.tar`) arrive as arguments
+    params = {k: v for k, v in locals().items() if k not in ("instructions", "shards")}
+    emit(run_export(instructions[0], [*shards, *instructions[1:]], out, options(ExportOptions, params)), as_json)
