@@ -93,7 +93,8 @@ def open_inputs(inputs: list[str], images: bool = False) -> Inputs:
     for s in shards:
         fj = _features_json(s)
         if fj is not None and fj not in towers:
-            towers[fj] = features.read_features_json(fj.parent).get("tower") or {}
+            desc = features.read_features_json(fj.parent)
+            towers[fj] = {**(desc.get("tower") or {}), **({"anyres": desc["anyres"]} if desc.get("anyres") else {})}  # export-model refuses AnyRes
     widths = {str(p.parent): t.get("width") for p, t in towers.items()}
     if len(set(widths.values())) > 1:
         raise UsageError(f"feature folders of different widths in one run: {widths}; train on one tower's features")
