@@ -67,6 +67,7 @@ def test_requests_in_flight_are_answered_in_batches_with_the_same_answers(ckpt, 
     assert all(r.failed is None and r.prompt_tokens > 64 and 0 < r.completion_tokens <= 8 for r in batched)  # 64 visual slots
 
 
+@pytest.mark.slow  # a CLI process that loads the model and answers ~70 requests: ~11 s
 def test_synth_with_a_local_teacher_reports_tokens_and_speed(ckpt, world, tmp_path):
     s = json_out(run_cli("synth", world, "--out", tmp_path / "o", "--teacher", f"local:{ckpt}", "--max-tokens", "8",
                          "--concurrency", "4", "--device", "cpu", "--json", "--no-progress", "--max-failed", "1"))
