@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 # Each module registers its commands; the import order is the order of `vlmtool --help`.
-from vlmtool.cli import world, inspect, clip, synth, export, encode, budget, train, evaluate, demo  # noqa: F401, I001
+from vlmtool.cli import world, inspect, clip, synth, export, encode, budget, train, evaluate, export_model, demo  # noqa: F401, I001
 from vlmtool.cli._app import app
 from vlmtool.errors import UsageError, VlmtoolError
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from vlmtool.cli._app import (
+    DEVICE,
     INPUTS,
     JSON,
     MAX_IMAGE_BYTES,
@@ -24,7 +25,8 @@ from vlmtool.cli._app import (
 def synth_cmd(
     inputs: list[str] = INPUTS,
     out: str = OUT,
-    teacher: str = typer.Option("captions", "--teacher", help="openai (any OpenAI-compatible server) or captions (offline, from captions and boxes)."),
+    teacher: str = typer.Option("captions", "--teacher", help="openai (any OpenAI-compatible server), captions (offline, from captions "
+                                "and boxes) or local:DIR (a checkpoint vlmtool train wrote, answering in batches of --concurrency)."),
     base_url: str | None = typer.Option(None, "--base-url", metavar="URL",
                                            help="The server's API root, e.g. http://localhost:8000/v1 (vLLM, SGLang, Ollama, ...)."),
     model: str | None = typer.Option(None, "--model", help="The teacher model's name on that server."),
@@ -51,7 +53,7 @@ def synth_cmd(
     max_text_bytes: int = MAX_TEXT_BYTES,
     max_reply_bytes: int = typer.Option(1 << 20, "--max-reply-bytes", min=1,
                                         help="Drop a teacher reply larger than this many bytes (counted as failed: reply_too_large)."),
-    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Requests in flight."),
+    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Requests in flight (local:DIR: the batch size)."),
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds per request attempt, reply included."),
     max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries of a request after a 429, 5xx, timeout or dropped connection."),
     backoff: float = typer.Option(0.5, "--backoff", min=0.0, help="Base of the exponential backoff, seconds (full jitter)."),
@@ -63,6 +65,7 @@ def synth_cmd(
     strict: bool = STRICT,
     as_json: bool = JSON,
     progress: bool = PROGRESS,
+    device: str = DEVICE,
 ) -> None:
     """Generate visual instruction pairs with a teacher VLM; every request's result is kept exactly once."""
     from vlmtool.synth.job import SynthOptions, run_synth

@@ -107,6 +107,12 @@ def _open_log(path: Path):
 def make_teacher(opts: SynthOptions):
     if opts.teacher == "captions":
         return CaptionsTeacher(opts.model or "captions-v1")
+    if opts.teacher.startswith("local:"):
+        from vlmtool.core.runtime import resolve_device
+        from vlmtool.vlm.infer import LocalTeacher
+
+        return LocalTeacher(opts.teacher[len("local:"):], resolve_device(opts.device), max_new_tokens=opts.max_tokens,
+                            batch_size=opts.concurrency)
     return OpenAITeacher(opts.base_url, opts.model, api_key=os.environ.get(opts.api_key_env) or None, concurrency=opts.concurrency,
                          timeout=opts.timeout, max_retries=opts.max_retries, backoff=opts.backoff, max_tokens=opts.max_tokens,
                          structured=opts.structured, requests_per_s=opts.requests_per_s, tokens_per_min=opts.tokens_per_min,
@@ -221,9 +227,16 @@ def _synth(jobf: Job, plan: Plan) -> dict:
     this_run = {"shards": len(pending), **{k: runner.stats[k] for k in ("sent", "ok", "rejected", "failed", "retries",
                                                                        "prompt_tokens", "completion_tokens", "image_tokens")},
                 "by_reason": dict(runner.reasons), "seconds": round(time.perf_counter() - t0, 3)}
+    this_run.update(speed(this_run))
     if not job.all_done():
         return jobf.incomplete(job, this_run, "the last one writes instructions.jsonl")
     return {**jobf.header(), "complete": True, **finalize(jobf, job, plan), "this_run": this_run}
+
+
+def speed(run: dict) -> dict:
+    """Requests and answer tokens a second over this run (any teacher)."""
+    secs = max(run["seconds"], 1e-9)
+    return {"requests_per_s": round(run["sent"] / secs, 3), "completion_tokens_per_s": round(run["completion_tokens"] / secs, 1)}
 
 
 class _Spill:

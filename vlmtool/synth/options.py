@@ -49,10 +49,14 @@ class SynthOptions:
     retry_failed: bool = free(False)
     strict: bool = free(False)
     progress: bool = free(True)
+    device: str = free("auto")  # --teacher local:DIR runs the checkpoint here
 
     def check(self) -> None:
         """UsageError (one line, exit 2) for any option that cannot work, before anything is written."""
-        _one_of("--teacher", self.teacher, TEACHERS)
+        if self.teacher.startswith("local:"):
+            _check_local(self.teacher[len("local:"):])
+        else:
+            _one_of("--teacher", self.teacher, TEACHERS + ("local:DIR",))
         _one_of("--format", self.format, FORMATS)
         _one_of("--negatives", self.negatives, NEGATIVE_MODES)
         if self.teacher == "openai" and (not self.base_url or not self.model):
@@ -71,6 +75,13 @@ class SynthOptions:
         if not self.objects_field.strip():
             raise UsageError("--objects-field names the json field that lists a sample's objects (default: objects)")
         _check_preset(self.image_preset)
+
+
+def _check_local(folder: str) -> None:
+    from pathlib import Path
+
+    if not folder or not (Path(folder) / "checkpoint.json").is_file():
+        raise UsageError(f"--teacher local:{folder}: not a checkpoint folder (vlmtool train writes one, with checkpoint.json)")
 
 
 def _one_of(option: str, value: str, allowed: tuple[str, ...]) -> None:
