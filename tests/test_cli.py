@@ -50,10 +50,11 @@ def test_a_reader_that_stops_early_is_not_a_failure():
 def test_human_summary_has_no_python_reprs():
     from conftest import FIXTURES
 
-    err = run_cli("inspect", FIXTURES / "shapes", "--no-progress").stderr
-    assert "complete: yes" in err and "out: -" in err
+    p = run_cli("inspect", FIXTURES / "shapes", "--no-progress")
+    out = p.stdout  # the result is on stdout (`vlmtool inspect ... > summary.txt`), the logs on stderr
+    assert "complete: yes" in out and "out: -" in out and "complete:" not in p.stderr
     for repr_ in ("None", "True", "False", "['", "{'"):
-        assert repr_ not in err, repr_
+        assert repr_ not in out, repr_
 
 
 def test_version():
@@ -77,3 +78,26 @@ def test_out_folder_of_another_job_is_refused(tmp_path, faulty_world):
     run_cli("inspect", FIXTURES / "shapes", "--out", tmp_path / "j", "--no-progress")
     p = run_cli("inspect", faulty_world, "--out", tmp_path / "j", "--no-progress", check=False)
     assert p.returncode == 2 and "different" in p.stderr
+
+
+def test_newcomer_mistakes_get_one_line_with_the_right_hint(tmp_path):
+    """A misspelt preset gets the closest names (not 40 names on a line); a feature folder or a
+    CLIP folder given as a checkpoint is named for what it is."""
+    p = run_cli("budget", "--size", "640x480", "-m", "qwen2vl", check=False)
+    assert p.returncode == 2 and "did you mean qwen2-vl" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    feats, clip = tmp_path / "feats", tmp_path / "clip"
+    feats.mkdir()
+    (feats / "features.json").write_text("{}")
+    clip.mkdir()
+    (clip / "open_clip_config.json").write_text("{}")
+    (clip / "model.safetensors").write_bytes(b"")
+    for folder, what in ((feats, "a feature folder"), (clip, "a CLIP model folder")):
+        p = run_cli("infer", "-c", folder, "--image", folder, "-q", "x", "--device", "cpu", check=False)
+        assert p.returncode == 2 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_top_level_help_names_every_command():
+    out = run_cli("--help").stdout
+    for cmd in ("world", "inspect", "clip-train", "filter", "synth", "budget", "encode", "train", "infer", "eval", "export",
+                "export-model", "demo"):
+        assert f" {cmd} " in out or f"\n  {cmd}" in out, cmd

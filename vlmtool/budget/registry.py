@@ -68,11 +68,20 @@ CHOICES = {"detail": ("low", "high", "auto"), "media_resolution": H.MEDIA_RESOLU
 MAX_PINPOINTS = 256
 
 
+def unknown(name) -> UsageError:
+    """One line for a preset name that is not known: the closest names, and where the list is."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).lower(), list(PRESETS), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return UsageError(f"unknown model preset {name!r}; {hint}(`vlmtool budget --list` lists all {len(PRESETS)})")
+
+
 def get(name: str) -> Preset:
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
-        raise UsageError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)} (vlmtool budget --list)") from None
+        raise unknown(name) from None
 
 
 def rule(name: str, modality: str) -> Callable:

@@ -94,7 +94,9 @@ def _models(spec: str) -> list[str]:
         raise UsageError(f"--model {spec!r} names no preset; known presets: {', '.join(PRESETS)} (vlmtool budget --list)")
     for m in models:
         if m not in PRESETS:
-            raise UsageError(f"unknown model preset {m!r}; known presets: {', '.join(PRESETS)} (vlmtool budget --list)")
+            from vlmtool.budget.registry import unknown
+
+            raise unknown(m)
     return list(dict.fromkeys(models))
 
 

@@ -34,8 +34,9 @@ typer.core.TyperOption.display_type_rich = _option_metavar  # type: ignore[metho
 
 app = typer.Typer(
     name="vlmtool",
-    help="Data tooling for vision-language models: shapes world, shard inspection, CLIP filtering, "
-    "instruction synthesis and visual-token budgets.",
+    help="Data tooling for vision-language models: make and inspect image-caption shards, train a CLIP and filter with it, "
+    "synthesize instruction data, count visual tokens, encode features, train, infer and evaluate a LLaVA-style model, "
+    "and export data and checkpoints to the tools people train and serve with. `vlmtool demo` runs the whole pipeline.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -81,16 +82,17 @@ def summary_lines(obj: dict, indent: int = 0):
             yield " " * indent + f"{k}: {human(v)}"
 
 
-def emit(summary: dict, as_json: bool) -> None:
-    """The job summary: JSON on stdout for pipelines, or readable lines on stderr for people."""
+def emit(summary: dict, as_json: bool, text: str | None = None) -> None:
+    """The job's result on stdout: one JSON object for pipelines (--json), else for people the
+    `text` given (a table) or the summary as `key: value` lines. Progress and logs stay on stderr,
+    so `vlmtool JOB ... > result.txt` holds the result and nothing else."""
     if as_json:
         from vlmtool.core.shards import dumps
 
         sys.stdout.buffer.write(dumps(summary) + b"\n")
         sys.stdout.flush()
         return
-    for line in summary_lines(summary):
-        print(line, file=sys.stderr)
+    print(text if text is not None else "\n".join(summary_lines(summary)), flush=True)
 
 
 def _version(value: bool) -> None:

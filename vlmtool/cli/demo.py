@@ -20,4 +20,9 @@ def demo_cmd(
     """Run the whole pipeline on fresh shapes worlds: world, inspect, clip-train, filter, synth, budget, encode, train 0-2, eval."""
     from vlmtool.demo import DemoOptions, run_demo
 
-    emit(run_demo(out, options(DemoOptions, locals())), as_json)
+    from vlmtool.cli._app import summary_lines
+    from vlmtool.evals.report import table
+
+    result = run_demo(out, options(DemoOptions, locals()))
+    rest = {k: v for k, v in result.items() if k not in ("pope", "blind", "swap", "chair")}
+    emit(result, as_json, text=table(result) + "\n" + "\n".join(summary_lines(rest)))

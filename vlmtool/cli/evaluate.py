@@ -50,9 +50,9 @@ def _run(tasks: tuple[str, ...], p: dict) -> None:
     else:
         result = compare(list(p["checkpoint"]), inputs, opts, out=p["out"])
         text = comparison_table(result["table"])
-    print(text, file=sys.stderr)
     if p["as_json"]:
-        emit(result, True)
+        print(text, file=sys.stderr)  # the table for a person watching; stdout holds the JSON
+    emit(result, p["as_json"], text=text)
 
 
 def _register(name: str, tasks: tuple[str, ...], doc: str) -> None:

@@ -105,6 +105,9 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Checkpoint:
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"checkpoint {folder}: no such folder")
+    what = _what_folder(folder)
+    if what:
+        raise UsageError(f"{folder} is {what}, not a checkpoint of `vlmtool train`: give the folder vlmtool train wrote (--out)")
     for name in FILES:
         if not (folder / name).is_file():
             hint = " (an interrupted save? use an earlier checkpoint)" if name == "checkpoint.json" else ""
@@ -120,6 +123,22 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Checkpoint:
                          "architecture; restore it or retrain")
     model.to(device).eval()
     return Checkpoint(model, tokenizer, model.config, meta.get("tower"), meta.get("extra") or {}, folder)
+
+
+def _what_folder(folder: Path) -> str | None:
+    """What a folder given as a checkpoint is when it is another vlmtool output (None: looks like one)."""
+    if (folder / "checkpoint.json").is_file() or (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() \
+            and not (folder / "open_clip_config.json").is_file():
+        return None
+    if (folder / "features.json").is_file():
+        return "a feature folder (vlmtool encode)"
+    if (folder / "open_clip_config.json").is_file():
+        return "a CLIP model folder (vlmtool clip-train: give it to encode or filter as --pretrained)"
+    if (folder / "instructions.jsonl").is_file():
+        return "a synth output folder"
+    if (folder / "shards").is_dir() and (folder / "scores.jsonl").is_file():
+        return "a filter output folder"
+    return None
 
 
 def _read_meta(folder: Path) -> dict:
