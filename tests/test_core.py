@@ -187,3 +187,44 @@ def test_the_mmap_threshold_is_fixed_only_while_a_shard_job_runs(monkeypatch):
         job()
     assert calls == [128 << 10, "inside", runtime.MMAP_THRESHOLD_MAX]
     assert batches.run_shards.__wrapped__ is not None  # the shard runner is wrapped the same way
+
+
+def test_cpu_budget_is_the_fewest_of_affinity_cgroup_quota_and_slurm(tmp_path):
+    import os
+
+    from vlmtool.core.runtime import cpu_budget
+
+    mine = len(os.sched_getaffinity(0))
+    assert cpu_budget({}, root=str(tmp_path)) == (mine, "affinity")  # no cgroup files, no SLURM
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one thread
+    assert cpu_budget({}, root=str(tmp_path)) == (1, "cgroup quota")
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_budget({"SLURM_CPUS_PER_TASK": "1"}, root=str(tmp_path)) == (1, "SLURM_CPUS_PER_TASK")
+    assert cpu_budget({"SLURM_CPUS_PER_TASK": "9999"}, root=str(tmp_path))[0] == mine
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_budget({}, root=str(v1))[1] == "affinity"
+
+
+def test_threads_follow_what_the_process_is_given(tmp_path):
+    """A fresh process: an explicit VLMTOOL_THREADS wins; without one, never more threads than the
+    budget, and the choice is in the job summary."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import FIXTURES
+
+    code = ("import torch; from vlmtool.core.runtime import configure_threads, resolve_device, threads_chosen; "
+            "resolve_device('cpu'); print(torch.get_num_threads(), threads_chosen()['reason'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "VLMTOOL_THREADS")}
+    one = subprocess.run([sys.executable, "-c", code], env={**env, "VLMTOOL_THREADS": "1"}, capture_output=True, text=True, check=True)
+    assert one.stdout.split()[0] == "1"
+    auto = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert 1 <= int(auto.stdout.split()[0]) <= len(os.sched_getaffinity(0)) and "by affinity" in auto.stdout
+    out = subprocess.run([sys.executable, "-m", "vlmtool", "encode", str(FIXTURES / "shapes"), "--pretrained", "random", "--model",
+                          "tiny-clip", "--out", str(tmp_path / "e"), "--json", "--no-progress", "--workers", "0"],
+                         env={**env, "VLMTOOL_THREADS": "1"}, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["threads"]["count"] == 1

@@ -41,6 +41,8 @@ def test_clip_train_learns_to_tell_matched_from_mismatched(trained_clip, heldout
     assert (job / "report.png").exists() and s["modality_gap"] > 0
     report = orjson.loads((job / "report.json").read_bytes())
     assert sum(b["count"] for b in report["histogram"]) == s["ok"]
+    kept_rows = sum(r["kept"] for r in rows)
+    assert {f"kept ({s['kept']})", f"dropped ({s['ok'] - s['kept']})"} <= set(report["chart_legend"]) and kept_rows == s["kept"]
     for k in ("model", "pretrained", "preprocess", "precision"):
         assert report[k] is not None
 
@@ -238,3 +240,13 @@ def test_select_keep_on_arrays_matches_the_row_by_row_selection(tmp_path):
     assert threshold == 0.25 and set(kept) == {"b", "c"}
     assert {name: list(map(int, v)) for name, v in kept.items()} == {
         r.name: [i for i, s in enumerate(table[r.name]) if s is not None and s >= 0.25] for r in refs[1:3]}
+
+
+def test_the_chart_legend_counts_the_jobs_own_kept_and_dropped(tmp_path):
+    """A histogram bin that straddles the threshold holds kept and dropped samples: the legend
+    takes the job's counts, not the bars'."""
+    from vlmtool.filter import _plot
+
+    hist = [{"from": 0.10, "to": 0.11, "count": 5}, {"from": 0.11, "to": 0.12, "count": 7}, {"from": 0.12, "to": 0.13, "count": 3}]
+    legend = _plot(tmp_path / "r.png", hist, 0.115, 0.5, n_kept=6, n_dropped=9)
+    assert {"kept (6)", "dropped (9)"} <= set(legend) and (tmp_path / "r.png").stat().st_size > 0

@@ -230,10 +230,10 @@ def _report(job: JobDir, score_records: dict, select_records: dict, threshold, l
     report = {"scored": scored, "kept": kept, "kept_fraction": round(kept / scored, 6) if scored else None,
               "threshold": threshold, "modality_gap": round(gap, 6) if gap is not None else None,
               "histogram": histogram, **loaded_desc}
+    if plot and histogram:
+        report["chart_legend"] = _plot(job.out / "report.png", histogram, threshold, report["modality_gap"], kept, scored - kept)
     write_json(job.out / "report.json", report)
     atomic_write(job.out / "report.txt", text_histogram(histogram, threshold).encode())
-    if plot and histogram:
-        _plot(job.out / "report.png", histogram, threshold, report["modality_gap"])
     return report
 
 
@@ -255,20 +255,21 @@ def text_histogram(histogram: list[dict], threshold, rows: int = 20, width: int 
     return "\n".join(lines) + "\n"
 
 
-def _plot(path: Path, histogram: list[dict], threshold, gap: float | None) -> None:
-    """The score histogram, kept and dropped shaded apart, the threshold and the modality gap marked."""
+def _plot(path: Path, histogram: list[dict], threshold, gap: float | None, n_kept: int, n_dropped: int) -> list[str]:
+    """The score histogram, kept and dropped shaded apart, the threshold and the modality gap
+    marked; the legend counts are the job's own (a bin that straddles the threshold holds both
+    kind, so counting bars would miscount). Returns the legend's labels."""
     from vlmtool.core.plots import figure, save
 
     fig, ax = figure()
     lefts = [b["from"] for b in histogram]
     widths = [b["to"] - b["from"] for b in histogram]
     counts = [b["count"] for b in histogram]
-    kept = [threshold is None or b["from"] >= threshold for b in histogram]
+    kept = [threshold is None or b["to"] > threshold for b in histogram]  # the straddling bin drawn with the kept side
     ax.bar([x for x, k in zip(lefts, kept) if k], [c for c, k in zip(counts, kept) if k], [w for w, k in zip(widths, kept) if k],
-           align="edge", color="#3b6fc4", label=f"kept ({sum(c for c, k in zip(counts, kept) if k)})")
+           align="edge", color="#3b6fc4", label=f"kept ({n_kept})")
     ax.bar([x for x, k in zip(lefts, kept) if not k], [c for c, k in zip(counts, kept) if not k],
-           [w for w, k in zip(widths, kept) if not k], align="edge", color="#b8b8b8",
-           label=f"dropped ({sum(c for c, k in zip(counts, kept) if not k)})")
+           [w for w, k in zip(widths, kept) if not k], align="edge", color="#b8b8b8", label=f"dropped ({n_dropped})")
     if threshold is not None:
         ax.axvline(threshold, color="#d62728", linewidth=1.5, label=f"threshold {threshold:.4f}")
     ax.set_xlabel("CLIP score (cosine similarity of image and caption embeddings)")
@@ -277,8 +278,9 @@ def _plot(path: Path, histogram: list[dict], threshold, gap: float | None) -> No
     if gap is not None:
         title += f"  (modality gap |mean image - mean text| = {gap:.3f})"
     ax.set_title(title)
-    ax.legend()
+    legend = ax.legend(loc="best")
     save(fig, path)
+    return [t.get_text() for t in legend.get_texts()]
 
 
 @dataclass(frozen=True)

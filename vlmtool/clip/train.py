@@ -139,9 +139,22 @@ def run_clip_train(inputs: list[str], out: str, opts: ClipTrainOptions = ClipTra
                          is_main=dist.is_main, log_path=out_p / "train_log.jsonl", time_limit=opts.time_limit,
                          progress=opts.progress, desc="clip-train", batch_size=opts.batch_size)
         barrier(use_dist)
+        if dist.is_main:
+            _plot_loss(out_p)
         return {**job.header(), "complete": res.step >= opts.steps, "steps": res.step, "target_steps": opts.steps,
                 "stopped_early": res.stopped_early, "epochs_seen": batches.epochs,
                 "loss_first": round(res.losses[0], 4) if res.losses else None,
                 "loss_last": round(sum(res.losses[-20:]) / len(res.losses[-20:]), 4) if res.losses else None,
                 "temperature": round(1 / float(net.logit_scale.detach().exp()), 5), "rejected": batches.rejected,
                 "seconds": round(res.seconds, 2)}
+
+
+def _plot_loss(out: Path) -> None:
+    """loss.png beside the model, when matplotlib is there (the plot extra); a run never fails for it."""
+    from vlmtool.core.plots import plot_train_log
+    from vlmtool.errors import UsageError
+
+    try:
+        plot_train_log(out, f"vlmtool clip-train: {out.name} (symmetric InfoNCE)", "InfoNCE loss")
+    except UsageError:
+        pass

@@ -152,7 +152,11 @@ class Job:
 
     # ---- summary and manifest
     def header(self) -> dict:
-        return {"job": self.name, "out": str(self.out), "rank": self.dist.rank, "world_size": self.dist.world_size}
+        from vlmtool.core.runtime import threads_chosen
+
+        threads = threads_chosen()
+        return {"job": self.name, "out": str(self.out), "rank": self.dist.rank, "world_size": self.dist.world_size,
+                **({"threads": threads} if threads else {})}
 
     def incomplete(self, records: JobDir, this_run: dict, waiting_for: str = "the last rank to finish writes manifest.json") -> dict:
         missing = sum(not records.is_done(s) for s in records.shards)

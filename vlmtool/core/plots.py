@@ -33,3 +33,25 @@ def save(fig, path: str | Path, dpi: int = 120) -> Path:
         fig.savefig(f, format="png", dpi=dpi)
     plt.close(fig)
     return Path(path)
+
+
+def plot_train_log(out: Path, title: str, ylabel: str = "cross-entropy") -> Path | None:
+    """loss.png: the training loss per step (and any `val_*` losses) from OUT/train_log.jsonl."""
+    import orjson
+
+    log = Path(out) / "train_log.jsonl"
+    rows = [orjson.loads(line) for line in log.read_bytes().splitlines() if line.strip()] if log.exists() else []
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    if not train:
+        return None
+    fig, ax = figure(8, 4)
+    ax.plot([s for s, _ in train], [v for _, v in train], label="train loss", lw=1)
+    for name, marker in (("val_loss", "o"), ("val_text_loss", "s")):
+        pts = [(r["step"], r[name]) for r in rows if r.get(name) is not None]
+        if pts:
+            ax.plot([s for s, _ in pts], [v for _, v in pts], marker, label=name.replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    return save(fig, Path(out) / "loss.png")

@@ -84,7 +84,110 @@ def resolve_device(name: str = "auto", dist: Dist | None = None):
         torch.cuda.set_device(torch.device(name))
     if name == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps was asked for but MPS is not available")
+    configure_threads(dist)
     return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------- CPU threads
+
+_THREADS: dict = {}
+
+
+def cpu_budget(env: Mapping[str, str] | None = None, root: str = "/sys/fs/cgroup") -> tuple[int, str]:
+    """(CPUs this process is given, what set it): the fewest of its CPU affinity, its cgroup's
+    CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`) and SLURM's `SLURM_CPUS_PER_TASK`."""
+    import math
+
+    env = os.environ if env is None else env
+    found = [(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), "affinity")]
+    quota = _cgroup_quota(root)
+    if quota is not None:
+        found.append((max(1, math.ceil(quota)), "cgroup quota"))
+    slurm = env.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        found.append((int(slurm), "SLURM_CPUS_PER_TASK"))
+    return min(found)
+
+
+def _cgroup_quota(root: str) -> float | None:
+    """CPUs a cgroup quota allows (None: no quota, or no cgroup files)."""
+    try:
+        quota, period = open(os.path.join(root, "cpu.max")).read().split()[:2]  # v2: "max 100000" or "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(open(os.path.join(root, "cpu", "cpu.cfs_quota_us")).read())
+        period = int(open(os.path.join(root, "cpu", "cpu.cfs_period_us")).read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def idle_cpus(cpus: set[int] | None = None, window: float = 0.25) -> float | None:
+    """How many of `cpus` (default: this process's) sat idle over `window` seconds, from
+    /proc/stat: what other processes leave to this one. None where /proc/stat is not there."""
+    import time
+
+    cpus = cpus if cpus is not None else (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None)
+
+    def sample() -> dict[int, tuple[int, int]]:
+        out = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    name, *vals = line.split()
+                    v = [int(x) for x in vals]
+                    out[int(name[3:])] = (v[3] + (v[4] if len(v) > 4 else 0), sum(v[:8]))  # idle + iowait, total
+        return out
+
+    try:
+        a = sample()
+        time.sleep(window)
+        b = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = 0.0
+    for c in b:
+        if (cpus is None or c in cpus) and c in a and b[c][1] > a[c][1]:
+            idle += (b[c][0] - a[c][0]) / (b[c][1] - a[c][1])
+    return idle
+
+
+def threads_chosen() -> dict | None:
+    """The torch threads this process chose and why ({"count", "reason"}), once chosen."""
+    if _THREADS.get("threads") is None:
+        return None
+    return {"count": _THREADS["threads"], "reason": _THREADS["reason"]}
+
+
+def configure_threads(dist: Dist | None = None) -> int | None:
+    """Set torch's intra-op threads from what this process is given, once per process: the CPU
+    budget (affinity, cgroup quota, SLURM) shared by the ranks on this node, and no more than the
+    CPUs other processes leave idle right now (measured over a quarter second). OpenMP threads
+    that wait at every op's barrier for a core another process holds made clip-train 15x slower
+    beside one busy process on 2 cores. An explicit OMP_NUM_THREADS or VLMTOOL_THREADS wins.
+    Returns the count set (None: left alone)."""
+    import torch
+
+    if "threads" in _THREADS:
+        return _THREADS["threads"]
+    given = os.environ.get("VLMTOOL_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if given:
+        n = int(given) if given.isdigit() and int(given) > 0 else None
+        reason = "VLMTOOL_THREADS/OMP_NUM_THREADS"
+    else:
+        budget, why = cpu_budget()
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)) if dist is not None and dist.world_size > 1 else 1
+        share = max(1, budget // local)
+        idle = idle_cpus()
+        n = share if idle is None else max(1, min(share, int(idle + 0.5)))
+        reason = f"{budget} by {why}" + (f", {local} ranks here" if local > 1 else "") + (f", {idle:.1f} idle" if idle is not None else "")
+    if n is not None:
+        torch.set_num_threads(n)
+    _THREADS["threads"] = n
+    _THREADS["reason"] = reason
+    return n
 
 
 def resolve_precision(precision: str, device) -> torch.dtype | None:

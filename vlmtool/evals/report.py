@@ -75,13 +75,13 @@ def plot(summary: dict, path: str | Path) -> Path:
     for i, (label, src, key) in enumerate(bars):
         ax.bar([x + i * width for x in range(len(names))], [src[n][key] for n in names], width, label=label)
     ax.set_xticks([x + width * (len(bars) - 1) / 2 for x in range(len(names))], names)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)  # headroom: the legend sits above the bars, never on one
     ax.set_ylabel("score")
     ax.set_xlabel("POPE setting")
     extra = [f"{k} {_fmt(summary[t][k])}" for t, k in (("swap", "flip_rate"), ("chair", "chair_i"), ("chair", "chair_s")) if t in summary]
     ax.set_title(f"{summary.get('checkpoint') or 'model'}" + (f" ({', '.join(extra)})" if extra else ""), fontsize=9)
     if bars:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)
     return save(fig, path)
 
 
@@ -95,10 +95,11 @@ def plot_comparison(rows: list[dict], path: str | Path) -> Path:
     for i, r in enumerate(rows):
         ax.bar([x + i * width for x in range(len(settings))], [r[f"f1.{s}"] for s in settings], width, label=r["checkpoint"])
     ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(settings))], settings)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)
     ax.set_ylabel("POPE F1")
     ax.set_xlabel("POPE setting")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("POPE F1 per setting, one bar per model", fontsize=9)
+    ax.legend(loc="upper center", ncol=min(len(rows), 4), fontsize=8, frameon=False)
     return save(fig, path)
 
 

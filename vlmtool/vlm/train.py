@@ -392,26 +392,15 @@ def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: Tra
                                                          "options": options_dict(opts)})
 
 
-def plot_loss(out: Path) -> Path | None:
+def plot_loss(out: Path, stage: int | None = None) -> Path | None:
     """loss.png: the training loss per step and the validation losses, from train_log.jsonl."""
-    import orjson
+    from vlmtool.core.plots import plot_train_log
 
-    from vlmtool.core.plots import figure, save
-
-    rows = [orjson.loads(line) for line in (out / "train_log.jsonl").read_bytes().splitlines() if line.strip()]
-    if not rows:
+    try:  # a chart needs the plot extra; a run never fails for want of it
+        return plot_train_log(out, f"vlmtool train{f' stage {stage}' if stage is not None else ''}: {Path(out).name}",
+                              "cross-entropy (assistant tokens)")
+    except UsageError:
         return None
-    fig, ax = figure(8, 4)
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    ax.plot([s for s, _ in train], [v for _, v in train], label="train loss", lw=1)
-    for name, marker in (("val_loss", "o"), ("val_text_loss", "s")):
-        pts = [(r["step"], r[name]) for r in rows if r.get(name) is not None]
-        if pts:
-            ax.plot([s for s, _ in pts], [v for _, v in pts], marker, label=name.replace("_", " "))
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (assistant tokens)")
-    ax.legend()
-    return save(fig, out / "loss.png")
 
 
 def run_train(inputs: list[str], out: str, opts: TrainOptions = TrainOptions()) -> dict:
@@ -482,7 +471,7 @@ def _summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, 
         vals = {k: val_loss(model, v, tok.pad_id, dev, model.lm.max_seq) for k, v in validation_items(plan, prep).items()}
         with open(out_p / "train_log.jsonl", "ab") as f:
             f.write(dumps({"step": res.step, **vals}) + b"\n")
-        plot_loss(out_p)
+        plot_loss(out_p, opts.stage)
     losses = res.losses
     return {**job.header(), "stage": opts.stage, "connector": model.config.connector, "lm": model.config.lm,
             "complete": res.step >= opts.steps, "steps": res.step, "target_steps": opts.steps, "stopped_early": res.stopped_early,
