@@ -19,7 +19,8 @@ from vlmtool.budget import (
     video_tokens,
 )
 from vlmtool.budget.registry import RANGES
-from vlmtool.budget.report import BudgetOptions, report
+from vlmtool.budget.report import BudgetOptions
+from vlmtool.budget.sections import report
 from vlmtool.errors import UsageError
 
 SHARDS = sorted((FIXTURES / "shapes").glob("*.tar"))

@@ -396,7 +396,8 @@ def test_a_worker_holds_no_lock_and_dies_with_its_parent(tmp_path):
 
     code = f"""
 import os, sys, time, signal
-from vlmtool.core.job import Job, _LOCK_FDS
+from vlmtool.core.job import Job
+from vlmtool.core.runtime import _LOCK_FDS
 from vlmtool.core.runtime import dist_info
 from vlmtool.core.batches import _worker_init
 from vlmtool.vlm.train import TrainOptions

@@ -18,8 +18,8 @@ from vlmtool.budget.presets import (
     Part,
     Plan,
     Preset,
-    _check_size,
-    _tiles,
+    check_size,
+    tiles,
     smart_resize,
     tiled_canvas,
 )
@@ -30,7 +30,7 @@ _TX = "transformers models/"
 
 def _fixed(preset: str, width: int, height: int, tokens: int, wrappers: int, side: int | None = None, note: str = "") -> Plan:
     """One image, always the same tokens (the image is resized or padded to one square)."""
-    _check_size(width, height)
+    check_size(width, height)
     return Plan(preset, width, height, tokens, wrappers, [Part("image", tokens, (0, 0, width, height))],
                 resized=(side, side) if side else None, note=note)
 
@@ -71,7 +71,7 @@ def idefics2(width: int, height: int, image_seq_len: int = 64, do_image_splittin
     """Idefics2: a perceiver resampler gives 64 tokens an image; with do_image_splitting (off in the
     class defaults) the image is cut in 4 crops plus the whole image, 5 x 64. Ref: transformers
     models/idefics2/processing_idefics2.py, image_processing_idefics2.py split_image."""
-    _check_size(width, height)
+    check_size(width, height)
     whole = Part("image", image_seq_len, (0, 0, width, height))
     if not do_image_splitting:
         return Plan("idefics2", width, height, image_seq_len, 2, [whole])
@@ -95,13 +95,13 @@ def gemma3n(width: int, height: int, image_seq_length: int = 256) -> Plan:
 def _tiled(preset: str, width: int, height: int, tile_size: int, min_tiles: int, max_tiles: int, tokens_per_tile: int,
            wrappers) -> Plan:
     """GotOcr2 tiling: cols x rows tiles closest to the aspect ratio, plus a thumbnail when > 1."""
-    _check_size(width, height)
+    check_size(width, height)
     if max_tiles < min_tiles:
         raise UsageError(f"{preset} needs min_tiles <= max_tiles")
     cols, rows = tiled_canvas(height, width, tile_size, min_tiles, max_tiles)
     n = rows * cols + (1 if rows * cols > 1 else 0)
     thumb = (Part("thumbnail", tokens_per_tile, (0, 0, width, height)),) if n > 1 else ()
-    return Plan(preset, width, height, tokens_per_tile * n, wrappers(n), _tiles(rows, cols, tokens_per_tile, width, height, thumb),
+    return Plan(preset, width, height, tokens_per_tile * n, wrappers(n), tiles(rows, cols, tokens_per_tile, width, height, thumb),
                 grid=(rows, cols), resized=(cols * tile_size, rows * tile_size), n_parts=n)
 
 
@@ -137,12 +137,12 @@ def command_a_vision(width: int, height: int, tile_size: int = 512, min_tiles: i
     tile, each followed by a line-break token, between BOI and EOI.
     Ref: transformers models/cohere2_vision/processing_cohere2_vision.py replace_image_token,
     image_processing_cohere2_vision.py get_number_of_image_patches."""
-    _check_size(width, height)
+    check_size(width, height)
     cols, rows = cohere_canvas(height, width, tile_size, min_tiles, max_tiles)
     n = 1 + (rows * cols if rows * cols > 1 else 0)
     per = patch_size * patch_size
     thumb = (Part("thumbnail", per, (0, 0, width, height)),) if n > 1 else ()
-    layout = _tiles(rows, cols, per, width, height, thumb) if n > 1 else [Part("image", per, (0, 0, width, height))]
+    layout = tiles(rows, cols, per, width, height, thumb) if n > 1 else [Part("image", per, (0, 0, width, height))]
     return Plan("command-a-vision", width, height, per * n, n + 2, layout, grid=(rows, cols), resized=(cols * tile_size, rows * tile_size),
                 n_parts=n)
 
@@ -183,7 +183,7 @@ def ovis2(width: int, height: int, tile_size: int = 384, image_seq_length: int =
     image is also cut in the fewest tiles covering 90% of it (or the closest aspect ratio), 256
     each, between <IMG_START> <IMG_GRID> ... <IMG_END> with column and row separators. Ref:
     transformers models/ovis2/processing_ovis2.py replace_image_token, image_processing_ovis2.py."""
-    _check_size(width, height)
+    check_size(width, height)
     whole = Part("image", image_seq_length, (0, 0, width, height))
     if not crop_to_patches or max_tiles <= 1:
         return Plan("ovis2", width, height, image_seq_length, 3, [whole], grid=(1, 1))
@@ -195,7 +195,7 @@ def ovis2(width: int, height: int, tile_size: int = 384, image_seq_length: int =
     if n == 1:
         return Plan("ovis2", width, height, image_seq_length, 3, [whole], grid=(1, 1))
     return Plan("ovis2", width, height, image_seq_length * (n + 1), 3 + rows * (cols - 1) + rows - 1,
-                lambda: [whole] + _tiles(rows, cols, image_seq_length, width, height)(), grid=(rows, cols),
+                lambda: [whole] + tiles(rows, cols, image_seq_length, width, height)(), grid=(rows, cols),
                 resized=(cols * tile_size, rows * tile_size), n_parts=n + 1)
 
 
@@ -226,7 +226,7 @@ def molmo(width: int, height: int, crop_size: int = 378, patch_size: int = 14, m
     2x2; tokens = the pooled low-res grid (14x14) + the pooled high-res grid; a column token ends
     each row. Ref: transformers models/molmo2/image_processing_molmo2.py get_image_grid_and_crops,
     processing_molmo2.py replace_image_token."""
-    _check_size(width, height)
+    check_size(width, height)
     window_patches = crop_size // patch_size - 2 * overlap_margin
     if window_patches < 1:
         raise UsageError("molmo: crop_size / patch_size must exceed twice overlap_margin")
@@ -250,7 +250,7 @@ def phi4_mm(width: int, height: int, crop_size: int = 448, patch_size: int = 14,
     256 (global image) + 1 + the kept pooled cells + one newline per pooled row + 16. Ref:
     transformers models/phi4_multimodal/image_processing_phi4_multimodal.py dynamic_preprocess and
     the num_img_tokens formula of _preprocess."""
-    _check_size(width, height)
+    check_size(width, height)
     if crop_size % patch_size:
         raise UsageError("phi4-mm: crop_size must be a multiple of patch_size")
     cols, rows = math.ceil(width / crop_size), math.ceil(height / crop_size)
@@ -269,7 +269,7 @@ def phi4_mm(width: int, height: int, crop_size: int = 448, patch_size: int = 14,
     pooled_cols, pooled_rows = -(-kept_cols // 2), -(-kept_rows // 2)  # the mask read every other cell
     base = (mask // 2 + mask % 2) ** 2
     n = base + 1 + pooled_rows * pooled_cols + pooled_rows + 16
-    crops = _tiles(rows, cols, 0, width, height, fx=crop_size * width / new_w, fy=crop_size * height / new_h, name="crop")
+    crops = tiles(rows, cols, 0, width, height, fx=crop_size * width / new_w, fy=crop_size * height / new_h, name="crop")
 
     def layout() -> list[Part]:  # tokens by part: global 256 + 16 newlines + 1; each crop its kept pooled cells
         parts = [Part("global", base + 16 + 1, (0, 0, width, height))]
@@ -311,7 +311,7 @@ def llama4(width: int, height: int, tile_size: int = 336, max_tiles: int = 16, p
     tokens a tile, plus a global tile when there is more than one. Ref: transformers
     models/llama4/processing_llama4.py _prompt_split_image; image_processing_llama4.py
     (meta-llama/Llama-4-Scout-17B-16E-Instruct: max_patches 16, size 336)."""
-    _check_size(width, height)
+    check_size(width, height)
     rows, cols = llama4_canvas(height, width, tile_size, max_tiles)
     per = (tile_size // patch_size) ** 2 // round(1.0 / pixel_shuffle_ratio**2)
     n = rows * cols
@@ -319,7 +319,7 @@ def llama4(width: int, height: int, tile_size: int = 336, max_tiles: int = 16, p
     if n == 1:
         return Plan("llama4", width, height, per, 3, list(glob), grid=(1, 1), resized=(tile_size, tile_size))
     # <|image_start|>, x separators between tiles, a y separator after each row, <|image|>, <|image_end|>
-    return Plan("llama4", width, height, per * (n + 1), rows * (cols - 1) + rows + 3, _tiles(rows, cols, per, width, height, glob),
+    return Plan("llama4", width, height, per * (n + 1), rows * (cols - 1) + rows + 3, tiles(rows, cols, per, width, height, glob),
                 grid=(rows, cols), resized=(cols * tile_size, rows * tile_size), n_parts=n + 1)
 
 
@@ -339,7 +339,7 @@ def _pixtral(preset: str, width: int, height: int, longest_edge: int, patch_size
     """The processor resizes onto whole tokens of patch x merge px (PixtralProcessor._process_images
     passes patch_size * spatial_merge_size to the image processor), rounding each side up: a tiny
     image costs one token and a thin one keeps its partial row or column."""
-    _check_size(width, height)
+    check_size(width, height)
     merged = patch_size * spatial_merge_size
     h, w = pixtral_size(height, width, longest_edge, merged)
     rows, cols = h // merged, w // merged
@@ -402,7 +402,7 @@ def qwen3_vl(width: int, height: int, min_pixels: int = 65_536, max_pixels: int 
     Defaults: Qwen/Qwen3-VL preprocessor_config.json (size shortest_edge 65536, longest_edge
     16777216, patch 16), not the Qwen2-VL class defaults. Ref: transformers
     models/qwen2_vl/image_processing_qwen2_vl.py smart_resize, get_number_of_image_patches."""
-    _check_size(width, height)
+    check_size(width, height)
     if min_pixels > max_pixels:
         raise UsageError("qwen3-vl needs min_pixels <= max_pixels")
     rh, rw = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
@@ -435,7 +435,7 @@ def glm41v(width: int, height: int, min_pixels: int = 112 * 112, max_pixels: int
     patches, 2x2 merge: a token per 28x28 px. Class defaults (the release config could not be
     checked offline). Ref: transformers models/glm4v/image_processing_glm4v.py
     get_number_of_image_patches."""
-    _check_size(width, height)
+    check_size(width, height)
     rh, rw = temporal_smart_resize(temporal_patch_size, height, width, temporal_patch_size, patch_size * merge_size, min_pixels, max_pixels)
     return _grid_plan("glm4.1v", width, height, rh, rw, patch_size, merge_size)
 

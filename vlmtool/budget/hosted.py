@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from vlmtool.budget.presets import Part, Plan, Preset, _check_size, _tiles
+from vlmtool.budget.presets import Part, Plan, Preset, check_size, tiles
 from vlmtool.errors import UsageError
 
 # Read 2026-12-06. Anthropic: "Images and vision", sections "Evaluate image size" and "Calculate image
@@ -59,7 +59,7 @@ def claude_fit(width: int, height: int, max_long_edge: int, max_tokens: int, pat
 
 def _claude_patches(preset: str, max_long_edge: int, max_tokens: int) -> Callable[..., Plan]:
     def rule(width: int, height: int, max_long_edge: int = max_long_edge, max_tokens: int = max_tokens, patch: int = 28) -> Plan:
-        _check_size(width, height)
+        check_size(width, height)
         w, h = claude_fit(width, height, max_long_edge, max_tokens, patch)
         cols, rows = math.ceil(w / patch), math.ceil(h / patch)
         note = f"resized to {w}x{h}, " if (w, h) != (width, height) else ""
@@ -91,7 +91,7 @@ def claude_3(width: int, height: int, max_long_edge: int = 1568, max_tokens: int
     (aspect kept) so the long edge is at most 1568 px and the image at most ~1600 tokens (about
     1.15 megapixels); Anthropic gave this as an estimate. Ref: ANTHROPIC_OLD (table: 200x200 ~54,
     1000x1000 ~1334, 1092x1092 ~1590)."""
-    _check_size(width, height)
+    check_size(width, height)
     s = min(1.0, max_long_edge / max(width, height), math.sqrt(max_tokens * pixels_per_token / (width * height)))
     w, h = max(1, int(width * s)), max(1, int(height * s))
     n = math.ceil(w * h / pixels_per_token)
@@ -105,7 +105,7 @@ def _openai_tiles(preset: str, width: int, height: int, detail: str, base: int, 
     """OpenAI tile models: detail=low is the base tokens; detail=high (and auto) scales the image to
     fit 2048x2048, then (only downward) so its shortest side is 768, and adds per_tile tokens for
     each 512 px tile. Ref: OPENAI (examples: 1024x1024 -> 765, 2048x4096 -> 1105 for gpt-4o)."""
-    _check_size(width, height)
+    check_size(width, height)
     if detail not in ("low", "high", "auto"):
         raise UsageError("detail must be low, high or auto")
     if detail == "low":
@@ -119,7 +119,7 @@ def _openai_tiles(preset: str, width: int, height: int, detail: str, base: int, 
         w, h = w * s, h * s
     w, h = max(1, int(w)), max(1, int(h))  # a side under 1 px after scaling (aspect over 2048:1) is 1 px
     cols, rows = math.ceil(w / 512), math.ceil(h / 512)
-    layout = _tiles(rows, cols, per_tile, width, height, fx=512 * width / w, fy=512 * height / h)
+    layout = tiles(rows, cols, per_tile, width, height, fx=512 * width / w, fy=512 * height / h)
     return Plan(preset, width, height, base + per_tile * rows * cols, 0, lambda: [Part("base", base, (0, 0, width, height))] + layout(),
                 grid=(rows, cols), resized=(w, h), options={"detail": detail}, n_parts=1 + rows * cols,
                 note="detail=auto is billed as high" if detail == "auto" else "")
@@ -137,7 +137,7 @@ def openai_patches(preset: str, width: int, height: int, multiplier: float, max_
     """OpenAI patch models: 32 px patches covering the image, at most 1536; a larger image is
     scaled down to fit (the scale shrunk further so whole patches cover it); billed tokens =
     patches x the model's multiplier. Ref: OPENAI (1024x1024 -> 1024 patches; 1800x2400 -> 1452)."""
-    _check_size(width, height)
+    check_size(width, height)
     patches = math.ceil(width / patch) * math.ceil(height / patch)
     w, h = float(width), float(height)
     if patches > max_patches:
@@ -183,11 +183,11 @@ def gemini(width: int, height: int, small_side: int = 384, tile_size: int = 768,
     cropped and scaled into 768x768 tiles of 258 tokens each. Google does not publish the exact
     tiling, so tiles = ceil(w/768) x ceil(h/768) here is an estimate. Ref:
     GOOGLE."""
-    _check_size(width, height)
+    check_size(width, height)
     if width <= small_side and height <= small_side:
         return Plan("gemini", width, height, tokens_per_tile, 0, [Part("image", tokens_per_tile, (0, 0, width, height))])
     cols, rows = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    layout = _tiles(rows, cols, tokens_per_tile, width, height, fx=tile_size, fy=tile_size)
+    layout = tiles(rows, cols, tokens_per_tile, width, height, fx=tile_size, fy=tile_size)
     return Plan("gemini", width, height, tokens_per_tile * rows * cols, 0, layout, grid=(rows, cols), n_parts=rows * cols,
                 note="tiling is an estimate")
 
@@ -212,7 +212,7 @@ def gemini3(width: int, height: int, media_resolution: str = "unspecified") -> P
     low 280, medium 560, high 1120, ultra_high 2240 (per part only), unspecified (the default)
     1120. Google gives these as the (approximate, maximum) tokens allocated to an image. Ref:
     ai.google.dev/gemini-api/docs/media-resolution (Token counts)."""
-    _check_size(width, height)
+    check_size(width, height)
     n = GEMINI3_IMAGE[media_resolution]
     return Plan("gemini-3", width, height, n, 0, [Part("image", n, (0, 0, width, height))], note=f"media_resolution {media_resolution}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from vlmtool.budget.presets import Part, Plan, Preset, _check_size, _tiles
+from vlmtool.budget.presets import Part, Plan, Preset, check_size, tiles
 from vlmtool.errors import UsageError
 
 # ---------------------------------------------------------------------------------- MiniCPM-V 4.x
@@ -60,7 +60,7 @@ def minicpm_v4(width: int, height: int, max_slice_nums: int = 9, scale_resolutio
     <image>...</image>, then <slice>...</slice> per slice with a newline between slice rows.
     Ref: openbmb/MiniCPM-V-4_5 remote code image_processing_minicpmv.py get_slice_image_placeholder,
     get_sliced_grid, slice_image; processing_minicpmv.py (the placeholder replaces each image tag)."""
-    _check_size(width, height)
+    check_size(width, height)
     if height in (1, 3):  # transformers' infer_channel_dimension_format reads (1|3, w, 3) as channels-first
         raise UsageError(f"minicpm-v4: {width}x{height}: the processor takes an image {height} px high for channels-first "
                          "and fails to normalize it")
@@ -81,7 +81,7 @@ def minicpm_v4(width: int, height: int, max_slice_nums: int = 9, scale_resolutio
     pw, ph = minicpmv_resize(cw / cols, ch / rows, scale_resolution, patch_size, True)
     n = rows * cols
     return Plan("minicpm-v4", width, height, image_feature_size * (n + 1), ids + 2 + 2 * n + rows - 1,
-                lambda: [whole] + _tiles(rows, cols, image_feature_size, width, height, name="slice")(), grid=(rows, cols),
+                lambda: [whole] + tiles(rows, cols, image_feature_size, width, height, name="slice")(), grid=(rows, cols),
                 resized=(pw * cols, ph * rows), n_parts=n + 1,
                 note=f"the image at {sw}x{sh} + {cols}x{rows} slices of {pw}x{ph}, {image_feature_size} tokens each")
 
@@ -139,7 +139,7 @@ def minicpm_v46(width: int, height: int, max_slice_nums: int = 9, scale_resoluti
     <image_id>0</image_id><image>...</image>, then <slice>...</slice> per slice, a newline between
     slice rows. Ref: transformers models/minicpmv4_6/processing_minicpmv4_6.py replace_image_token,
     image_processing_pil_minicpmv4_6.py _preprocess, get_refine_size."""
-    _check_size(width, height)
+    check_size(width, height)
     if downsample_mode not in ("16x", "4x"):
         raise UsageError("minicpm-v-4.6: downsample_mode must be 16x or 4x")
     merge = 2 if downsample_mode == "4x" else 4
@@ -157,7 +157,7 @@ def minicpm_v46(width: int, height: int, max_slice_nums: int = 9, scale_resoluti
     per = (ph // unit) * (pw // unit)
     n = rows * cols
     return Plan("minicpm-v-4.6", width, height, base + per * n, ids + 2 + 2 * n + rows - 1,
-                lambda: [whole] + _tiles(rows, cols, per, width, height, name="slice")(), grid=(rows, cols),
+                lambda: [whole] + tiles(rows, cols, per, width, height, name="slice")(), grid=(rows, cols),
                 resized=(pw * cols, ph * rows), n_parts=n + 1,
                 note=f"the image at {sw}x{sh} ({base} tokens) + {cols}x{rows} slices of {pw}x{ph}, {per} tokens each")
 

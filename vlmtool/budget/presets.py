@@ -100,7 +100,7 @@ class Plan:
         return d
 
 
-def _check_size(width: int, height: int) -> None:
+def check_size(width: int, height: int) -> None:
     if not (isinstance(width, int) and isinstance(height, int)) or width <= 0 or height <= 0:
         raise UsageError(f"image size must be positive integers, got {width}x{height}")
 
@@ -109,7 +109,7 @@ def _box(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tuple[in
     return (max(0, round(x0)), max(0, round(y0)), min(w, round(x1)), min(h, round(y1)))
 
 
-def _tiles(rows: int, cols: int, tokens: int, width: int, height: int, extra: tuple[Part, ...] = (), name: str = "tile",
+def tiles(rows: int, cols: int, tokens: int, width: int, height: int, extra: tuple[Part, ...] = (), name: str = "tile",
            fx: float | None = None, fy: float | None = None) -> Callable[[], list[Part]]:
     """A layout function: rows x cols tiles of `tokens` each, tile (r, c) covering
     [c*fx, (c+1)*fx) x [r*fy, (r+1)*fy) of the original image (even cuts by default), then `extra`."""
@@ -133,7 +133,7 @@ def llava_15(width: int, height: int, image_size: int = 336, patch_size: int = 1
     gives (336/14)^2 = 576 patch tokens, CLS dropped (vision_feature_select_strategy=default).
     Ref: transformers models/llava/processing_llava.py (num_image_tokens = (size // patch)^2 +
     num_additional_image_tokens - 1); haotian-liu/LLaVA llava/mm_utils.py expand2square."""
-    _check_size(width, height)
+    check_size(width, height)
     n = (image_size // patch_size) ** 2
     return Plan("llava-1.5", width, height, n, 0, [Part("image", n, (0, 0, width, height))], resized=(image_size, image_size))
 
@@ -185,7 +185,7 @@ def _anyres(preset: str, width: int, height: int, pinpoints, tile: int, side: in
     image's tokens. With `max_tiles_pool` (OneVision's anyres_max_N), a grid larger than 1.1x
     N tiles' worth is bilinearly shrunk by the ratio (transformers processing_llava_onevision.py).
     """
-    _check_size(width, height)
+    check_size(width, height)
     if tile < 1 or side < 1:
         raise UsageError(f"{preset}: tile_size must be at least patch_size")
     pinpoints = [tuple(p) for p in pinpoints]
@@ -294,7 +294,7 @@ QWEN_MAX_PIXELS = 12_845_056
 
 
 def _qwen(preset: str, width: int, height: int, min_pixels: int, max_pixels: int, patch_size: int, merge_size: int) -> Plan:
-    _check_size(width, height)
+    check_size(width, height)
     rh, rw = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
     gh, gw = rh // patch_size // merge_size, rw // patch_size // merge_size
     n = gh * gw
@@ -362,13 +362,13 @@ def internvl(width: int, height: int, tile_size: int = 448, min_tiles: int = 1, 
     <img></img>. Ref: OpenGVLab/InternVL internvl_chat/internvl/train/dataset.py
     dynamic_preprocess; transformers models/internvl/processing_internvl.py
     (image_seq_length 256) and got_ocr2 get_number_of_image_patches."""
-    _check_size(width, height)
+    check_size(width, height)
     if min_tiles < 1 or max_tiles < min_tiles:
         raise UsageError("InternVL needs 1 <= min_tiles <= max_tiles")
     cols, rows = tiled_canvas(height, width, tile_size, min_tiles, max_tiles)
     thumb = (Part("thumbnail", tokens_per_tile, (0, 0, width, height)),) if use_thumbnail and cols * rows > 1 else ()
     n = tokens_per_tile * (rows * cols + len(thumb))
-    return Plan("internvl2.5", width, height, n, 2, _tiles(rows, cols, tokens_per_tile, width, height, thumb), grid=(rows, cols),
+    return Plan("internvl2.5", width, height, n, 2, tiles(rows, cols, tokens_per_tile, width, height, thumb), grid=(rows, cols),
                 resized=(cols * tile_size, rows * tile_size), n_parts=rows * cols + len(thumb))
 
 
@@ -416,7 +416,7 @@ def _idefics(preset: str, width: int, height: int, longest_edge: int, tile_size:
     """Idefics3-style splitting. Ref: transformers models/idefics3/image_processing_idefics3.py
     resize, resize_for_vision_encoder, split_images; processing_idefics3.py
     _prompt_split_image / _prompt_single_image for the wrapper tokens."""
-    _check_size(width, height)
+    check_size(width, height)
     if not do_image_splitting:
         return Plan(preset, width, height, image_seq_len, 3, [Part("image", image_seq_len, (0, 0, width, height))],
                     resized=(tile_size, tile_size))
@@ -435,7 +435,7 @@ def _idefics(preset: str, width: int, height: int, longest_edge: int, tile_size:
         rows = (h - tile_size) // tile_size + 1
         cols = (w - tile_size) // tile_size + 1
         glob = (Part("global", image_seq_len, (0, 0, width, height)),)
-        layout = _tiles(rows, cols, image_seq_len, width, height, glob, fx=tile_size * width / w, fy=tile_size * height / h)
+        layout = tiles(rows, cols, image_seq_len, width, height, glob, fx=tile_size * width / w, fy=tile_size * height / h)
         # per tile <fake_token_around_image><row_r_col_c>, a newline per row, then
         # \n<fake_token_around_image><global-img> ... <fake_token_around_image>
         wrappers = 2 * rows * cols + rows + 4
@@ -498,7 +498,7 @@ def gemma3(width: int, height: int, image_size: int = 896, tokens_per_image: int
     Ref: transformers models/gemma3/processing_gemma3.py (image_seq_length 256,
     full_image_sequence), image_processing_gemma3.py pan_and_scan; google/gemma-3-4b-it
     preprocessor_config.json."""
-    _check_size(width, height)
+    check_size(width, height)
     parts = [Part("image", tokens_per_image, (0, 0, width, height))]
     cols = rows = 0
     if do_pan_and_scan:
@@ -525,7 +525,7 @@ def custom(width: int, height: int, image_size: int = 336, patch_size: int = 14,
     tile_size), rows likewise, scaled down to at most max_tiles tiles), each encoded at
     image_size; with thumbnail the whole image is encoded once more (P_0 = P).
     """
-    _check_size(width, height)
+    check_size(width, height)
     if image_size % patch_size:
         raise UsageError("image_size must be a multiple of patch_size")
     side = image_size // patch_size
@@ -543,7 +543,7 @@ def custom(width: int, height: int, image_size: int = 336, patch_size: int = 14,
                          key=lambda g: (g[0] * g[1], -abs(math.log(g[0] / g[1] / aspect))))
     thumb = (Part("thumbnail", p, (0, 0, width, height)),) if thumbnail else ()
     n = p * (rows * cols + len(thumb))
-    return Plan("custom", width, height, n, 0, _tiles(rows, cols, p, width, height, thumb), grid=(rows, cols), n_parts=rows * cols + len(thumb),
+    return Plan("custom", width, height, n, 0, tiles(rows, cols, p, width, height, thumb), grid=(rows, cols), n_parts=rows * cols + len(thumb),
                 note=f"N={rows * cols} tiles x P_t={p} + P_0={p if thumbnail else 0}")
 
 
@@ -572,17 +572,17 @@ class Preset:
 
     def rule(self, modality: str) -> Callable | None:
         if modality == "video":
-            return self.video or (self.image and _frames_as_images(self.name))
+            return self.video or (self.image and _frames_as_images(self))
         return getattr(self, modality)
 
 
-def _frames_as_images(name: str) -> Callable[..., int]:
-    """A video rule for a preset without one: every frame is encoded as an image."""
-    from vlmtool.budget import image_tokens
-    from vlmtool.budget.registry import PRESETS
+def _frames_as_images(preset: Preset) -> Callable[..., int]:
+    """A video rule for a preset without one: every frame is encoded as an image (the options
+    are the image's, checked by the caller)."""
+    image = preset.image
 
     def frames(num_frames: int, width: int, height: int, **options) -> int:
-        return num_frames * image_tokens(name, width, height, **options) if num_frames else 0
+        return num_frames * image(width, height, **options).tokens if num_frames else 0
 
-    frames.__signature__ = inspect.signature(PRESETS[name].image)  # the image's options
+    frames.__signature__ = inspect.signature(image)  # the image's options
     return frames

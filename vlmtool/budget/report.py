@@ -1,8 +1,7 @@
-"""`vlmtool budget` as one function: `report(BudgetOptions(...), out)`.
-
-The options object is built once by the CLI (one field per command-line option, same names) and
-passed whole. `report` writes data (JSON lines, rows, tables) to `out` and returns what is left
-for the CLI: log lines for stderr and, when an input failed, the one-line reason to exit 1.
+"""`vlmtool budget`'s options and what its sections share: `BudgetOptions` (one field per
+command-line option, same names, built once by the CLI), `Result` (log lines for stderr and,
+when an input failed, the one-line reason to exit 1), the per-model settings, the KV/price
+extras and the text table. The command itself is `sections.report(BudgetOptions(...), out)`.
 
 Sections, each present when asked for: image plans (--size, or one image file), datasets
 (shards, folders, several images, `-`), videos (files, or --size with --duration/--frames),
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import BinaryIO
 
 from vlmtool.budget import PRESETS, parse_options
 from vlmtool.budget.registry import defaults
@@ -70,48 +68,6 @@ class Result:
             return None
         more = len(self.failures) - 1
         return self.failures[0] + (f" (and {more} more input(s) failed)" if more else "")
-
-
-def report(opts: BudgetOptions, out: BinaryIO) -> Result:
-    """Everything `vlmtool budget` does; data goes to `out` (stdout), logs come back in Result."""
-    from vlmtool.budget import sections
-
-    if opts.list:
-        sections.write_list(opts, out)
-        return Result()
-    _check(opts)
-    models = _models(opts.model)
-    plan = sections.Inputs.gather(opts)
-    result = Result()
-    for section in plan.sections(opts, models):
-        section(opts, models, out, result)
-    return result
-
-
-def _models(spec: str) -> list[str]:
-    models = [m.strip() for m in spec.split(",") if m.strip()]
-    if not models:
-        raise UsageError(f"--model {spec!r} names no preset; known presets: {', '.join(PRESETS)} (vlmtool budget --list)")
-    for m in models:
-        if m not in PRESETS:
-            from vlmtool.budget.registry import unknown
-
-            raise unknown(m)
-    return list(dict.fromkeys(models))
-
-
-def _check(opts: BudgetOptions) -> None:
-    if opts.select not in STRATEGIES:
-        raise UsageError(f"--select {opts.select!r}: use one of {', '.join(STRATEGIES)}")
-    if opts.select == "fps" and not opts.sample_fps:
-        raise UsageError("--select fps needs --sample-fps > 0")
-    kv = (opts.kv_layers, opts.kv_heads, opts.head_dim)
-    if any(v is not None for v in kv) and not all(v is not None for v in kv):
-        raise UsageError("the KV cache needs all of --kv-layers, --kv-heads and --head-dim")
-    for name in ("duration", "fps", "sample_fps", "seconds", "price_per_mtok"):
-        v = getattr(opts, name)
-        if v is not None and not math.isfinite(v):
-            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
 
 
 def settings(opts: BudgetOptions, models: list[str], modality: str) -> dict[str, dict]:

@@ -6,12 +6,14 @@ Each section is `fn(opts, models, out, result)`: it writes JSON lines (--json) o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import BinaryIO
 
 from vlmtool.budget import PRESETS, image_plan, video_tokens
-from vlmtool.budget.report import BudgetOptions, Result, extras, settings, table
+from vlmtool.budget.registry import unknown
+from vlmtool.budget.report import STRATEGIES, BudgetOptions, Result, extras, settings, table
 from vlmtool.errors import JobFailed, UsageError
 
 
@@ -260,3 +262,41 @@ def write_list(opts: BudgetOptions, out: BinaryIO) -> None:
         return
     _write(out, table([[r["preset"], ",".join(r["modalities"]), r["config"], r["source"]] for r in rows],
                       ["preset", "modality", "config", "source"]))
+
+
+def report(opts: BudgetOptions, out: BinaryIO) -> Result:
+    """Everything `vlmtool budget` does; data goes to `out` (stdout), logs come back in Result."""
+    if opts.list:
+        write_list(opts, out)
+        return Result()
+    _check(opts)
+    models = _models(opts.model)
+    plan = Inputs.gather(opts)
+    result = Result()
+    for section in plan.sections(opts, models):
+        section(opts, models, out, result)
+    return result
+
+
+def _models(spec: str) -> list[str]:
+    models = [m.strip() for m in spec.split(",") if m.strip()]
+    if not models:
+        raise UsageError(f"--model {spec!r} names no preset; known presets: {', '.join(PRESETS)} (vlmtool budget --list)")
+    for m in models:
+        if m not in PRESETS:
+            raise unknown(m)
+    return list(dict.fromkeys(models))
+
+
+def _check(opts: BudgetOptions) -> None:
+    if opts.select not in STRATEGIES:
+        raise UsageError(f"--select {opts.select!r}: use one of {', '.join(STRATEGIES)}")
+    if opts.select == "fps" and not opts.sample_fps:
+        raise UsageError("--select fps needs --sample-fps > 0")
+    kv = (opts.kv_layers, opts.kv_heads, opts.head_dim)
+    if any(v is not None for v in kv) and not all(v is not None for v in kv):
+        raise UsageError("the KV cache needs all of --kv-layers, --kv-heads and --head-dim")
+    for name in ("duration", "fps", "sample_fps", "seconds", "price_per_mtok"):
+        v = getattr(opts, name)
+        if v is not None and not math.isfinite(v):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {v}")

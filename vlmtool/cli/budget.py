@@ -46,7 +46,8 @@ def budget_cmd(
 ) -> None:
     """Exact visual- and audio-token counts per model, AnyRes tiling plans and video frame budgets."""
     given = dict(locals())  # every option above, by its own name
-    from vlmtool.budget.report import BudgetOptions, report
+    from vlmtool.budget.report import BudgetOptions
+    from vlmtool.budget.sections import report
     from vlmtool.errors import JobFailed
 
     result = report(BudgetOptions(**{k: v for k, v in given.items() if v is not None}), sys.stdout.buffer)

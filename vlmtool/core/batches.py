@@ -150,7 +150,7 @@ def _worker_init(worker_id: int, parent: int | None = None) -> None:
     (PR_SET_PDEATHSIG), and it closes its copies of the lock descriptors at once."""
     import os
 
-    from vlmtool.core.job import release_inherited_locks
+    from vlmtool.core.runtime import release_inherited_locks
 
     die_with_parent(parent)
     release_inherited_locks()

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vlmtool.core.runtime import Dist, dist_info
+from vlmtool.core.runtime import Dist, dist_info, drop_lock_fd, hold_lock_fd
 from vlmtool.core.shards import JobDir, ShardRef, read_json, temp_pattern, write_json
 from vlmtool.errors import UsageError
 
@@ -94,7 +94,7 @@ class Job:
             os.close(fd)
             raise UsageError(f"another vlmtool job (rank {self.dist.rank}) is running in {self.out}: wait for it to end, "
                              "or use another --out") from None
-        _LOCK_FDS.add(fd)
+        hold_lock_fd(fd)
         return fd
 
     def _remove_stale_temps(self) -> None:
@@ -131,7 +131,7 @@ class Job:
 
     def close(self) -> None:
         if self._lock_fd is not None:
-            _LOCK_FDS.discard(self._lock_fd)
+            drop_lock_fd(self._lock_fd)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -192,21 +192,6 @@ class Job:
         more = {**(summarize(recs) if summarize else {}), **(extra or {})}
         self.write_manifest(records, totals, more)
         return {**self.header(), "complete": True, **totals, **more, "this_run": this_run}
-
-
-_LOCK_FDS: set[int] = set()  # this process's job-folder locks (flock on these descriptors)
-
-
-def release_inherited_locks() -> None:
-    """In a forked child (a loader worker): close the copies of the parent's lock descriptors, so
-    that the lock lives exactly as long as the job's own process (flock belongs to the open file,
-    which the parent still holds: closing the child's copy leaves the parent's lock in place)."""
-    for fd in list(_LOCK_FDS):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _LOCK_FDS.clear()
 
 
 def log(job: str, msg: str) -> None:

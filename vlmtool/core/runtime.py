@@ -284,3 +284,28 @@ def fixed_mmap_threshold(nbytes: int = 128 << 10):
         if was_set:
             _set_mmap_threshold(MMAP_THRESHOLD_MAX)
 
+
+
+# ---------------------------------------------------------------------------------- folder locks across fork
+
+_LOCK_FDS: set[int] = set()  # this process's job-folder locks (flock on these descriptors)
+
+
+def hold_lock_fd(fd: int) -> None:
+    _LOCK_FDS.add(fd)
+
+
+def drop_lock_fd(fd: int) -> None:
+    _LOCK_FDS.discard(fd)
+
+
+def release_inherited_locks() -> None:
+    """In a forked child (a loader worker): close the copies of the parent's lock descriptors, so
+    that the lock lives exactly as long as the job's own process (flock belongs to the open file,
+    which the parent still holds: closing the child's copy leaves the parent's lock in place)."""
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
