@@ -89,7 +89,7 @@ def _cut_header_key(buf: bytes) -> str | None:
     if len(buf) < 100:
         return None
     name = buf[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-    return _base_plus_ext(name)[0] if name else None
+    return split_member_name(name)[0] if name else None
 
 
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
@@ -102,7 +102,7 @@ def unsafe_key(key: str) -> bool:
     return key.startswith("/") or ".." in parts or "\x00" in key or "\\" in key or (len(key) > 1 and key[1] == ":")
 
 
-def _base_plus_ext(name: str) -> tuple[str | None, str | None]:
+def split_member_name(name: str) -> tuple[str | None, str | None]:
     from webdataset.tariterators import base_plus_ext
 
     return base_plus_ext(name)
@@ -169,7 +169,7 @@ def _records(f, ref: ShardRef, read: ReadOptions) -> Iterator[dict | Reject]:
             return
         if not info.isreg():
             continue  # directories, links: nothing to read (a link is never followed)
-        key, ext = _base_plus_ext(info.name)
+        key, ext = split_member_name(info.name)
         if key is None or info.name.rsplit("/", 1)[-1].startswith("__"):
             continue  # names webdataset skips as well
         ext = ext.lower()

@@ -58,7 +58,7 @@ def open_source(checkpoint: str | Path) -> Source:
     """Load the checkpoint and its tower, refusing (one line, before anything is written) what
     transformers' LLaVA cannot express."""
     from vlmtool.vlm.checkpoint import load_checkpoint
-    from vlmtool.vlm.infer import _tower_field, load_tower
+    from vlmtool.vlm.infer import tower_field, load_tower
 
     ck = load_checkpoint(checkpoint, "cpu")
     cfg = ck.config
@@ -79,7 +79,7 @@ def open_source(checkpoint: str | Path) -> Source:
         raise refuse(f"the tower's resize mode {clip.preprocess.resize_mode!r} (resize then pad) has no CLIPImageProcessor setting")
     if clip.preprocess.interpolation not in INTERPOLATION:
         raise refuse(f"the tower's interpolation {clip.preprocess.interpolation!r} has no CLIPImageProcessor setting")
-    layer, cls = int(_tower_field(tower, "layer", default=-2)), bool(_tower_field(tower, "cls", default=False))
+    layer, cls = int(tower_field(tower, "layer", default=-2)), bool(tower_field(tower, "cls", default=False))
     if not -len(clip.model.visual.transformer.resblocks) <= layer < len(clip.model.visual.transformer.resblocks):
         raise refuse(f"feature layer {layer} is not a block of the tower")
     return Source(ck, clip, layer, cls)

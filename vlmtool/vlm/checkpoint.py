@@ -114,7 +114,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> Checkpoint:
             raise UsageError(f"checkpoint {folder}: {name} is missing{hint}")
     meta = _read_meta(folder)
     config = VLMConfig.from_json(folder / "config.json")
-    model, tokenizer = _build(folder, config)
+    model, tokenizer = build_from_config(folder, config)
     _load_weights(folder, model)
     want = meta.get("config_sha256")
     if want and want != _config_sha256(folder, config.is_hf):  # same shapes, other architecture (heads, rope_theta, eps)
@@ -153,7 +153,7 @@ def _read_meta(folder: Path) -> dict:
     return meta
 
 
-def _build(folder: Path, config: VLMConfig):
+def build_from_config(folder: Path, config: VLMConfig):
     from vlmtool.vlm.model import VLM
 
     if config.is_hf:

@@ -27,7 +27,7 @@ MAX_QUESTION_CHARS = 4096  # a question row's text, capped before it is tokenize
 _TOWERS: dict = {}
 
 
-def _tower_field(tower: dict, *names, default=None):
+def tower_field(tower: dict, *names, default=None):
     for n in names:
         if tower.get(n) is not None:
             return tower[n]
@@ -40,8 +40,8 @@ def load_tower(tower: dict, device="cpu", allow_change: bool = False):
     ones the model was trained on, so it is refused unless `allow_change`."""
     from vlmtool.clip.model import load_clip
 
-    arch = _tower_field(tower, "arch", "model", "architecture")
-    pretrained = _tower_field(tower, "pretrained", "weights", "path")
+    arch = tower_field(tower, "arch", "model", "architecture")
+    pretrained = tower_field(tower, "pretrained", "weights", "path")
     if not arch and not pretrained:
         raise UsageError("the checkpoint's tower reference names no architecture or weights: cannot encode images")
     if not allow_change:
@@ -103,7 +103,7 @@ def visual_rows(tower: dict, image, device="cpu", allow_change: bool = False):
     from vlmtool.clip.model import grid_tokens
 
     loaded = load_tower(tower, device, allow_change)
-    layer, cls = int(_tower_field(tower, "layer", default=-2)), bool(_tower_field(tower, "cls", default=False))
+    layer, cls = int(tower_field(tower, "layer", default=-2)), bool(tower_field(tower, "cls", default=False))
     image = image.convert("RGB")
     vt = _view_tower(tower)
     if vt is None:

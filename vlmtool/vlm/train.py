@@ -235,10 +235,10 @@ def _from_init(plan: Plan, opts: TrainOptions):
 
 
 def _resumed(out: Path, state: dict):
-    from vlmtool.vlm.checkpoint import _build
+    from vlmtool.vlm.checkpoint import build_from_config
     from vlmtool.vlm.config import VLMConfig
 
-    model, tok = _build(out, VLMConfig.from_json(out / "config.json"))
+    model, tok = build_from_config(out, VLMConfig.from_json(out / "config.json"))
     model.load_state_dict(state["model"])
     return model, tok, state.get("tower")
 

@@ -16,7 +16,7 @@ def _cut_inside_a_member(path: Path, at: float = 0.6) -> dict:
     tar would still be whole): the member whose data covers `at` of the file, or the next one."""
     import tarfile
 
-    from vlmtool.core.records import _base_plus_ext
+    from vlmtool.core.records import split_member_name
 
     data = path.read_bytes()
     with tarfile.open(path) as tf:
@@ -25,7 +25,7 @@ def _cut_inside_a_member(path: Path, at: float = 0.6) -> dict:
     name, start, size = next((m for m in members if m[1] + m[2] > target), members[-1])
     cut = min(max(target, start + 1), start + size - 1)
     path.write_bytes(data[:cut])
-    return {"shard": path.name, "kept_bytes": cut, "of_bytes": len(data), "member": name, "key": _base_plus_ext(name)[0]}
+    return {"shard": path.name, "kept_bytes": cut, "of_bytes": len(data), "member": name, "key": split_member_name(name)[0]}
 
 
 def object_tables(objects: list[list[str]]) -> dict:

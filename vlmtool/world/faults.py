@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from vlmtool.world import fault_data as fd
-from vlmtool.world.shapes import _rng, bomb_png, make_sample
+from vlmtool.world.shapes import seeded_rng, bomb_png, make_sample
 
 DEFAULT_HUGE_CAPTION_BYTES = 3 * fd.MiB
 PWNED = "PWNED"
@@ -314,7 +314,7 @@ def gzip_cut(s: Samples) -> tuple[Shard, bytes]:
     """A .tar.gz cut short: the record whose data the readable part of the stream ends in is
     the broken_tar one."""
     sh = Shard("cut_gzip.tar.gz", "a gzip-compressed tar cut short: the stream ends inside a member's data")
-    rng = _rng(s.seed, 9, 1)
+    rng = seeded_rng(s.seed, 9, 1)
     for i in range(4):  # noise images: the compressed stream advances with the tar
         sh.add(f"gzcut_{i}", s.members(f"gzcut_{i}", jpg=fd._save(fd.noise_image(rng, (128, 128)), "PNG")))
     data = tar_bytes(sh.members)
@@ -383,7 +383,7 @@ def video_files(out: Path, seed: int) -> dict[str, dict]:
     bad = {"truncated.mp4": ("broken", good[: len(good) // 2], f"good_0.mp4 cut after {len(good) // 2} of {len(good)} bytes"),
            "header_only.mp4": ("broken", good[:64], "the first 64 bytes of good_0.mp4"),
            "empty.mp4": ("not_a_video", b"", "zero bytes"),
-           "jpeg_named.mp4": ("not_a_video", fd._save(fd.noise_image(_rng(seed, 9, 2)), "JPEG"), "a JPEG image"),
+           "jpeg_named.mp4": ("not_a_video", fd._save(fd.noise_image(seeded_rng(seed, 9, 2)), "JPEG"), "a JPEG image"),
            "text_named.mp4": ("not_a_video", b"#!/bin/sh\necho not a video\n", "a shell script")}
     assert tuple(bad) == BAD_VIDEOS
     for name, (expect, data, fault) in bad.items():
@@ -408,7 +408,7 @@ def make_faults(out: str | Path, seed: int = 0, huge_caption_bytes: int = DEFAUL
     read = ReadOptions()
     if huge_caption_bytes <= read.max_text_bytes:
         raise UsageError(f"--huge-caption-bytes must be over the text cap ({read.max_text_bytes} bytes) to be a fault")
-    s, rng = Samples(seed), _rng(seed, 9, 0)
+    s, rng = Samples(seed), seeded_rng(seed, 9, 0)
     tars = [image_shard(s, rng), caption_shard(s, huge_caption_bytes), metadata_shard(s), *duplicate_shards(s), *odd_member_shards(s)]
     written = [*cut_shards(s), *whole_file_shards(s, rng), *name_shards(s)]
     files = sorted([sh.name for sh in tars] + [sh.name for sh, _ in written] + list(VIDEO_FILES) + ["faults.json"])

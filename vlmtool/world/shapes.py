@@ -69,7 +69,7 @@ class Obj:
         return {"shape": self.shape, "color": self.color, "bbox": list(self.bbox)}
 
 
-def _rng(seed: int, *stream: int) -> np.random.Generator:
+def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, *stream])
 
 
@@ -171,7 +171,7 @@ def render_scene(seed: int, index: int, sizes: str = "varied"):
     """(image, objects, caption) of sample `index`: a pure function of (seed, index, sizes)."""
     from PIL import Image
 
-    rng = _rng(seed, index, 0)
+    rng = seeded_rng(seed, index, 0)
     mix = SIZE_MIXES[sizes]
     w, h, _ = mix[int(rng.choice(len(mix), p=np.array([m[2] for m in mix]) / sum(m[2] for m in mix)))]
     img = Image.new("RGB", (w, h), background(rng))
@@ -206,11 +206,11 @@ def make_sample(seed: int, index: int, *, mismatch: float = 0.0, broken: float =
     """One webdataset record (bytes members) and its truth. A `plain` fraction of captions name the
     shapes without their colours (drawn from a stream of their own: other samples are unchanged)."""
     img, objs, caption = render_scene(seed, index, sizes)
-    plain_rng = _rng(seed, index, 2)
+    plain_rng = seeded_rng(seed, index, 2)
     colours = not (plain and plain_rng.random() < plain)
     if not colours:
         caption = caption_for(objs, plain_rng, colours=False)
-    rng = _rng(seed, index, 1)
+    rng = seeded_rng(seed, index, 1)
     meta = {"index": index, "seed": seed, "width": img.width, "height": img.height,
             "objects": [o.to_json() for o in objs], "caption_true": caption, "mismatched": False, **({} if colours else {"plain": True})}
     if mismatch and rng.random() < mismatch:
@@ -218,7 +218,7 @@ def make_sample(seed: int, index: int, *, mismatch: float = 0.0, broken: float =
         k = 0
         while True:
             k += 1
-            other_rng = _rng(seed, index, 100 + k)
+            other_rng = seeded_rng(seed, index, 100 + k)
             other = layout(other_rng, img.width, img.height, pick_shapes(other_rng))
             if {o.shape for o in other} != {o.shape for o in objs} and other:
                 break
@@ -257,7 +257,7 @@ def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float 
     import av
     from PIL import Image
 
-    rng = _rng(seed, index, 7)
+    rng = seeded_rng(seed, index, 7)
     w, h = size
     n_seg = max(1, round(seconds / segment_s))
     first_static = bool(rng.integers(2))
