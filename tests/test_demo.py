@@ -26,3 +26,8 @@ def test_the_whole_pipeline_runs_reports_and_resumes(tmp_path):
     assert again["pope"] == out["pope"] and again["checkpoint"] == out["checkpoint"]
     for stage in ("clip-train", "train-0", "train-1", "train-2"):  # nothing trained again on the rerun
         assert again["steps"][stage].get("loss_first") is None, stage
+    assert "eval" not in again["steps"]  # the same weights: their report is reused
+    from dataclasses import replace
+
+    more = run_demo(str(tmp_path / "demo"), replace(opts, tune_steps=5))  # the same path, other weights: evaluated again
+    assert more["steps"]["train-2"]["steps"] == 5 and "eval" in more["steps"]

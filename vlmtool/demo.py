@@ -173,12 +173,17 @@ def _eval(out_p: Path, ckpt: Path, heldout: Path, opts: DemoOptions, steps: dict
 
     from vlmtool.evals import EvalOptions, evaluate
 
-    report = out_p / "eval" / "report.json"
-    if report.exists() and orjson.loads(report.read_bytes()).get("checkpoint") == str(ckpt):
-        _log("eval: done before (eval/report.json)")
+    from vlmtool.core.shards import write_json
+    from vlmtool.encode.job import file_sha256
+
+    report, stamp = out_p / "eval" / "report.json", out_p / "eval" / "evaluated.json"
+    weights = file_sha256(ckpt / "model.safetensors")  # the model's content: a retrained model at the same path is another model
+    if report.exists() and stamp.exists() and orjson.loads(stamp.read_bytes()).get("weights_sha256") == weights:
+        _log("eval: done before for these weights (eval/report.json)")
         return orjson.loads(report.read_bytes())
     _log("eval: POPE (random, popular, adversarial), blind, swap and CHAIR on the held-out world")
     r = evaluate(str(ckpt), [str(heldout)], EvalOptions(device="cpu", chair_images=60, progress=opts.progress), out=str(out_p / "eval"))
+    write_json(stamp, {"checkpoint": str(ckpt), "weights_sha256": weights})
     steps["eval"] = {"report": str(out_p / "eval" / "report.png"), "seconds": r.get("seconds")}
     return r
 
