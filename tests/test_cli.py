@@ -101,3 +101,9 @@ def test_top_level_help_names_every_command():
     for cmd in ("world", "inspect", "clip-train", "filter", "synth", "budget", "encode", "train", "infer", "eval", "export",
                 "export-model", "demo"):
         assert f" {cmd} " in out or f"\n  {cmd}" in out, cmd
+
+
+def test_usage_lines_write_arguments_plainly():
+    for cmd, want in ((("inspect",), "INPUTS..."), (("budget",), "[INPUT]..."), (("eval", "pope"), "[INPUTS]...")):
+        first = run_cli(*cmd, "--help").stdout.splitlines()[0]
+        assert first.endswith(want) and "{" not in first, first

@@ -18,6 +18,17 @@ from vlmtool import __version__
 # text already says what an argument takes, so the type name is left out.
 # Options show click's metavar (TEXT, INTEGER, FLOAT, DIR) instead of `<list[str]>`.
 typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+
+
+def _usage_name(self) -> str:
+    """An argument on the usage line as click and man pages write it: `INPUTS...` when required,
+    `[INPUTS]...` when not (Typer 0.29 writes `{INPUTS}...`, which reads as a literal brace)."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+if hasattr(typer.core.TyperArgument, "_usage_display_name"):
+    typer.core.TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
 _TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": None}
 _option_type = typer.core.TyperOption.display_type_rich
 
