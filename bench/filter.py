@@ -27,7 +27,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 _common = runpy.run_path(os.path.join(_HERE, "_common.py"))
-machine, world = _common["machine"], _common["world"]
+machine, world, parse = _common["machine"], _common["world"], _common["parse"]
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vlmtool-bench"))
-    a = ap.parse_args()
+    a = parse(ap, {"samples": 24, "sizes": "small", "batch_size": 8, "workers": 1})
 
     import numpy as np
     import orjson
