@@ -128,7 +128,7 @@ def main() -> None:
     print(f"(b) decode+views+preprocess : {1 / t_b:9.1f} views/s")
     print(f"    bound ({'serial sum, shared CPU' if shared else 'slower of a, b'}): {bound:9.1f} samples/s")
     print(f"(c) encode end to end       : {rate:9.1f} samples/s, {s['bytes'] / t_c / 1e6:7.2f} MB/s written "
-          f"-> {rate / bound:.2f} of the bound ({t_c:.1f} s with the model load and the plan)")
+          f"-> ratio {rate / bound:.2f} of the bound ({t_c:.1f} s with the model load and the plan)")
     loop = s["this_run"]["samples_per_s"]
     print(f"    the shard loop alone    : {loop:9.1f} samples/s -> {loop / bound:.2f} of the bound (without the model load and the plan)")
     print(f"(d) read back (features.read): {n_read / t_d:9.1f} samples/s, {s['bytes'] / t_d / 1e6:7.1f} MB/s")
