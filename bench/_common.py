@@ -34,3 +34,14 @@ def machine() -> str:
     except ImportError:
         pass
     return f"{cpu}, {os.cpu_count()} cores{gpu}"
+
+
+def parse(ap, tiny: dict):
+    """Parse a bench's arguments; with --tiny, the toy sizes in `tiny` (seconds, not minutes: what
+    CI runs to check the plumbing and the printed ratio, not the figures)."""
+    ap.add_argument("--tiny", action="store_true", help="toy sizes, seconds: checks the plumbing (CI), not the figures")
+    a = ap.parse_args()
+    if a.tiny:
+        for k, v in tiny.items():
+            setattr(a, k, v)
+    return a

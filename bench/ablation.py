@@ -57,11 +57,43 @@ def without_negatives(src: Path, dst: Path) -> dict:
     return {"kept": kept, "dropped": dropped, "no_turns_dropped": turns_dropped}
 
 
+def dry(tmp: Path) -> None:
+    """--tiny: the plumbing without a demo folder (a real run needs one, about 40 minutes): the
+    no-negatives filter on toy synth rows, and every arm's stage plan."""
+    from vlmtool.demo import DemoOptions, stage_plan
+
+    rows = [{"key": "a", "task": "captions", "conversations": [{"from": "human", "value": "<image>\nIs there a star in the image?"},
+                                                                {"from": "gpt", "value": "No."},
+                                                                {"from": "human", "value": "Describe it."}, {"from": "gpt", "value": "A circle."}]},
+            {"key": "b", "task": "negative", "conversations": [{"from": "human", "value": "<image>\nIs there a cube in the image?"},
+                                                                {"from": "gpt", "value": "No."}]},
+            {"key": "c", "task": "captions", "conversations": [{"from": "human", "value": "<image>\nDescribe it."},
+                                                                {"from": "gpt", "value": "A square."}]}]
+    (tmp / "ins.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts = without_negatives(tmp / "ins.jsonl", tmp / "no-neg.jsonl")
+    kept = [json.loads(line) for line in (tmp / "no-neg.jsonl").read_text().splitlines()]
+    assert counts == {"kept": 2, "dropped": 1, "no_turns_dropped": 1}, counts
+    assert kept[0]["conversations"][0]["value"] == "<image>\nDescribe it.", kept[0]
+    arms = {c: stage_plan(tmp, tmp / "ins.jsonl", DemoOptions(progress=False), c, f"{c}-stage", tmp / "stage0") for c in ("xattn", "native")}
+    assert all([s for s, *_ in plan] == [1, 2] for plan in arms.values()), arms
+    print(f"machine: {machine()}")
+    print(f"(tiny: plumbing only, no training) no-negatives rows kept: {counts['kept']}/{len(rows)}, ratio {counts['kept'] / len(rows):.2f}x; "
+          f"arms planned: mlp-no-negatives, {', '.join(arms)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("demo", help="a finished `vlmtool demo` folder")
+    ap.add_argument("demo", nargs="?", help="a finished `vlmtool demo` folder")
     ap.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    ap.add_argument("--tiny", action="store_true", help="check the plumbing on toy rows in seconds (no demo folder, no training)")
     args = ap.parse_args()
+    if args.tiny:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return dry(Path(tmp))
+    if not args.demo:
+        ap.error("give a finished `vlmtool demo` folder (or --tiny)")
 
     from vlmtool.demo import DemoOptions, run_stages, stage_plan
     from vlmtool.evals import EvalOptions, compare

@@ -22,7 +22,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 _common = runpy.run_path(os.path.join(_HERE, "_common.py"))
-machine, world = _common["machine"], _common["world"]
+machine, world, parse = _common["machine"], _common["world"], _common["parse"]
 
 
 def decode_all(shards: list[Path]) -> int:
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="varied")
     ap.add_argument("--model", default="llava-next,qwen2-vl")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vlmtool-bench"))
-    a = ap.parse_args()
+    a = parse(ap, {"samples": 40, "sizes": "small"})
     from vlmtool.budget.dataset import budget_dataset
 
     w = world(a.cache, a.samples, a.sizes)

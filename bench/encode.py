@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 _common = runpy.run_path(os.path.join(_HERE, "_common.py"))
-machine, world = _common["machine"], _common["world"]
+machine, world, parse = _common["machine"], _common["world"], _common["parse"]
 
 
 def _tower(a, dev):
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vlmtool-bench"))
-    a = ap.parse_args()
+    a = parse(ap, {"samples": 24, "sizes": "small", "batch_size": 8, "workers": 1})
 
     from vlmtool.core.runtime import resolve_device, resolve_precision
     from vlmtool.encode import EncodeOptions, run_encode
@@ -103,7 +103,7 @@ def main() -> None:
     loaded, folder = _tower(a, dev)
     opts = EncodeOptions(pretrained=folder, anyres=a.anyres, batch_size=a.batch_size, workers=a.workers, device=a.device,
                          precision=a.precision, progress=False)
-    tower = tower_of(loaded, opts)
+    tower, _ = tower_of(loaded, opts)
 
     t_b, views = _prep_alone(loaded, opts, tower, shards, a.workers)
     t_a = _model_alone(loaded, opts, dev, dtype, views)
@@ -128,7 +128,7 @@ def main() -> None:
     print(f"(b) decode+views+preprocess : {1 / t_b:9.1f} views/s")
     print(f"    bound ({'serial sum, shared CPU' if shared else 'slower of a, b'}): {bound:9.1f} samples/s")
     print(f"(c) encode end to end       : {rate:9.1f} samples/s, {s['bytes'] / t_c / 1e6:7.2f} MB/s written "
-          f"-> {rate / bound:.2f} of the bound ({t_c:.1f} s with the model load and the plan)")
+          f"-> ratio {rate / bound:.2f} of the bound ({t_c:.1f} s with the model load and the plan)")
     loop = s["this_run"]["samples_per_s"]
     print(f"    the shard loop alone    : {loop:9.1f} samples/s -> {loop / bound:.2f} of the bound (without the model load and the plan)")
     print(f"(d) read back (features.read): {n_read / t_d:9.1f} samples/s, {s['bytes'] / t_d / 1e6:7.1f} MB/s")

@@ -27,7 +27,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 _common = runpy.run_path(os.path.join(_HERE, "_common.py"))
-machine, world = _common["machine"], _common["world"]
+machine, world, parse = _common["machine"], _common["world"], _common["parse"]
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vlmtool-bench"))
-    a = ap.parse_args()
+    a = parse(ap, {"samples": 24, "sizes": "small", "batch_size": 8, "workers": 1})
 
     import numpy as np
     import orjson
@@ -154,7 +154,7 @@ def main() -> None:
     print(f"(a) model alone             : {rate(t_a):9.1f} samples/s")
     print(f"(b) decode+preprocess alone : {rate(t_b):9.1f} samples/s")
     print(f"    bound ({'serial sum, shared CPU' if shared else 'slower of a, b'}): {bound:9.1f} samples/s")
-    print(f"(c) filter end to end       : {rate(t_c):9.1f} samples/s   -> {rate(t_c) / bound:.2f} of the bound")
+    print(f"(c) filter end to end       : {rate(t_c):9.1f} samples/s   -> ratio {rate(t_c) / bound:.2f} of the bound")
     print(f"(d) naive loop              : {rate(t_d):9.1f} samples/s   -> filter is {rate(t_c) / rate(t_d):.1f}x the naive loop")
     print(f"preprocess per core: fast {rate(t_fast):.0f}/s vs open_clip transform {rate(t_exact):.0f}/s -> {t_exact / t_fast:.2f}x")
     print(f"score deviation fast vs exact over {len(dev_scores)} pairs: max {dev_scores.max():.5f}, mean {dev_scores.mean():.6f}")

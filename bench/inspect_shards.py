@@ -20,7 +20,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 _common = runpy.run_path(os.path.join(_HERE, "_common.py"))
-machine, world = _common["machine"], _common["world"]
+machine, world, parse = _common["machine"], _common["world"], _common["parse"]
 
 
 def bare_read(shards: list[Path]) -> tuple[int, float]:
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="varied")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vlmtool-bench"))
-    a = ap.parse_args()
+    a = parse(ap, {"samples": 40, "sizes": "small", "workers": 1})
     from vlmtool.inspect_shards import InspectOptions, run_inspect
 
     w = world(a.cache, a.samples, a.sizes)

@@ -21,6 +21,9 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
+import runpy  # noqa: E402
+
+parse = runpy.run_path(os.path.join(_HERE, "_common.py"))["parse"]
 
 WAITER = """
 import resource, subprocess, sys
@@ -56,7 +59,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="2000,20000")
     ap.add_argument("--jobs", default="inspect,filter,synth,budget,export", help="which jobs to measure (export needs synth)")
     ap.add_argument("--skip-corpus", action="store_true", help="only the worlds of growing size")
-    a = ap.parse_args()
+    a = parse(ap, {"huge_caption_mb": 1, "sizes": "20,60", "jobs": "budget", "skip_corpus": True})
     only = set(a.jobs.split(","))
     from vlmtool.world import make_faults, make_world
 
@@ -81,6 +84,10 @@ def main() -> None:
     for where, row in results.items():
         print(f"{where:>12}: " + "  ".join(f"{k} {mb:.0f}" + ("" if k.endswith("_rows") else f" MB (exit {rc})")
                                                         for k, (mb, rc) in row.items()), file=sys.stderr)
+    worlds = [r for w, r in results.items() if w.startswith("world_")]
+    for job in (worlds[0] if len(worlds) > 1 else {}):
+        if not job.endswith("_rows"):
+            print(f"{job}: peak RSS on the largest world / the smallest: ratio {worlds[-1][job][0] / worlds[0][job][0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 _common = runpy.run_path(os.path.join(_HERE, "_common.py"))
-machine = _common["machine"]
+machine, parse = _common["machine"], _common["parse"]
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--samples", type=int, default=80)
     ap.add_argument("--serial-samples", type=int, default=20)
-    a = ap.parse_args()
+    a = parse(ap, {"latency": 0.05, "concurrency": 8, "samples": 16, "serial_samples": 4})
     from fake_openai import FakeOpenAI
 
     from vlmtool.synth.job import SynthOptions, run_synth

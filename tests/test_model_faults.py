@@ -116,8 +116,8 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_batch_and_saves_not
     calls = {"n": 0}
     real = vt.collate_items
 
-    def spoiled(items, pad_id, max_len=None):
-        batch = real(items, pad_id, max_len)
+    def spoiled(items, pad_id, max_len=None, pack=0):
+        batch = real(items, pad_id, max_len, pack)
         calls["n"] += 1
         if calls["n"] >= 4 and "visual" in batch:
             batch["visual"][0, 0, 0] = float("inf")

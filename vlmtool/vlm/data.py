@@ -443,30 +443,96 @@ def pixels_of(image, size: int):
 # ---------------------------------------------------------------------------------- batches
 
 
-def collate_items(items: list[dict], pad_id: int, max_len: int | None = None) -> dict:
-    """A batch of items -> model inputs: input_ids, labels, attention_mask [B, T] (right padded),
-    and visual [B, T_v, D] + visual_mask [B, T_v] (text-only rows: all False) or pixels
-    [B, 3, S, S] + visual_mask [B] (the rows with an image); left out when no row has any."""
+def collate_items(items: list[dict], pad_id: int, max_len: int | None = None, pack: int = 0) -> dict:
+    """A batch of items -> model inputs: input_ids and targets [B, T] (right padded; targets are
+    the labels shifted by one, `model.shift_labels`, so the loss reads the logits without a copy;
+    causal attention keeps real tokens from the padding after them, so no attention mask), and
+    visual [B, T_v, D] + visual_mask [B, T_v] (text-only rows: all False) or pixels [B, 3, S, S]
+    + visual_mask [B] (the rows with an image); left out when no row has any.
+
+    pack > 0: the items go into rows of up to `pack` tokens (`pack_rows`), each item's labels
+    shifted on its own, with segment_ids [R, T] (1, 2, ... per item, 0 padding) so that the
+    model restarts positions and masks attention per item; a row's visual rows are its items'
+    in order. The same items give the same loss packed or not."""
+    import torch
+
+    from vlmtool.vlm.model import shift_labels
+    from vlmtool.vlm.tokenizer import ChatEncoding, collate
+
+    if pack:
+        return _collate_packed(items, pad_id, max_len, pack)
+    batch = collate([ChatEncoding(it["ids"], it["labels"]) for it in items], pad_id, "right", max_len)
+    out = {"input_ids": batch["input_ids"], "targets": shift_labels(batch["labels"])}
+    out.update(_visual_batch([[it["visual"]] for it in items]))
+    pix = [unpack(it["pixels"]) for it in items]
+    if any(p is not None for p in pix):
+        import numpy as np
+
+        shape = next(p for p in pix if p is not None).shape
+        out["pixels"] = torch.from_numpy(np.stack([p if p is not None else np.zeros(shape, np.uint8) for p in pix]))  # [B, 3, S, S]
+        out["visual_mask"] = torch.tensor([p is not None for p in pix])  # [B]: the rows that have an image
+    return out
+
+
+def _visual_batch(rows: list[list]) -> dict:
+    """Per batch row, the packed visual arrays of its items (None: none) -> visual [B, T_v, D]
+    (each row's arrays one after the other) and visual_mask [B, T_v]; {} when there are none."""
     import numpy as np
     import torch
 
-    from vlmtool.vlm.tokenizer import ChatEncoding, collate
+    vis = [[v for v in map(unpack, row) if v is not None] for row in rows]
+    if not any(vis):
+        return {}
+    d = next(v for row in vis for v in row).shape[1]
+    lengths = [sum(v.shape[0] for v in row) for row in vis]
+    arr = np.zeros((len(rows), max(lengths), d), dtype=np.float32)  # [B, T_v, D]
+    mask = np.zeros((len(rows), max(lengths)), dtype=bool)  # [B, T_v]
+    for i, row in enumerate(vis):
+        if row:
+            arr[i, : lengths[i]] = np.concatenate(row)
+            mask[i, : lengths[i]] = True
+    return {"visual": torch.from_numpy(arr), "visual_mask": torch.from_numpy(mask)}
 
-    batch = collate([ChatEncoding(it["ids"], it["labels"]) for it in items], pad_id, "right", max_len)
-    vis = [unpack(it["visual"]) for it in items]
-    if any(v is not None for v in vis):
-        d = next(v for v in vis if v is not None).shape[1]
-        t_max = max(v.shape[0] for v in vis if v is not None)
-        arr = np.zeros((len(items), t_max, d), dtype=np.float32)  # [B, T_v, D]
-        mask = np.zeros((len(items), t_max), dtype=bool)  # [B, T_v]
-        for i, v in enumerate(vis):
-            if v is not None:
-                arr[i, : v.shape[0]] = v
-                mask[i, : v.shape[0]] = True
-        batch["visual"], batch["visual_mask"] = torch.from_numpy(arr), torch.from_numpy(mask)
-    pix = [unpack(it["pixels"]) for it in items]
-    if any(p is not None for p in pix):
-        shape = next(p for p in pix if p is not None).shape
-        batch["pixels"] = torch.from_numpy(np.stack([p if p is not None else np.zeros(shape, np.uint8) for p in pix]))  # [B, 3, S, S]
-        batch["visual_mask"] = torch.tensor([p is not None for p in pix])  # [B]: the rows that have an image
-    return batch
+
+def pack_rows(lengths: list[int], cap: int) -> list[list[int]]:
+    """Item indices per row, each row's lengths summing to at most `cap` (an item longer than
+    `cap` gets a row of its own): first-fit decreasing, ties in item order. A pure function of
+    the lengths, so the rows of a batch are the same on every run and every resume."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        at = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if at is None:
+            rows.append([i])
+            room.append(cap - lengths[i])
+        else:
+            rows[at].append(i)
+            room[at] -= lengths[i]
+    return [sorted(r) for r in rows]
+
+
+def _collate_packed(items: list[dict], pad_id: int, max_len: int | None, cap: int) -> dict:
+    import torch
+
+    from vlmtool.vlm.tokenizer import IGNORE
+
+    if any(it["pixels"] is not None for it in items):
+        raise UsageError("packing takes feature (or text) items, not pixels: leave out --pack with the native connector")
+    rows = pack_rows([len(it["ids"]) for it in items], cap)
+    T = max(sum(len(items[i]["ids"]) for i in row) for row in rows)
+    if max_len is not None and T > max_len:
+        raise UsageError(f"a sample has {T} tokens, more than the model's {max_len}")
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    seg = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, i in enumerate(row, start=1):
+            n = len(items[i]["ids"])
+            ids[r, at : at + n] = torch.tensor(items[i]["ids"])
+            targets[r, at : at + n - 1] = torch.tensor(items[i]["labels"][1:])  # this item's own shift
+            seg[r, at : at + n] = s
+            at += n
+    out = {"input_ids": ids, "targets": targets, "segment_ids": seg}
+    out.update(_visual_batch([[items[i]["visual"] for i in row] for row in rows]))
+    return out

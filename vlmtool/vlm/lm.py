@@ -139,6 +139,17 @@ def attention_mask_4d(key_mask: torch.Tensor, past: int, T: int) -> torch.Tensor
     return allowed[:, None]
 
 
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask of packed rows: segment_ids [B, T] (1, 2, ... per sample, 0
+    padding) -> bool [B, 1, T, T]: a token sees the earlier tokens of its own sample only.
+    Padding sees itself (never an empty row)."""
+    T = segment_ids.shape[1]
+    i = torch.arange(T, device=segment_ids.device)
+    causal = i[None, :] <= i[:, None]  # [T, T]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
+    return (same & causal)[:, None]
+
+
 class BundledLM(nn.Module):
     """The bundled decoder-only LM, sized by a `VLMConfig`."""
 
@@ -166,8 +177,9 @@ class BundledLM(nn.Module):
                 block_hook: BlockHook | None = None) -> tuple[torch.Tensor, KVCache | None]:
         """inputs_embeds [B, T, D] -> (logits [B, T, V], cache).
 
-        attention_mask [B, T_past + T] marks real tokens (1) and padding (0); position_ids [B, T]
-        default to T_past.. T_past + T - 1. With `use_cache` (or a `cache` given) the keys and
+        attention_mask [B, T_past + T] marks real tokens (1) and padding (0), or is a ready bool
+        mask [B, 1, T, T_past + T] (True: may attend; packed rows' `segment_mask`); position_ids
+        [B, T] default to T_past.. T_past + T - 1. With `use_cache` (or a `cache` given) the keys and
         values are kept for the next call."""
         B, T, _ = inputs_embeds.shape
         if cache is None and use_cache:
@@ -180,7 +192,9 @@ class BundledLM(nn.Module):
         cos = self.rope_cos[position_ids][:, None]  # [B, 1, T, Dh]
         sin = self.rope_sin[position_ids][:, None]
         mask = None
-        if attention_mask is not None or past:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask
+        elif attention_mask is not None or past:
             km = attention_mask if attention_mask is not None else torch.ones(B, past + T, device=inputs_embeds.device)
             mask = attention_mask_4d(km, past, T)  # [B, 1, T, T_past + T]
         h = inputs_embeds

@@ -109,20 +109,30 @@ class VLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, visual: torch.Tensor | None = None,
-                visual_mask: torch.Tensor | None = None, pixels: torch.Tensor | None = None) -> VLMOutput:
-        """input_ids [B, T], labels [B, T] (aligned with input_ids, -100 = not trained on; shifted
-        here), attention_mask [B, T] (1 real, 0 pad; not needed with right padding), visual
-        [B, T_v, D_v] + visual_mask [B, T_v] (mlp, xattn) or pixels [B, C, H, W] (native)
+                visual_mask: torch.Tensor | None = None, pixels: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> VLMOutput:
+        """input_ids [B, T]; labels [B, T] aligned with input_ids (-100 = not trained on; shifted
+        here) or targets [B, T] already shifted (`shift_labels`: targets[:, t] is the token
+        predicted at t; what `collate_items` makes); attention_mask [B, T] (1 real, 0 pad; not
+        needed with right padding); segment_ids [B, T] for packed rows (1, 2, ... per sample,
+        0 padding): positions restart at each sample and no token attends across samples;
+        visual [B, T_v, D_v] + visual_mask [B, T_v] (mlp, xattn) or pixels [B, C, H, W] (native)
         -> VLMOutput(logits [B, T, V], loss, n_label_tokens)."""
         x = self.embed_inputs(input_ids, visual, visual_mask, pixels)  # [B, T, D_lm]
-        pos = positions(attention_mask) if attention_mask is not None else None
-        logits, _ = self.lm(x, attention_mask=attention_mask, position_ids=pos, block_hook=self._hook(visual, visual_mask))
-        if labels is None:
+        if segment_ids is not None:
+            from vlmtool.vlm.lm import segment_mask
+
+            mask, pos = segment_mask(segment_ids), segment_positions(segment_ids)  # [B, 1, T, T], [B, T]
+        else:
+            mask, pos = attention_mask, positions(attention_mask) if attention_mask is not None else None
+        logits, _ = self.lm(x, attention_mask=mask, position_ids=pos, block_hook=self._hook(visual, visual_mask))
+        if targets is None and labels is not None:
+            targets = shift_labels(labels)
+        if targets is None:
             return VLMOutput(logits, None, 0)
-        tgt = labels[:, 1:]  # [B, T-1]: token t+1 is predicted at t
-        n = (tgt != IGNORE).sum()  # a tensor: no device sync here
-        total = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                ignore_index=IGNORE, reduction="sum")
+        n = (targets != IGNORE).sum()  # a tensor: no device sync here
+        # a view of the logits, not a copy: the targets are shifted instead (nanoVLM's layout)
+        total = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
         return VLMOutput(logits, total / n.clamp(min=1), n)
 
     def freeze(self, stage: int) -> None:
@@ -211,6 +221,22 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """attention_mask [B, T] (1 real, 0 pad) -> position ids [B, T]: 0, 1, ... over the real tokens
     (left padding shifts a row's positions, padding positions get 0)."""
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """labels [B, T] aligned with the inputs -> targets [B, T]: targets[:, t] = labels[:, t + 1],
+    the last position -100 (it predicts nothing)."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """segment_ids [B, T] (1, 2, ... per packed sample, 0 padding) -> position ids [B, T] that
+    restart at 0 at the start of every sample."""
+    T = segment_ids.shape[1]
+    idx = torch.arange(T, device=segment_ids.device).expand_as(segment_ids)  # [B, T]
+    start = torch.ones_like(segment_ids, dtype=torch.bool)
+    start[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]  # [B, T]: a sample begins here
+    return idx - torch.cummax(torch.where(start, idx, 0), dim=1).values
 
 
 def pick_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:

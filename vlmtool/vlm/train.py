@@ -87,6 +87,7 @@ class TrainOptions:
     val_samples: int = 16
     shuffle_buffer: int = 1000
     length_groups: int = 1
+    pack: int = 0  # rows of up to N tokens, several samples each (0: one sample a row)
     vocab_size: int = 4096
     d_model: int = 256
     n_layers: int = 4
@@ -138,6 +139,23 @@ def _check(opts: TrainOptions) -> None:
         raise UsageError("--init is empty: give a checkpoint folder, or leave out --init to start from scratch")
     if opts.lm != "bundled" and not opts.lm.startswith("hf:"):
         raise UsageError(f"--lm must be 'bundled' or 'hf:PATH_OR_ID', got {opts.lm!r}")
+    _check_pack(opts)
+
+
+def _check_pack(opts: TrainOptions, model=None) -> None:
+    """--pack's conditions: on the options, and (with `model`) on the model the run trains."""
+    if model is not None:
+        if opts.pack and model.config.is_hf:
+            raise UsageError(f"--pack needs the bundled LM, and {model.config.lm} is a transformers LM: leave out --pack")
+        if opts.pack > model.lm.max_seq:
+            raise UsageError(f"--pack {opts.pack} is longer than the LM's context ({model.lm.max_seq} tokens)")
+        return
+    if opts.pack < 0:
+        raise UsageError(f"--pack must be 0 (off) or a row length in tokens, got {opts.pack}")
+    if opts.pack and opts.lm != "bundled":
+        raise UsageError("--pack needs the bundled LM (packed rows need its per-sample positions and mask): leave out --pack with --lm hf:")
+    if opts.pack and opts.stage > 0 and opts.connector != "mlp":
+        raise UsageError(f"--pack works with the mlp connector (each sample's visual slots in its row), not {opts.connector}: leave out --pack")
 
 
 def make_plan(inputs: list[str], opts: TrainOptions) -> Plan:
@@ -261,14 +279,15 @@ def build_model(plan: Plan, opts: TrainOptions, out: Path, state: dict | None, i
 # ---------------------------------------------------------------------------------- steps
 
 
-def make_train_step(ddp, opt, params, dev, dtype, use_dist: bool, world: int, pad_id: int, max_len: int):
+def make_train_step(ddp, opt, params, dev, dtype, use_dist: bool, world: int, pad_id: int, max_len: int, pack: int = 0):
     """One optimizer step on a list of items -> metrics. The loss is the mean over the label
     tokens of the global batch: each rank weights its own mean by its share of those tokens
-    (DDP then averages the gradients over ranks), so N ranks equal one process."""
+    (DDP then averages the gradients over ranks), so N ranks equal one process. `pack`: the
+    batch's items in rows of up to that many tokens (the same loss, fewer padding slots)."""
     import torch
 
     def step(items, lr, at):
-        batch = {k: v.to(dev) for k, v in collate_items(items, pad_id, max_len).items()}
+        batch = {k: v.to(dev) for k, v in collate_items(items, pad_id, max_len, pack).items()}
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(dev, dtype):
@@ -443,7 +462,8 @@ def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=opts.stage == 2) if use_dist else model
     batches = _loader(shard_refs(plan.src.shards), prep, plan, opts, dist, consumed)
     dtype = resolve_precision(opts.precision, dev)
-    train_step = make_train_step(ddp, opt, params, dev, dtype, use_dist, dist.world_size, tok.pad_id, model.lm.max_seq)
+    _check_pack(opts, model)
+    train_step = make_train_step(ddp, opt, params, dev, dtype, use_dist, dist.world_size, tok.pad_id, model.lm.max_seq, opts.pack)
 
     t_start, before = time.perf_counter(), float(state.get("train_seconds", 0.0)) if state is not None else 0.0
 
