@@ -67,7 +67,9 @@ class Backoff:
             if n <= 1:
                 raise JobFailed(f"{self.key}: out of device memory with a {self.what} of 1 ({e}); "
                                 "use a smaller model, a lower --precision, or another device") from None
-            self.size = max(1, min(self.size, n) // 2)
+            self.size = max(1, self.size // 2)
+            while self.size >= n > 1:  # a short last batch: below the size that failed
+                self.size //= 2
             self.count += 1
             free_cache()
             from vlmtool.core.job import log
