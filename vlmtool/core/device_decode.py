@@ -20,6 +20,7 @@ pixel is within one 8-bit level (0.0039) of open_clip's PIL transform (docs/benc
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from vlmtool.core.samples import SampleError
@@ -106,17 +107,25 @@ def resize_crop(img, size: int, resize_mode: str = "shortest", interpolation: st
 def _decode_all(items: list, device) -> tuple[dict, dict]:
     """Decode the batch's JPEGs, all at once, then one by one where the batch call fails.
     -> ({index: uint8 [3, H, W] on device}, {index: SampleError} for the unreadable ones)."""
-    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     idx = [i for i, it in enumerate(items) if isinstance(it, Encoded)]
     if not idx:
         return {}, {}
     datas = [items[i].data for i in idx]
-    try:
-        return dict(zip(idx, decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))), {}
-    except (RuntimeError, ValueError):
-        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec; decode_jpeg still works
+        try:
+            return dict(zip(idx, decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))), {}
+        except (RuntimeError, ValueError):
+            pass
+        return _one_by_one(idx, datas, device)
+
+
+def _one_by_one(idx: list, datas: list, device) -> tuple[dict, dict]:
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     out, bad = {}, {}
     for i, d in zip(idx, datas):
         try:
