@@ -150,3 +150,16 @@ def test_device_decode_keeps_the_demos_set_with_a_trained_clip(trained_clip, hel
     a, b = rows["cpu"], rows["device"]
     assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b) if x["score"] is not None) <= 1e-3
     assert [(r["key"], r["kept"], r["reason"]) for r in a] == [(r["key"], r["kept"], r["reason"]) for r in b]
+
+
+def test_infer_rows_with_device_preprocessing_match_the_default(tiny):
+    from PIL import Image
+
+    from vlmtool.vlm.infer import visual_rows
+
+    tower = {"arch": "tiny-clip", "pretrained": str(tiny / "tiny.pt"), "layer": -2, "cls": False}
+    for data in _jpegs(3, "small"):
+        im = Image.open(io.BytesIO(data)).convert("RGB")
+        a, _ = visual_rows(tower, im, "cpu")
+        b, _ = visual_rows(tower, im, "cpu", decode="device")
+        assert float((a - b).norm() / a.norm()) <= 5e-3

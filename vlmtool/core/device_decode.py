@@ -42,6 +42,13 @@ class Encoded:
         return Encoded(self.data.pin_memory(), self.width, self.height)
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A fully decoded image, uint8 [3, H, W] (decoded by PIL), to resize on the device."""
+
+    data: object
+
+
 def device_decodable(header, data: bytes) -> bool:
     """Whether the device decoder gives the same pixels as the CPU path for this image: a JPEG in
     RGB or greyscale (L), not rotated by EXIF, ending in EOI (truncated files go to PIL, which
@@ -145,7 +152,8 @@ def _one_by_one(idx: list, datas: list, device) -> tuple[dict, dict]:
 
 def model_input(items: list, pp, device, mean_std_cache: dict = {}):  # noqa: B006 - a per-process cache
     """A batch of worker payloads -> (normalized float [B', 3, S, S] on device, {index:
-    SampleError} of the samples left out, B' = B minus those). An item is an `Encoded` JPEG,
+    SampleError} of the samples left out, B' = B minus those). An item is an `Encoded` JPEG, a
+    `Decoded` image,
     uint8 [S, S, 3] pixels (the fast CPU path) or float [3, S, S] already normalized (the exact
     CPU path, encode's transform)."""
     import torch
@@ -160,8 +168,9 @@ def model_input(items: list, pp, device, mean_std_cache: dict = {}):  # noqa: B0
     for i, it in enumerate(items):
         if i in bad:
             continue
-        if i in decoded:
-            x = (resize_crop(decoded[i], pp.size, pp.resize_mode, pp.interpolation) - mean) / std
+        if i in decoded or isinstance(it, Decoded):
+            img = decoded[i] if i in decoded else it.data.to(device, non_blocking=True)
+            x = (resize_crop(img, pp.size, pp.resize_mode, pp.interpolation) - mean) / std
         else:
             x = torch.as_tensor(it).to(device, non_blocking=True)
             x = (x.permute(2, 0, 1).float() - mean) / std if x.dtype == torch.uint8 else x.float()
@@ -199,4 +208,4 @@ def check_decode(decode: str) -> None:
         raise UsageError(f"--decode {decode}: use cpu or device")
 
 
-__all__ = ["Encoded", "encoded", "model_input", "resize_crop", "resized_size", "drop_rejected", "check_decode"]
+__all__ = ["Encoded", "Decoded", "encoded", "model_input", "resize_crop", "resized_size", "drop_rejected", "check_decode"]
