@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -37,25 +38,38 @@ HIST_BINS = 200  # fixed bins over [-1, 1]: per-shard histograms add up exactly
 
 
 class ScoreSink:
-    def __init__(self, job: Job, ref: ShardRef, dim: int):
+    """One shard's score rows. The model runs here, per shard (`score(batch, backoff)`), so that an
+    out-of-memory error halves that shard's batch (core/oom.py) and a JPEG the device decoder
+    finds unreadable becomes a reject in its place; the sink counts every outcome itself."""
+
+    def __init__(self, job: Job, ref: ShardRef, dim: int, score=None, batch_size: int = 256):
         import numpy as np
 
+        from vlmtool.core.oom import Backoff
+
         self.path = job.out / "_scores" / f"{ref.name}.jsonl"
-        self.ref = ref
+        self.ref, self.score = ref, score
+        self.backoff = Backoff(batch_size, f"filter:{ref.name}")
         self.rows: list[bytes] = []
         self.hist = np.zeros(HIST_BINS, dtype=np.int64)
         self.img_sum = np.zeros(dim, dtype=np.float64)
         self.txt_sum = np.zeros(dim, dtype=np.float64)
         self.scored = 0
+        self.rejected: Counter = Counter()
+        self.reject_rows: list[dict] = []
 
     def add(self, batch: Batch, results) -> None:
+        """`results`: the batch's collated data (scored here), or (scores, image sums, text sums)."""
         import numpy as np
 
         scores = None
+        if results is not None and self.score is not None:
+            batch, results = self.score(batch, self.backoff)
         if results is not None:
-            scores, img_sum, txt_sum = results
-            self.img_sum += img_sum
-            self.txt_sum += txt_sum
+            scores, img_sums, txt_sums = results
+            for img_sum, txt_sum in zip(img_sums, txt_sums):  # per chunk, in order: the same sums whatever the backoff
+                self.img_sum += img_sum
+                self.txt_sum += txt_sum
             self.scored += len(scores)
             idx = np.clip(((scores + 1) / 2 * HIST_BINS).astype(int), 0, HIST_BINS - 1)
             np.add.at(self.hist, idx, 1)
@@ -65,34 +79,53 @@ class ScoreSink:
             else:
                 r = batch.rejects[i]
                 self.rows.append(dumps({"key": r.key, "shard": self.ref.name, "score": None, "reason": r.reason}))
+                self.rejected[r.reason] += 1
+                self.reject_rows.append(r.row())
 
     def commit(self) -> dict:
         atomic_write(self.path, b"".join(r + b"\n" for r in self.rows))
-        return {"scored": self.scored, "hist": self.hist.tolist(), "img_sum": self.img_sum.tolist(), "txt_sum": self.txt_sum.tolist()}
+        return {"ok": self.scored, "rejected": dict(self.rejected), "rejects": self.reject_rows, "scored": self.scored,
+                "hist": self.hist.tolist(), "img_sum": self.img_sum.tolist(), "txt_sum": self.txt_sum.tolist(),
+                "oom_backoffs": self.backoff.count}
 
     def abort(self) -> None:
         pass
 
 
-def _scorer(loaded, device, dtype):
-    """compute(batch) -> (scores, sum of image embeddings, sum of text embeddings)."""
+def _scorer(loaded, device, dtype, decode: str = "cpu"):
+    """score(batch, backoff) -> (the batch, less the samples the device decoder rejected,
+    (scores, [sum of image embeddings per chunk], [sum of text embeddings per chunk]))."""
+    import numpy as np
     import torch
 
     from vlmtool.clip.preprocess import to_model_input
+    from vlmtool.core.device_decode import drop_rejected, model_input
     from vlmtool.core.runtime import autocast
 
-    model = loaded.model
+    model, pp = loaded.model, loaded.preprocess
 
-    def compute(data):
-        px, tokens = data
+    def compute(px, tokens):
         with torch.inference_mode(), autocast(device, dtype):
-            x = to_model_input(px, loaded.preprocess, device)
+            x = to_model_input(px, pp, device)
             fi = model.encode_image(x, normalize=True).float()
             ft = model.encode_text(tokens.to(device, non_blocking=True), normalize=True).float()
             s = (fi * ft).sum(-1)
         return s.cpu().numpy(), fi.sum(0).double().cpu().numpy(), ft.sum(0).double().cpu().numpy()
 
-    return compute
+    def score(batch, backoff):
+        px, tokens = batch.data
+        if decode == "device":
+            with torch.inference_mode():
+                px, bad = model_input(px, pp, device)  # [B', 3, S, S] normalized, on the device
+            keep = [i for i in range(len(batch)) if i not in bad]
+            batch = drop_rejected(batch, bad, (px, tokens[keep]))
+            if not len(batch):
+                return batch, None
+            tokens = batch.data[1]
+        parts = backoff.chunks(len(batch), lambda a, b: compute(px[a:b], tokens[a:b]))
+        return batch, (np.concatenate([p[0] for p in parts]), [p[1] for p in parts], [p[2] for p in parts])
+
+    return score
 
 
 def _read_rows(job: JobDir, ref: ShardRef) -> list[dict]:
@@ -292,6 +325,7 @@ class FilterOptions:
     min_score: float | None = None
     keep_fraction: float | None = None
     preprocess: str = "fast"
+    decode: str = "cpu"
     precision: str = "auto"
     min_side: int = 0
     max_aspect: float = 0.0
@@ -317,6 +351,9 @@ class FilterOptions:
             raise UsageError("--keep-fraction must be in (0, 1]")
         if self.preprocess not in ("fast", "exact"):
             raise UsageError("--preprocess is fast or exact")
+        from vlmtool.core.device_decode import check_decode
+
+        check_decode(self.decode)
 
     def read(self) -> ReadOptions:
         return ReadOptions.of(self)
@@ -359,6 +396,7 @@ def run_filter(inputs: list[str], out: str, opts: FilterOptions) -> dict:
         totals = merge_totals(score_records)
         job.write_manifest(scoring, totals, {"report": {k: v for k, v in report.items() if k != "histogram"},
                                              "select": selecting.records()})
+        totals["oom_backoffs"] = sum(r.get("oom_backoffs", 0) for r in score_records.values())
         return {**job.header(), "complete": True, "threshold": threshold, **totals, "kept": report["kept"],
                 "kept_fraction": report["kept_fraction"], "modality_gap": report["modality_gap"], **desc, "this_run": this_run}
 
@@ -370,26 +408,21 @@ def _score(job: Job, scoring: JobDir, opts: FilterOptions, dev, dtype):
     from vlmtool.core.runtime import precision_name
 
     loaded = load_clip(opts.model, opts.pretrained, device=dev)
-    desc = {**loaded.describe(), "precision": precision_name(dtype), "preprocess_mode": opts.preprocess}
+    desc = {**loaded.describe(), "precision": precision_name(dtype), "preprocess_mode": opts.preprocess, "decode": opts.decode}
     dim = int(loaded.model.text_projection.shape[1]) if getattr(loaded.model, "text_projection", None) is not None else None
     prep = ClipPrep(loaded.preprocess, loaded.tokenizer, opts.preprocess, loaded.transform,
-                    PreFilter(opts.min_side, opts.max_aspect, opts.min_words, opts.min_chars))
-    compute = _scorer(loaded, dev, dtype)
+                    PreFilter(opts.min_side, opts.max_aspect, opts.min_words, opts.min_chars), decode=opts.decode)
     if dim is None:  # towers without a projection matrix: ask the model
-        dim = int(compute(prep.collate([(_blank(loaded.preprocess.size, opts.preprocess, loaded), "a")]))[1].shape[0])
-    run = run_shards(scoring, prep, lambda ref: ScoreSink(job, ref, dim), compute, batch_size=opts.batch_size,
+        import torch
+
+        with torch.inference_mode():
+            dim = int(loaded.model.encode_text(loaded.tokenizer(["a"]).to(dev)).shape[-1])
+    score = _scorer(loaded, dev, dtype, opts.decode)
+    run = run_shards(scoring, prep, lambda ref: ScoreSink(job, ref, dim, score, opts.batch_size), None, batch_size=opts.batch_size,
                      workers=opts.workers, strict=opts.strict, read=opts.read(), progress=opts.progress,
                      pin_memory=dev.type == "cuda", desc="filter: score")
     write_json(job.state_path(f"model-{job.dist.rank}.json"), desc)
     return run, desc
-
-
-def _blank(size: int, mode: str, loaded):
-    import numpy as np
-
-    if mode == "fast":
-        return np.zeros((size, size, 3), dtype=np.uint8)
-    return np.zeros((3, size, size), dtype=np.float32)
 
 
 def _model_desc(job: Job) -> dict:

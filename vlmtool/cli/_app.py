@@ -121,6 +121,8 @@ def _root(
 
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (auto: cuda when there is one).")
 PRECISION = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (auto: bf16 on a CUDA device that has it, else fp32).")
+DECODE = typer.Option("cpu", "--decode", help="cpu: loader workers decode and resize; device: workers only read bytes, JPEGs are "
+                      "decoded in batches and resized on the model's device (other formats per sample on the CPU).")
 
 
 def options(cls, params: dict):

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from vlmtool.cli._app import (DEVICE, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, OUT, PRECISION, PROGRESS, STRICT,
+from vlmtool.cli._app import (DECODE, DEVICE, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, OUT, PRECISION, PROGRESS, STRICT,
                               WORKERS, app, emit, options)
 
 
@@ -59,6 +59,7 @@ def filter_cmd(
     plot: bool = typer.Option(False, "--plot", help="Also draw the score histogram to OUT/report.png (needs matplotlib)."),
     device: str = DEVICE,
     precision: str = PRECISION,
+    decode: str = DECODE,
     strict: bool = STRICT,
     wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", help="Seconds to wait for other ranks' scores before giving up."),
     as_json: bool = JSON,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vlmtool.cli._app import (
+    DECODE,
     DEVICE,
     INPUTS,
     JSON,
@@ -42,6 +43,7 @@ def encode_cmd(
     max_text_bytes: int = MAX_TEXT_BYTES,
     device: str = DEVICE,
     precision: str = PRECISION,
+    decode: str = DECODE,
     strict: bool = STRICT,
     as_json: bool = JSON,
     progress: bool = PROGRESS,

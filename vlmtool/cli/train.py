@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vlmtool.cli._app import (
+    DECODE,
     DEVICE,
     INPUTS,
     JSON,
@@ -87,6 +88,8 @@ def infer_cmd(
     allow_tower_change: bool = typer.Option(False, "--allow-tower-change", help="Encode with the checkpoint's tower even if its "
                                             "weights file changed since the features were made (sha256 differs)."),
     device: str = DEVICE,
+    precision: str = PRECISION,
+    decode: str = DECODE,
     as_json: bool = JSON,
 ) -> None:
     """Answer questions about images with a trained checkpoint (its own vision tower encodes them)."""

@@ -75,16 +75,26 @@ def fast_pixels(s: Sample, pp: Preprocess):
 
 
 class ClipPrep:
-    """Preparer for the batch core: (pixels, tokens) per sample; collate stacks them."""
+    """Preparer for the batch core: (pixels, tokens) per sample; collate stacks them. With
+    decode="device" a JPEG travels as its bytes (core/device_decode.py) and the other images
+    take the `mode` path; collate then keeps a list."""
 
-    def __init__(self, pp: Preprocess, tokenizer, mode: str = "fast", transform=None, prefilter: PreFilter | None = None):
+    def __init__(self, pp: Preprocess, tokenizer, mode: str = "fast", transform=None, prefilter: PreFilter | None = None,
+                 decode: str = "cpu"):
         if mode not in ("fast", "exact"):
             raise ValueError(mode)
         self.pp, self.tokenizer, self.mode, self.transform = pp, tokenizer, mode, transform
         self.prefilter = prefilter or PreFilter()
+        self.decode = decode
 
     def prepare(self, s: Sample):
         self.prefilter.check(s)
+        if self.decode == "device":
+            from vlmtool.core.device_decode import encoded
+
+            enc = encoded(s.header, s.image_bytes or b"")
+            if enc is not None:
+                return enc, s.caption
         if self.mode == "fast":
             px = fast_pixels(s, self.pp)
         else:
@@ -95,8 +105,10 @@ class ClipPrep:
         import numpy as np
         import torch
 
-        px = torch.from_numpy(np.stack([p[0] for p in payloads]))
         tokens = self.tokenizer([p[1] for p in payloads])
+        if self.decode == "device":  # Encoded JPEGs and CPU-path pixels, in order
+            return [p[0] if not isinstance(p[0], np.ndarray) else torch.from_numpy(p[0]) for p in payloads], tokens
+        px = torch.from_numpy(np.stack([p[0] for p in payloads]))
         return px, tokens
 
 

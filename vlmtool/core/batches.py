@@ -40,6 +40,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def pin_memory(self) -> Batch:
+        """The batch with its tensors in pinned host memory (the DataLoader's pin thread calls
+        this with pin_memory=True), so that the copy to a CUDA device can be non-blocking."""
+        from dataclasses import replace
+
+        from torch.utils.data._utils.pin_memory import pin_memory
+
+        return replace(self, data=pin_memory(self.data)) if self.data is not None else self
+
 
 @dataclass
 class ShardEnd:

@@ -50,6 +50,7 @@ class EncodeOptions:
     sample_fps: float = 1.0
     pooled: bool = False
     precision: str = "auto"
+    decode: str = "cpu"
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_image_bytes: int = ReadOptions.max_image_bytes
     max_text_bytes: int = ReadOptions.max_text_bytes
@@ -71,6 +72,9 @@ class EncodeOptions:
             raise UsageError("--sample-fps must be > 0")
         if self.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
+        from vlmtool.core.device_decode import check_decode
+
+        check_decode(self.decode)
 
     def read(self) -> ReadOptions:
         return ReadOptions.of(self)
@@ -177,15 +181,22 @@ class FeatureSink:
 
 class ShardWork:
     """A shard's views waiting for the device: run in full batches of `batch_size` views as they
-    come, the rest when the shard ends; results go to the sink in tar order."""
+    come, the rest when the shard ends; results go to the sink in tar order. An out-of-memory
+    error halves the batch for the rest of the shard (core/oom.py); `to_device` (--decode device)
+    turns a batch's Encoded JPEGs into pixels on the device, its unreadable ones into rejects."""
 
-    def __init__(self, sink: FeatureSink, forward, batch_size: int):
-        self.sink, self.forward, self.bs = sink, forward, batch_size
+    def __init__(self, sink: FeatureSink, forward, batch_size: int, to_device=None):
+        from vlmtool.core.oom import Backoff
+
+        self.sink, self.forward, self.to_device = sink, forward, to_device
+        self.backoff = Backoff(batch_size, f"encode:{sink.ref.name}")
         self.batches: deque = deque()  # [batch, views, token chunks, pooled chunks, views done]
         self.px: list = []
         self.queued = 0
 
     def add(self, batch: Batch) -> None:
+        if batch.data is not None and isinstance(batch.data[0], list):
+            batch = self.to_device(batch)
         n = 0 if batch.data is None else len(batch.data[0])
         self.batches.append([batch, n, [], [], 0])
         if n:
@@ -196,13 +207,16 @@ class ShardWork:
     def _run(self, full_only: bool) -> None:
         import torch
 
-        while self.queued >= self.bs or (self.queued and not full_only):
+        while self.queued >= self.backoff.size or (self.queued and not full_only):
             x = torch.cat(self.px) if len(self.px) > 1 else self.px[0]  # [queued, 3, S, S]
-            take = min(self.bs, self.queued)
-            tok, pooled = self.forward(x[:take])  # [take, R, D], [take, E]
+            self.px = [x]
+            take = min(self.backoff.size, self.queued)
+            ok, got = self.backoff.attempt(take, lambda: self.forward(x[:take]))  # [take, R, D], [take, E]
+            if not ok:
+                continue  # the same views again, at half the batch
             self.px = [x[take:]] if take < len(x) else []
             self.queued -= take
-            self._scatter(tok, pooled)
+            self._scatter(*got)
         while self.batches and self.batches[0][4] == self.batches[0][1]:
             self._emit(self.batches.popleft())
 
@@ -227,10 +241,29 @@ class ShardWork:
 
     def finish(self) -> dict:
         self._run(full_only=False)
-        return self.sink.commit()
+        return {**self.sink.commit(), "oom_backoffs": self.backoff.count}
 
 
-def run_views(records: JobDir, stream, open_work, workers: int, progress: bool) -> RunStats:
+def device_batches(pp, dev):
+    """to_device(batch) for --decode device: the batch's views decoded and preprocessed on the
+    device ([V', 3, S, S]); a sample whose JPEG does not decode leaves the batch as a reject."""
+    import torch
+
+    from vlmtool.core.device_decode import drop_rejected, model_input
+
+    def to_device(batch: Batch) -> Batch:
+        items, counts, metas = batch.data
+        owner = [i for i, c in enumerate(counts) for _ in range(c)]  # the sample of each view
+        with torch.inference_mode():
+            px, bad_views = model_input(items, pp, dev)
+        bad = {owner[v]: e for v, e in bad_views.items()}  # a device-decoded sample has one view
+        keep = [i for i in range(len(counts)) if i not in bad]
+        return drop_rejected(batch, bad, (px, tuple(counts[i] for i in keep), tuple(metas[i] for i in keep)))
+
+    return to_device
+
+
+def run_views(records: JobDir, stream, open_work, workers: int, progress: bool, pin_memory: bool = False) -> RunStats:
     """Run this rank's unfinished shards: loader -> ShardWork per shard -> completion record."""
     from tqdm import tqdm
 
@@ -240,7 +273,7 @@ def run_views(records: JobDir, stream, open_work, workers: int, progress: bool) 
     bar = tqdm(desc="encode", unit="sample", file=sys.stderr, disable=not progress or not todo, dynamic_ncols=True, mininterval=0.5)
     t0 = time.perf_counter()
     try:
-        for msg in loader(stream, workers, shards=len(todo)):
+        for msg in loader(stream, workers, pin_memory, shards=len(todo)):
             name = msg.shard.name
             if name not in works:
                 works[name] = open_work(msg.shard)
@@ -288,7 +321,7 @@ def features_json(loaded, opts: EncodeOptions, tower: Tower, dim: int, dtype_nam
                   "layer": opts.layer, "cls": opts.cls, "width": dim, "image_size": tower.size, "patch_size": tower.patch,
                   "grid": [tower.side, tower.side], "rows_per_view": tower.rows,
                   "preprocessing": {"transform": "open_clip eval transform (create_model_and_transforms)", **loaded.preprocess.to_json()},
-                  "precision": dtype_name, "dtype": "float16"}
+                  "precision": dtype_name, "decode": opts.decode, "dtype": "float16"}
     return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tower": tower_desc, "anyres": opts.anyres,
             "anyres_options": tower.plan_options() if opts.anyres else None,
             "frame_budget": opts.frame_budget, "frames_per_video": tower.frames_for(), "select": opts.select,
@@ -321,13 +354,14 @@ def run_encode(inputs: list[str], out: str, opts: EncodeOptions) -> dict:
     with Job("encode", out, opts, refs, dist) as job:
         write_json(job.out / "features.json", features_json(loaded, opts, tower, dim, precision_name(dtype)))
         records = job.records()
-        prep = EncodePrep(tower, loaded.transform, opts.max_pixels)
+        prep = EncodePrep(tower, loaded.transform, opts.max_pixels, opts.decode)
         stream = EncodeStream(records.pending(), prep, opts.batch_size, opts.read())
         forward = _encoder(loaded, opts, dev, dtype)
-        run = run_views(records, stream, lambda ref: ShardWork(FeatureSink(job.out, ref, opts), forward, opts.batch_size),
-                        opts.workers, opts.progress)
+        to_device = device_batches(loaded.preprocess, dev) if opts.decode == "device" else None
+        run = run_views(records, stream, lambda ref: ShardWork(FeatureSink(job.out, ref, opts), forward, opts.batch_size, to_device),
+                        opts.workers, opts.progress, pin_memory=dev.type == "cuda")
 
         def summarize(recs: dict) -> dict:
-            return {k: sum(r.get(k, 0) for r in recs.values()) for k in ("tokens", "lm_tokens", "bytes")}
+            return {k: sum(r.get(k, 0) for r in recs.values()) for k in ("tokens", "lm_tokens", "bytes", "oom_backoffs")}
 
         return {**job.finish(records, run, summarize), "predicted": {k: plan[k] for k in ("samples", "tokens", "bytes", "uncounted")}}

@@ -43,12 +43,32 @@ class EncodePrep:
     """Decode a sample, cut its views and preprocess each one with the tower's transform.
     Picklable: it goes to the loader workers."""
 
-    def __init__(self, tower: Tower, transform, max_pixels: int):
-        self.tower, self.transform, self.max_pixels = tower, transform, max_pixels
+    def __init__(self, tower: Tower, transform, max_pixels: int, decode: str = "cpu"):
+        self.tower, self.transform, self.max_pixels, self.decode = tower, transform, max_pixels, decode
+
+    def _encoded(self, item: Item, shard: ShardRef) -> Payload | None:
+        """--decode device: a plain JPEG image (one whole-image view) as its bytes, with the meta
+        from its header; None when it takes the CPU path (core/device_decode.py)."""
+        from vlmtool.core.device_decode import encoded
+        from vlmtool.core.samples import _open_header
+
+        if self.decode != "device" or item.kind != "image" or self.tower.anyres is not None:
+            return None
+        header = _open_header(item.data, self.max_pixels)  # the CPU path's header reasons (corrupt_image, image_too_large)
+        enc = encoded(header, item.data)
+        if enc is None:
+            return None
+        _, meta = image_views(header, self.tower)
+        meta = {"source": {"shard": shard.url, "key": item.key, "member": f"{item.key}.{item.ext}"}, "kind": "image",
+                "width": enc.width, "height": enc.height, **meta, "text": {"caption": item.caption, "meta": item.meta}}
+        return Payload([enc], meta)
 
     def prepare(self, item: Item, shard: ShardRef) -> Payload:
         import torch
 
+        got = self._encoded(item, shard)
+        if got is not None:
+            return got
         if item.kind == "image":
             img = decode_image(item.data, max_pixels=self.max_pixels)
             views, meta = image_views(img, self.tower)
@@ -79,10 +99,14 @@ class EncodePrep:
 
 
 def collate(payloads: list[Payload]):
-    """(pixels [sum V, 3, S, S], views per sample, metas)."""
+    """(pixels [sum V, 3, S, S], views per sample, metas); with Encoded JPEGs among them a list of
+    sum V items (core.device_decode.model_input decodes them on the device)."""
     import torch
 
-    return torch.cat([p.pixels for p in payloads]), tuple(len(p.pixels) for p in payloads), tuple(p.meta for p in payloads)
+    counts, metas = tuple(len(p.pixels) for p in payloads), tuple(p.meta for p in payloads)
+    if any(isinstance(p.pixels, list) for p in payloads):  # --decode device: Encoded JPEGs and CPU-path views, in order
+        return [v for p in payloads for v in (p.pixels if isinstance(p.pixels, list) else p.pixels.unbind(0))], counts, metas
+    return torch.cat([p.pixels for p in payloads]), counts, metas
 
 
 class EncodeStream:

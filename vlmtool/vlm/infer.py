@@ -92,7 +92,21 @@ def encode_image(tower: dict, image, device="cpu", allow_change: bool = False):
     return visual_rows(tower, image, device, allow_change)[0]
 
 
-def visual_rows(tower: dict, image, device="cpu", allow_change: bool = False):
+def _view_pixels(loaded, views, device, decode: str):
+    """The views as the tower's input [V, 3, S, S]: open_clip's transform on the CPU, or with
+    decode="device" the same transform in torch ops on the device (core/device_decode.py)."""
+    import numpy as np
+    import torch
+
+    if decode != "device":
+        return torch.stack([loaded.transform(v) for v in views]).to(device)
+    from vlmtool.core.device_decode import Decoded, model_input
+
+    items = [Decoded(torch.from_numpy(np.array(v.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)) for v in views]  # [3, H, W]
+    return model_input(items, loaded.preprocess, device)[0]
+
+
+def visual_rows(tower: dict, image, device="cpu", allow_change: bool = False, decode: str = "cpu", dtype=None):
     """A PIL image -> (rows [T_v, D] float32 the LM sees, newline_after), as encode wrote them and
     train laid them out: layer `tower["layer"]` (LLaVA: -2), without CLS unless `tower["cls"]`;
     with the AnyRes layout the checkpoint recorded (base view + tiles, unpadded, a newline slot
@@ -112,8 +126,10 @@ def visual_rows(tower: dict, image, device="cpu", allow_change: bool = False):
         from vlmtool.encode.views import image_views
 
         views, meta = image_views(image, vt)
-    x = torch.stack([loaded.transform(v) for v in views]).to(device)  # [V, 3, H, W]
-    with torch.no_grad():
+    from vlmtool.core.runtime import autocast
+
+    x = _view_pixels(loaded, views, torch.device(device) if isinstance(device, str) else device, decode)  # [V, 3, H, W]
+    with torch.no_grad(), autocast(x.device, dtype):
         rows, _ = grid_tokens(loaded.model.visual, x, layer, cls)  # [V, T, D]
     rows = rows.reshape(-1, rows.shape[-1]).float()  # [V*T, D]: views one after the other, as encode writes them
     if meta is None:
@@ -135,6 +151,7 @@ class Answerer:
         self.ck, self.device, self.batch_size, self.use_cache = checkpoint, device, batch_size, use_cache
         self.model, self.tok, self.config = checkpoint.model, checkpoint.tokenizer, checkpoint.config
         self.allow_tower_change = allow_tower_change
+        self.decode, self.dtype = "cpu", None  # --decode and --precision's autocast dtype (None: fp32)
 
     def answer(self, images: list | None, questions: list[str], max_new_tokens: int = 64, temperature: float = 0.0,
                top_p: float = 1.0, seed: int | None = None) -> list[str]:
@@ -180,7 +197,7 @@ class Answerer:
         elif images is not None:
             if not self.ck.tower:
                 raise UsageError(f"checkpoint {self.ck.path} has no vision tower reference: it cannot encode images")
-            encoded = [visual_rows(self.ck.tower, im, self.device, self.allow_tower_change) for im in images]
+            encoded = [visual_rows(self.ck.tower, im, self.device, self.allow_tower_change, self.decode, self.dtype) for im in images]
             feats = [f for f, _ in encoded]  # each [T_v, D]
             kw["visual"] = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.device)  # [B, T, D]
             kw["visual_mask"] = torch.nn.utils.rnn.pad_sequence([torch.ones(len(f), dtype=torch.bool) for f in feats],
@@ -197,8 +214,12 @@ class Answerer:
         return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device), **kw}
 
     def generate(self, images, questions, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=None) -> list[list[int]]:
-        return self.model.generate(**self.inputs(images, questions), max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, seed=seed, stop_ids=self.tok.stop_ids, use_cache=self.use_cache)
+        from vlmtool.core.runtime import autocast
+
+        inputs = self.inputs(images, questions)
+        with autocast(self.device, self.dtype):
+            return self.model.generate(**inputs, max_new_tokens=max_new_tokens, temperature=temperature,
+                                       top_p=top_p, seed=seed, stop_ids=self.tok.stop_ids, use_cache=self.use_cache)
 
 
 def load_answerer(checkpoint: str | Path, device="cpu", batch_size: int = 8, use_cache: bool = True,
@@ -334,6 +355,8 @@ class InferOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_tower_change: bool = False
     device: str = "auto"
+    precision: str = "auto"
+    decode: str = "cpu"
 
 
 def _jobs(opts: InferOptions) -> Iterator[dict]:
@@ -416,8 +439,14 @@ def _shard_rows(shards: list[str], question: str, max_pixels: int = DEFAULT_MAX_
 
 def run_infer(opts: InferOptions, as_json: bool) -> int:
     """Answer every question; print answers (or JSONL rows with --json) on stdout. Returns the count."""
+    from vlmtool.core.device_decode import check_decode
+    from vlmtool.core.runtime import precision_name, resolve_precision
+
+    check_decode(opts.decode)
     ans = load_answerer(opts.checkpoint, opts.device, opts.batch_size, use_cache=not opts.no_cache,
                         allow_tower_change=opts.allow_tower_change)
+    ans.decode, ans.dtype = opts.decode, resolve_precision(opts.precision, ans.device)
+    prov = {"precision": precision_name(ans.dtype), "decode": opts.decode}  # with every --json row
     rows = _jobs(opts)
     n = 0
     while True:
@@ -437,7 +466,7 @@ def run_infer(opts: InferOptions, as_json: bool) -> int:
                         r["answer"] = a
         for r in chunk:
             r.pop("image_obj", None)
-            line = orjson.dumps(r).decode() if as_json else r.get("answer", f"error: {r.get('error')}")
+            line = orjson.dumps({**r, **prov}).decode() if as_json else r.get("answer", f"error: {r.get('error')}")
             sys.stdout.write(line + "\n")
             n += 1
         sys.stdout.flush()

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from vlmtool.core.job import Job, free, log, options_dict
 from vlmtool.core.runtime import (
-    autocast,
     dist_info,
     init_process_group,
+    precision_name,
     resolve_device,
     resolve_precision,
 )
@@ -283,33 +283,25 @@ def make_train_step(ddp, opt, params, dev, dtype, use_dist: bool, world: int, pa
     """One optimizer step on a list of items -> metrics. The loss is the mean over the label
     tokens of the global batch: each rank weights its own mean by its share of those tokens
     (DDP then averages the gradients over ranks), so N ranks equal one process. `pack`: the
-    batch's items in rows of up to that many tokens (the same loss, fewer padding slots)."""
+    batch's items in rows of up to that many tokens (the same loss, fewer padding slots). A device
+    out-of-memory error redoes the step in micro-batches with the same result (vlm/microbatch.py)."""
     import torch
 
+    from vlmtool.vlm.microbatch import Accumulator
+
+    acc = Accumulator(ddp, dev, dtype, lambda part: collate_items(part, pad_id, max_len, pack), use_dist, world)
+
     def step(items, lr, at):
-        batch = {k: v.to(dev) for k, v in collate_items(items, pad_id, max_len, pack).items()}
         for g in opt.param_groups:
             g["lr"] = lr
-        with autocast(dev, dtype):
-            out = ddp(**batch)
-        n = out.n_label_tokens.detach().float()  # this rank's label tokens
-        total, summed = n.clone(), (out.loss.detach() * n).reshape(1)
-        if use_dist:
-            import torch.distributed as td
-
-            both = torch.stack([total, summed[0]])  # [2]
-            td.all_reduce(both)
-            total, summed = both[0], both[1:]
-        scale = n * world / total.clamp(min=1)
-        opt.zero_grad(set_to_none=True)
-        loss = float(summed[0] / total.clamp(min=1))
+        loss, total = acc.run(opt, items)
         _check_finite("loss", loss, at, items)
-        (out.loss * scale).backward()
         norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM))
         _check_finite("gradient norm", norm, at, items)
         opt.step()
-        return {"loss": loss, "tokens": float(total)}
+        return {"loss": loss, "tokens": total}
 
+    step.backoff = acc.backoff  # its count goes into the summary
     return step
 
 
@@ -396,7 +388,8 @@ def _never_empty(items, readers: int):
         yield item
 
 
-def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: TrainOptions, seconds: float) -> None:
+def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: TrainOptions, seconds: float,
+          precision: str = "fp32") -> None:
     """The training state (with this step's weights) first, then the checkpoint folder.
     `seconds`: training time so far, over every run that resumed it (eval's cost table reads it)."""
     from vlmtool.vlm.checkpoint import save_checkpoint
@@ -408,6 +401,7 @@ def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: Tra
                         "not saved; lower --lr, or look for spoiled inputs in rejects.jsonl")
     save_state(out, opt, step, consumed, extra={"model": weights, "tower": tower, "train_seconds": seconds})
     save_checkpoint(out, model, tok, tower=tower, extra={"stage": opts.stage, "step": step, "train_seconds": round(seconds, 2),
+                                                         "precision": precision,
                                                          "options": options_dict(opts)})
 
 
@@ -469,7 +463,8 @@ def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower
 
     def save(at: int) -> None:
         if dist.is_main:
-            _save(out_p, model, tok, tower, opt, at, batches.consumed, opts, before + time.perf_counter() - t_start)
+            _save(out_p, model, tok, tower, opt, at, batches.consumed, opts, before + time.perf_counter() - t_start,
+                  precision_name(dtype))
 
     stop = min(opts.steps, opts.stop_at) if opts.stop_at else opts.steps
     res = train_loop(step=step, steps=stop, next_batch=batches.next_batch, train_step=train_step,
@@ -477,7 +472,8 @@ def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower
                      is_main=dist.is_main, log_path=out_p / "train_log.jsonl", time_limit=opts.time_limit,
                      progress=opts.progress, desc=f"train stage {opts.stage}", batch_size=opts.batch_size)
     barrier(use_dist)
-    return _summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, len(params))
+    return {**_summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, len(params)),
+            "precision": precision_name(dtype), "oom_backoffs": train_step.backoff.count}
 
 
 def _summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, n_params) -> dict:
