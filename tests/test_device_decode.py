@@ -40,12 +40,12 @@ def test_pixels_within_one_level_of_open_clips_transform(resize_mode, size):
     from PIL import Image
 
     from vlmtool.clip.model import Preprocess
-    from vlmtool.core.samples import _open_header
+    from vlmtool.core.samples import open_header
 
     pp = Preprocess(size, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, "bicubic", resize_mode)
     ref_tf = open_clip.image_transform(size, False, pp.mean, pp.std, resize_mode=resize_mode)
     datas = _jpegs(12, "varied")
-    x, bad = model_input([encoded(_open_header(d, 0), d) for d in datas], pp, torch.device("cpu"))
+    x, bad = model_input([encoded(open_header(d, 0), d) for d in datas], pp, torch.device("cpu"))
     assert not bad and x.shape == (len(datas), 3, size, size)
     ref = torch.stack([ref_tf(Image.open(io.BytesIO(d)).convert("RGB")) for d in datas])
     std = torch.tensor(pp.std).view(1, 3, 1, 1)
@@ -55,17 +55,17 @@ def test_pixels_within_one_level_of_open_clips_transform(resize_mode, size):
 def test_only_plain_jpegs_go_to_the_device():
     from PIL import Image
 
-    from vlmtool.core.samples import _open_header
+    from vlmtool.core.samples import open_header
 
     jpg = _jpegs(1, "small")[0]
-    assert encoded(_open_header(jpg, 0), jpg) is not None
-    assert encoded(_open_header(jpg[:-200], 0), jpg[:-200]) is None  # truncated: PIL's path rejects it
+    assert encoded(open_header(jpg, 0), jpg) is not None
+    assert encoded(open_header(jpg[:-200], 0), jpg[:-200]) is None  # truncated: PIL's path rejects it
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "PNG")
-    assert encoded(_open_header(buf.getvalue(), 0), buf.getvalue()) is None
+    assert encoded(open_header(buf.getvalue(), 0), buf.getvalue()) is None
     cmyk = io.BytesIO()
     Image.new("CMYK", (40, 30)).save(cmyk, "JPEG")
-    assert encoded(_open_header(cmyk.getvalue(), 0), cmyk.getvalue()) is None
+    assert encoded(open_header(cmyk.getvalue(), 0), cmyk.getvalue()) is None
 
 
 def test_a_jpeg_the_decoders_refuse_leaves_the_batch_as_a_reject_in_its_place():

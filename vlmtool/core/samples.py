@@ -85,7 +85,7 @@ class Sample:
         return decode_image(self.image_bytes or b"", draft=draft, mode=mode, opened=opened)
 
 
-def _open_header(data: bytes, max_pixels: int):
+def open_header(data: bytes, max_pixels: int):
     from PIL import Image
 
     try:
@@ -107,7 +107,7 @@ def _open_header(data: bytes, max_pixels: int):
 def decode_image(data: bytes, draft: tuple[int, int] | None = None, mode: str = "RGB", max_pixels: int = 0, opened=None):
     """Bytes -> a loaded PIL image in `mode`, or SampleError(corrupt_image|truncated_image|...).
     `opened`: the same bytes already opened by PIL (header parsed), to skip parsing it again."""
-    im = opened if opened is not None else _open_header(data, max_pixels)
+    im = opened if opened is not None else open_header(data, max_pixels)
     try:
         if draft is not None and im.format == "JPEG":
             im.draft(mode, draft)
@@ -176,7 +176,7 @@ def parse_record(record: dict, shard: str, max_pixels: int = DEFAULT_MAX_PIXELS,
     header = None
     if image is None:
         raise SampleError("missing_image", f"members: {sorted(k for k in record if not k.startswith('__'))[:20]}")
-    header = _open_header(image, max_pixels)
+    header = open_header(image, max_pixels)
     width, height = header.size
 
     caption = None

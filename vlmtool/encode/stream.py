@@ -50,11 +50,11 @@ class EncodePrep:
         """--decode device: a plain JPEG image (one whole-image view) as its bytes, with the meta
         from its header; None when it takes the CPU path (core/device_decode.py)."""
         from vlmtool.core.device_decode import encoded
-        from vlmtool.core.samples import _open_header
+        from vlmtool.core.samples import open_header
 
         if self.decode != "device" or item.kind != "image" or self.tower.anyres is not None:
             return None
-        header = _open_header(item.data, self.max_pixels)  # the CPU path's header reasons (corrupt_image, image_too_large)
+        header = open_header(item.data, self.max_pixels)  # the CPU path's header reasons (corrupt_image, image_too_large)
         enc = encoded(header, item.data)
         if enc is None:
             return None
