@@ -91,14 +91,13 @@ class ShardActor:
 
 def connect(address: str):
     """Ray, connected: the cluster at `address`, or with `auto` the one this machine or
-    RAY_ADDRESS names, else a local Ray started for this job. Returns (ray, started_here)."""
+    RAY_ADDRESS names, else a local Ray started for this job (it stops when this process
+    ends: Ray's own exit hook; a job's passes share it)."""
     import ray
 
-    if ray.is_initialized():
-        return ray, False
-    kw = {"log_to_driver": True, "configure_logging": False}
-    ray.init(address=None if address == "auto" else address, **kw)  # None: RAY_ADDRESS, a running cluster, else local
-    return ray, True
+    if not ray.is_initialized():
+        ray.init(address=None if address == "auto" else address, configure_logging=False)  # None: RAY_ADDRESS, a running cluster, else local
+    return ray
 
 
 @dataclass
@@ -128,7 +127,7 @@ class RayPool:
     """`workers` actors, each holding one set-up worker, fed one shard at a time by the driver."""
 
     def __init__(self, opts, worker: ShardWorker, workers: int | None = None, gpus: float | None = None):
-        self.ray, self.started = connect(opts.ray_address)
+        self.ray = connect(opts.ray_address)
         actor = self.ray.remote(ShardActor)
         n = workers or opts.ray_workers
         res = {"num_cpus": opts.cpus_per_worker, "num_gpus": opts.gpus_per_worker if gpus is None else gpus}
@@ -172,8 +171,6 @@ class RayPool:
         for a in self.actors:
             self.ray.kill(a)
         self.actors = []
-        if self.started:
-            self.ray.shutdown()
 
 
 def run_pool(opts, out: Path, worker: ShardWorker, items: list[tuple[ShardRef, Any]], *, skipped: int = 0, desc: str = "",
