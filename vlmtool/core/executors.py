@@ -135,9 +135,9 @@ class RayPool:
                        for _ in range(n)]
 
     def describe(self) -> dict:
-        return self._get(self.actors[0].describe.remote())
+        return self.result(self.actors[0].describe.remote())
 
-    def _get(self, fut):
+    def result(self, fut):
         try:
             return self.ray.get(fut)
         except self.ray.exceptions.RayTaskError as e:  # the worker raised: a user error travels as itself
@@ -164,7 +164,7 @@ class RayPool:
         while running:
             ready, _ = self.ray.wait(list(running), num_returns=1)
             actor, ref = running.pop(ready[0])
-            done(ref, self._get(ready[0]))
+            done(ref, self.result(ready[0]))
             submit(actor)
 
     def close(self) -> None:
@@ -227,6 +227,27 @@ def record_stats(records, ref: ShardRef) -> dict:
 
     rec = read_json(records.record_path(ref))
     return {"samples": rec.get("samples", 0), "ok": rec.get("ok", 0), "rejected": rec.get("rejected", {})}
+
+
+def run_one(opts, out: Path, worker: ShardWorker, *, desc: str, total: int, poll: Callable[[], int], progress: bool = True,
+            arg: Any = None) -> Any:
+    """One unit of work on one actor (synth: every request through one holder of the rate
+    limits); while it runs, a bar of `poll()` shards done out of `total`."""
+    from tqdm import tqdm
+
+    pool = RayPool(opts, worker, 1)
+    bar = tqdm(total=total, desc=desc, unit="shard", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        fut = pool.actors[0].run.remote(None, arg)
+        while not pool.ray.wait([fut], timeout=1.0)[0]:
+            bar.update(poll() - bar.n)
+        result = pool.result(fut)
+        bar.update(poll() - bar.n)
+    finally:
+        bar.close()
+        pool.close()
+    remove_actor_temps(out)
+    return result
 
 
 def remove_actor_temps(out: Path) -> None:
