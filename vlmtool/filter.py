@@ -327,6 +327,7 @@ def run_filter(inputs: list[str], out: str, opts: FilterOptions) -> dict:
     from vlmtool.core.runtime import dist_info, precision_name, resolve_device, resolve_precision
 
     t0 = time.perf_counter()
+    ray = uses_ray(opts)
     dist = dist_info()
     refs = shard_refs(expand_inputs(inputs))
     dev = resolve_device(opts.device, dist)
@@ -334,7 +335,7 @@ def run_filter(inputs: list[str], out: str, opts: FilterOptions) -> dict:
     with Job("filter", out, opts, refs, dist) as job:
         scoring, selecting = job.records("score"), job.records("select")
         run, desc = None, None
-        if uses_ray(opts):  # the driver: both passes on Ray actors, the threshold computed here between them
+        if ray:  # the driver: both passes on Ray actors, the threshold computed here between them
             run, desc, threshold = _ray_passes(job, scoring, selecting, opts)
         else:
             if scoring.pending():

@@ -125,6 +125,7 @@ class InspectOptions(ExecutorOptions):
 
 
 def run_inspect(inputs: list[str], out: str | None = None, opts: InspectOptions = InspectOptions()) -> dict:
+    uses_ray(opts)  # a usage error before any folder is made
     refs = shard_refs(expand_inputs(inputs))
     if out is not None:
         with Job("inspect", out, opts, refs) as job:

@@ -341,6 +341,7 @@ def run_encode(inputs: list[str], out: str, opts: EncodeOptions) -> dict:
     from vlmtool.encode.predict import check_disk, predict
     from vlmtool.encode.stream import EncodePrep
 
+    ray = uses_ray(opts)
     dist = dist_info()
     refs = shard_refs(expand_inputs(inputs, suffixes=INPUT_SUFFIXES))
     dev = resolve_device(opts.device, dist)
@@ -354,7 +355,7 @@ def run_encode(inputs: list[str], out: str, opts: EncodeOptions) -> dict:
     with Job("encode", out, opts, refs, dist) as job:
         write_json(job.out / "features.json", features_json(loaded, opts, tower, dim, precision_name(dtype)))
         records = job.records()
-        if uses_ray(opts):
+        if ray:
             run, about = run_records(opts, records, EncodeWorker(str(job.out), opts), "encode", progress=opts.progress)
             if about and about["precision"] != precision_name(dtype):  # the actors' device, not the driver's
                 write_json(job.out / "features.json", features_json(loaded, opts, tower, dim, about["precision"]))
