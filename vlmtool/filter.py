@@ -38,7 +38,7 @@ HIST_BINS = 200  # fixed bins over [-1, 1]: per-shard histograms add up exactly
 
 
 class ScoreSink:
-    def __init__(self, job: Job, ref: ShardRef, dim: int):
+    def __init__(self, job: JobDir, ref: ShardRef, dim: int):
         import numpy as np
 
         self.path = job.out / "_scores" / f"{ref.name}.jsonl"
