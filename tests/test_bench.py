@@ -17,7 +17,7 @@ RATIO = re.compile(r"ratio|\d[\d.]*x\b")
 
 
 def test_every_bench_script_is_listed():
-    assert set(BENCHES) == {"ablation", "budget", "budget_peers", "encode", "filter", "infer_rss", "inspect_shards", "load", "rss", "synth", "train"}
+    assert set(BENCHES) == {"ablation", "budget", "budget_peers", "encode", "filter", "infer_rss", "inspect_shards", "load", "ray", "rss", "synth", "train"}
 
 
 @pytest.mark.slow

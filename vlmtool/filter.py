@@ -27,12 +27,13 @@ import orjson
 from dataclasses import dataclass
 
 from vlmtool.core.batches import Batch, merge_totals, run_shards
+from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
 from vlmtool.core.job import Job, free, log
 from vlmtool.core.records import ReadOptions
 from vlmtool.core.samples import DEFAULT_MAX_PIXELS
 from vlmtool.core.records import Reject, tar_records
 from vlmtool.core.shards import JobDir, ShardRef, ShardTarWriter, atomic_path, atomic_write, dumps, expand_inputs, shard_refs, write_json
-from vlmtool.errors import UsageError
+from vlmtool.errors import JobFailed, UsageError
 
 HIST_BINS = 200  # fixed bins over [-1, 1]: per-shard histograms add up exactly
 
@@ -42,7 +43,7 @@ class ScoreSink:
     out-of-memory error halves that shard's batch (core/oom.py) and a JPEG the device decoder
     finds unreadable becomes a reject in its place; the sink counts every outcome itself."""
 
-    def __init__(self, job: Job, ref: ShardRef, dim: int, score=None, batch_size: int = 256):
+    def __init__(self, job: JobDir, ref: ShardRef, dim: int, score=None, batch_size: int = 256):
         import numpy as np
 
         from vlmtool.core.oom import Backoff
@@ -317,7 +318,7 @@ def _plot(path: Path, histogram: list[dict], threshold, gap: float | None, n_kep
 
 
 @dataclass(frozen=True)
-class FilterOptions:
+class FilterOptions(ExecutorOptions):
     """`vlmtool filter`'s options (see its --help). Every field but the free ones must match on resume."""
 
     pretrained: str
@@ -365,6 +366,7 @@ def run_filter(inputs: list[str], out: str, opts: FilterOptions) -> dict:
     from vlmtool.core.runtime import dist_info, precision_name, resolve_device, resolve_precision
 
     t0 = time.perf_counter()
+    ray = uses_ray(opts)
     dist = dist_info()
     refs = shard_refs(expand_inputs(inputs))
     dev = resolve_device(opts.device, dist)
@@ -372,37 +374,58 @@ def run_filter(inputs: list[str], out: str, opts: FilterOptions) -> dict:
     with Job("filter", out, opts, refs, dist) as job:
         scoring, selecting = job.records("score"), job.records("select")
         run, desc = None, None
-        if scoring.pending():
-            run, desc = _score(job, scoring, opts, dev, dtype)
-        if not scoring.all_done():
-            log("filter", f"rank {dist.rank}: waiting for the other ranks' scores")
-        scoring.wait_all(timeout=opts.wait_timeout)
-        todo = selecting.pending()
-        threshold, kept, _ = select_keep(scoring, opts.min_score, opts.keep_fraction, todo)
-        for ref in todo:
-            selecting.write_record(ref, _select_shard(selecting, ref, kept[ref.name], threshold))
+        if ray:  # the driver: both passes on Ray actors, the threshold computed here between them
+            run, desc, threshold = _ray_passes(job, scoring, selecting, opts)
+        else:
+            if scoring.pending():
+                run, desc = _score(job, scoring, opts, dev, dtype)
+            if not scoring.all_done():
+                log("filter", f"rank {dist.rank}: waiting for the other ranks' scores")
+            scoring.wait_all(timeout=opts.wait_timeout)
+            threshold = _select_here(scoring, selecting, opts)
         this_run = {"scored": run.ok if run else 0, "seconds": round(time.perf_counter() - t0, 3),
                     "samples_per_s": round(run.samples / run.seconds, 1) if run and run.seconds else None}
         if not selecting.all_done():
             return {**job.incomplete(selecting, this_run, "the last one writes scores.jsonl and the report"), "threshold": threshold}
-        # ---- the last rank: one scores.jsonl in input order, the report, the manifest
-        with atomic_path(job.out / "scores.jsonl") as tmp, open(tmp, "wb") as f:  # streamed: one shard's rows at a time
-            for ref in refs:
-                with open(job.out / "_rows" / f"{ref.name}.jsonl", "rb") as part:
-                    shutil.copyfileobj(part, f, 1 << 20)
-        score_records = scoring.records()
-        desc = desc or _model_desc(job) or {"precision": precision_name(dtype)}
-        report = _report(job, score_records, selecting.records(), threshold, desc, opts.plot)
-        totals = merge_totals(score_records)
-        job.write_manifest(scoring, totals, {"report": {k: v for k, v in report.items() if k != "histogram"},
-                                             "select": selecting.records()})
-        totals["oom_backoffs"] = sum(r.get("oom_backoffs", 0) for r in score_records.values())
-        return {**job.header(), "complete": True, "threshold": threshold, **totals, "kept": report["kept"],
-                "kept_fraction": report["kept_fraction"], "modality_gap": report["modality_gap"], **desc, "this_run": this_run}
+        return _finish(job, scoring, selecting, threshold, desc or _model_desc(job) or {"precision": precision_name(dtype)},
+                       this_run)
+
+
+def _finish(job: Job, scoring: JobDir, selecting: JobDir, threshold, desc: dict, this_run: dict) -> dict:
+    """Once every shard is selected: one scores.jsonl in input order, the report, the manifest."""
+    with atomic_path(job.out / "scores.jsonl") as tmp, open(tmp, "wb") as f:  # streamed: one shard's rows at a time
+        for ref in job.refs:
+            with open(job.out / "_rows" / f"{ref.name}.jsonl", "rb") as part:
+                shutil.copyfileobj(part, f, 1 << 20)
+    score_records = scoring.records()
+    report = _report(job, score_records, selecting.records(), threshold, desc, job.opts.plot)
+    totals = merge_totals(score_records)
+    job.write_manifest(scoring, totals, {"report": {k: v for k, v in report.items() if k != "histogram"},
+                                         "select": selecting.records()})
+    totals["oom_backoffs"] = sum(r.get("oom_backoffs", 0) for r in score_records.values())
+    return {**job.header(), "complete": True, "threshold": threshold, **totals, "kept": report["kept"],
+            "kept_fraction": report["kept_fraction"], "modality_gap": report["modality_gap"], **desc, "this_run": this_run}
+
+
+def _select_here(scoring: JobDir, selecting: JobDir, opts: FilterOptions):
+    """The select pass over this rank's unselected shards, once every shard is scored; the threshold."""
+    todo = selecting.pending()
+    threshold, kept, _ = select_keep(scoring, opts.min_score, opts.keep_fraction, todo)
+    for ref in todo:
+        selecting.write_record(ref, _select_shard(selecting, ref, kept[ref.name], threshold))
+    return threshold
 
 
 def _score(job: Job, scoring: JobDir, opts: FilterOptions, dev, dtype):
     """The score pass over this rank's unscored shards; returns its RunStats and the model's description."""
+    desc, scorer = _score_parts(opts, dev, dtype)
+    run = _score_shards(scoring, opts, scorer, dev, opts.progress)
+    write_json(job.state_path(f"model-{job.dist.rank}.json"), desc)
+    return run, desc
+
+
+def _score_parts(opts: FilterOptions, dev, dtype) -> tuple[dict, tuple]:
+    """The model loaded once: its description, and (embedding width, loader preparer, compute)."""
     from vlmtool.clip.model import load_clip
     from vlmtool.clip.preprocess import ClipPrep, PreFilter
     from vlmtool.core.runtime import precision_name
@@ -417,12 +440,69 @@ def _score(job: Job, scoring: JobDir, opts: FilterOptions, dev, dtype):
 
         with torch.inference_mode():
             dim = int(loaded.model.encode_text(loaded.tokenizer(["a"]).to(dev)).shape[-1])
-    score = _scorer(loaded, dev, dtype, opts.decode)
-    run = run_shards(scoring, prep, lambda ref: ScoreSink(job, ref, dim, score, opts.batch_size), None, batch_size=opts.batch_size,
-                     workers=opts.workers, strict=opts.strict, read=opts.read(), progress=opts.progress,
-                     pin_memory=dev.type == "cuda", desc="filter: score")
-    write_json(job.state_path(f"model-{job.dist.rank}.json"), desc)
-    return run, desc
+    return desc, (dim, prep, _scorer(loaded, dev, dtype, opts.decode))
+
+
+def _score_shards(scoring: JobDir, opts: FilterOptions, scorer: tuple, dev, progress: bool):
+    """The score pass over `scoring`'s pending shards: the model runs in each shard's sink, so an
+    out-of-memory error halves that shard's batch and a device-decoder reject stays in its place."""
+    dim, prep, score = scorer
+    return run_shards(scoring, prep, lambda ref: ScoreSink(scoring, ref, dim, score, opts.batch_size), None,
+                      batch_size=opts.batch_size, workers=opts.workers, strict=opts.strict, read=opts.read(), progress=progress,
+                      pin_memory=dev.type == "cuda", desc="filter: score")
+
+
+def _ray_passes(job: Job, scoring: JobDir, selecting: JobDir, opts: FilterOptions):
+    """Both passes on Ray actors (core/executors.py): score on the model's actors, then the
+    threshold here, from every shard's scores, then select on CPU actors. (run, desc, threshold)"""
+    out = str(job.out)
+    run, desc = run_records(opts, scoring, ScoreWorker(out, opts), "filter: score", progress=opts.progress)
+    if desc:
+        write_json(job.state_path("model-0.json"), desc)
+    if not scoring.all_done():  # pragma: no cover - the pool returns only when every shard is committed
+        raise JobFailed("filter: shards left unscored; rerun with the same --out")
+    todo = selecting.pending()
+    threshold, kept, _ = select_keep(scoring, opts.min_score, opts.keep_fraction, todo)
+    run_records(opts, selecting, SelectWorker(out), "filter: select", args={r.name: (kept[r.name], threshold) for r in todo},
+                gpus=0, progress=False)
+    return run, desc or None, threshold
+
+
+class ScoreWorker:
+    """The score pass for one shard at a time, in a Ray actor: the model loaded once (setup)."""
+
+    def __init__(self, out: str, opts: FilterOptions):
+        self.out, self.opts = out, opts
+
+    def setup(self) -> dict:
+        from vlmtool.core.runtime import resolve_device, resolve_precision
+
+        self.dev = resolve_device(self.opts.device)
+        desc, self.scorer = _score_parts(self.opts, self.dev, resolve_precision(self.opts.precision, self.dev))
+        return desc
+
+    def run(self, ref: ShardRef, arg=None) -> dict:
+        scoring = shard_records(self.out, "filter", ref, "score")
+        _score_shards(scoring, self.opts, self.scorer, self.dev, progress=False)
+        return record_stats(scoring, ref)
+
+
+class SelectWorker:
+    """The select pass for one shard: its kept rows and the threshold come from the driver."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def setup(self) -> dict:
+        return {}
+
+    def run(self, ref: ShardRef, arg) -> dict:
+        kept_rows, threshold = arg
+        selecting = shard_records(self.out, "filter", ref, "select")
+        if not selecting.is_done(ref):
+            selecting.write_record(ref, _select_shard(selecting, ref, kept_rows, threshold))
+        rec = selecting.records()[ref.name]
+        return {"samples": rec["rows"], "ok": rec["kept"]}
 
 
 def _model_desc(job: Job) -> dict:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmtool.core.batches import Batch, run_shards
+from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
 from vlmtool.core.job import Job, free
 from vlmtool.core.records import ReadOptions
 from vlmtool.core.samples import DEFAULT_MAX_PIXELS, Sample
@@ -108,7 +109,7 @@ def summarize(records: dict[str, dict]) -> dict:
 
 
 @dataclass(frozen=True)
-class InspectOptions:
+class InspectOptions(ExecutorOptions):
     """`vlmtool inspect`'s options (see its --help)."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -124,6 +125,7 @@ class InspectOptions:
 
 
 def run_inspect(inputs: list[str], out: str | None = None, opts: InspectOptions = InspectOptions()) -> dict:
+    uses_ray(opts)  # a usage error before any folder is made
     refs = shard_refs(expand_inputs(inputs))
     if out is not None:
         with Job("inspect", out, opts, refs) as job:
@@ -136,9 +138,32 @@ def run_inspect(inputs: list[str], out: str | None = None, opts: InspectOptions 
 
 def _inspect(job: Job, opts: InspectOptions) -> dict:
     records = job.records()
-    run = run_shards(records, InspectPrep(), lambda ref: InspectSink(), batch_size=opts.batch_size, workers=opts.workers,
-                     strict=opts.strict, read=opts.read(), progress=opts.progress, desc="inspect")
+    if uses_ray(opts):
+        run, _ = run_records(opts, records, InspectWorker(str(job.out), opts), "inspect", progress=opts.progress)
+    else:
+        run = _run(records, opts, opts.progress)
     return job.finish(records, run, summarize)
+
+
+def _run(records, opts: InspectOptions, progress: bool):
+    return run_shards(records, InspectPrep(), lambda ref: InspectSink(), batch_size=opts.batch_size, workers=opts.workers,
+                      strict=opts.strict, read=opts.read(), progress=progress, desc="inspect")
+
+
+@dataclass(frozen=True)
+class InspectWorker:
+    """One shard of inspect, in a Ray actor (core/executors.py)."""
+
+    out: str
+    opts: InspectOptions
+
+    def setup(self) -> dict:
+        return {}
+
+    def run(self, ref, arg=None) -> dict:
+        records = shard_records(self.out, "inspect", ref)
+        _run(records, self.opts, progress=False)
+        return record_stats(records, ref)
 
 
 _SCRATCH = "vlmtool-inspect-"

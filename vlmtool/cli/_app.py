@@ -60,6 +60,16 @@ WORKERS = typer.Option(2, "--workers", "-w", min=0, help="Loader worker processe
 STRICT = typer.Option(False, "--strict", help="Stop at the first bad sample instead of counting and skipping it.")
 JSON = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr.")
+# Where the shards run (core/executors.py; docs/cluster.md, "Ray").
+EXECUTOR = typer.Option("local", "--executor", help="local (this process, or the torchrun/SLURM ranks) or ray (a pool of Ray actors; "
+                        "pip install 'vlmtool[ray]').")
+RAY_ADDRESS = typer.Option("auto", "--ray-address", help="The Ray cluster (auto: RAY_ADDRESS or the cluster on this machine, "
+                           "else a local Ray started for the job).")
+RAY_WORKERS = typer.Option(1, "--ray-workers", min=1, help="Ray actors, each loading the model once and taking shard after shard "
+                           "(--workers stays the loader processes inside each).")
+GPUS_PER_WORKER = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor; a fraction (0.25) shares one GPU "
+                               "between several actors.")
+CPUS_PER_WORKER = typer.Option(1.0, "--cpus-per-worker", min=0.0, help="CPUs Ray reserves per actor (count its loader workers).")
 MAX_PIXELS = typer.Option(89_478_485, "--max-pixels", min=1, help="Reject images with more pixels (decompression bombs; PIL's own limit).")
 MAX_IMAGE_BYTES = typer.Option(64 << 20, "--max-image-bytes", min=1, help="Reject image members larger than this many bytes.")
 MAX_TEXT_BYTES = typer.Option(1 << 20, "--max-text-bytes", min=1, help="Reject caption and json members larger than this many bytes.")

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from vlmtool.cli._app import (DECODE, DEVICE, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, OUT, PRECISION, PROGRESS, STRICT,
-                              WORKERS, app, emit, options)
+from vlmtool.cli._app import (CPUS_PER_WORKER, DECODE, DEVICE, EXECUTOR, GPUS_PER_WORKER, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS,
+                              MAX_TEXT_BYTES, OUT, PRECISION, PROGRESS, RAY_ADDRESS, RAY_WORKERS, STRICT, WORKERS, app, emit, options)
 
 
 @app.command("clip-train")
@@ -64,6 +64,11 @@ def filter_cmd(
     wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", help="Seconds to wait for other ranks' scores before giving up."),
     as_json: bool = JSON,
     progress: bool = PROGRESS,
+    executor: str = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
+    ray_workers: int = RAY_WORKERS,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
 ) -> None:
     """Score image-caption pairs with CLIP and keep those that match (threshold or global top fraction)."""
     from vlmtool.filter import FilterOptions, run_filter

@@ -5,8 +5,11 @@ from __future__ import annotations
 import typer
 
 from vlmtool.cli._app import (
+    CPUS_PER_WORKER,
     DECODE,
     DEVICE,
+    EXECUTOR,
+    GPUS_PER_WORKER,
     INPUTS,
     JSON,
     MAX_IMAGE_BYTES,
@@ -15,6 +18,8 @@ from vlmtool.cli._app import (
     OUT,
     PRECISION,
     PROGRESS,
+    RAY_ADDRESS,
+    RAY_WORKERS,
     STRICT,
     WORKERS,
     app,
@@ -47,6 +52,11 @@ def encode_cmd(
     strict: bool = STRICT,
     as_json: bool = JSON,
     progress: bool = PROGRESS,
+    executor: str = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
+    ray_workers: int = RAY_WORKERS,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
 ) -> None:
     """Write the vision tower's patch-token features of every image, AnyRes tile and video frame as feature shards."""
     from vlmtool.encode import EncodeOptions, run_encode

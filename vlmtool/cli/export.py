@@ -6,7 +6,8 @@ from typing import List
 
 import typer
 
-from vlmtool.cli._app import JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, OUT, PROGRESS, app, emit, options
+from vlmtool.cli._app import (CPUS_PER_WORKER, EXECUTOR, GPUS_PER_WORKER, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, OUT, PROGRESS,
+                              RAY_ADDRESS, RAY_WORKERS, app, emit, options)
 
 
 @app.command("export")
@@ -28,6 +29,11 @@ def export_cmd(
     max_text_bytes: int = MAX_TEXT_BYTES,
     as_json: bool = JSON,
     progress: bool = PROGRESS,
+    executor: str = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
+    ray_workers: int = RAY_WORKERS,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
 ) -> None:
     """Join instruction rows to their images in the shards and write them in a trainer's layout."""
     from vlmtool.export import ExportOptions, run_export

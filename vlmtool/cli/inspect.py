@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from vlmtool.cli._app import INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, PROGRESS, STRICT, WORKERS, app, emit
+from vlmtool.cli._app import (CPUS_PER_WORKER, EXECUTOR, GPUS_PER_WORKER, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES,
+                              PROGRESS, RAY_ADDRESS, RAY_WORKERS, STRICT, WORKERS, app, emit, options)
 
 
 @app.command("inspect")
@@ -21,10 +22,14 @@ def inspect_cmd(
     max_text_bytes: int = MAX_TEXT_BYTES,
     as_json: bool = JSON,
     progress: bool = PROGRESS,
+    executor: str = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
+    ray_workers: int = RAY_WORKERS,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
 ) -> None:
     """Count samples, fields, image sizes, caption lengths and broken samples by reason."""
     from vlmtool.inspect_shards import InspectOptions, run_inspect
 
-    opts = InspectOptions(max_pixels=max_pixels, max_image_bytes=max_image_bytes, max_text_bytes=max_text_bytes,
-                          batch_size=batch_size, workers=workers, strict=strict, progress=progress)
+    opts = options(InspectOptions, locals())
     emit(run_inspect(inputs, out, opts), as_json)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import typer
 
 from vlmtool.cli._app import (
+    CPUS_PER_WORKER,
     DEVICE,
+    EXECUTOR,
+    GPUS_PER_WORKER,
     INPUTS,
     JSON,
     MAX_IMAGE_BYTES,
@@ -14,6 +17,8 @@ from vlmtool.cli._app import (
     MAX_TEXT_BYTES,
     OUT,
     PROGRESS,
+    RAY_ADDRESS,
+    RAY_WORKERS,
     STRICT,
     app,
     emit,
@@ -66,6 +71,11 @@ def synth_cmd(
     as_json: bool = JSON,
     progress: bool = PROGRESS,
     device: str = DEVICE,
+    executor: str = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
+    ray_workers: int = RAY_WORKERS,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    cpus_per_worker: float = CPUS_PER_WORKER,
 ) -> None:
     """Generate visual instruction pairs with a teacher VLM; every request's result is kept exactly once."""
     from vlmtool.synth.job import SynthOptions, run_synth

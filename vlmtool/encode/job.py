@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtool.core.batches import Batch, RunStats, loader
+from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
 from vlmtool.core.job import Job, free, log
 from vlmtool.core.records import ReadOptions, Reject
 from vlmtool.core.samples import DEFAULT_MAX_PIXELS
@@ -37,7 +38,7 @@ from vlmtool.features import FORMAT_NAME, FORMAT_VERSION, lm_layout, npy_bytes
 
 
 @dataclass(frozen=True)
-class EncodeOptions:
+class EncodeOptions(ExecutorOptions):
     """`vlmtool encode`'s options (see its --help). Every field but the free ones must match on resume."""
 
     pretrained: str
@@ -297,6 +298,40 @@ def run_views(records: JobDir, stream, open_work, workers: int, progress: bool, 
     return stats
 
 
+def _encode_shards(records: JobDir, opts: EncodeOptions, prep, forward, progress: bool, to_device=None, pin: bool = False) -> RunStats:
+    from vlmtool.encode.stream import EncodeStream
+
+    stream = EncodeStream(records.pending(), prep, opts.batch_size, opts.read())
+    return run_views(records, stream, lambda ref: ShardWork(FeatureSink(records.out, ref, opts), forward, opts.batch_size, to_device),
+                     opts.workers, progress, pin_memory=pin)
+
+
+class EncodeWorker:
+    """Encode for one shard at a time, in a Ray actor (core/executors.py): the tower loaded once."""
+
+    def __init__(self, out: str, opts: EncodeOptions):
+        self.out, self.opts = out, opts
+
+    def setup(self) -> dict:
+        from vlmtool.clip.model import load_clip
+        from vlmtool.core.runtime import precision_name, resolve_device, resolve_precision
+        from vlmtool.encode.stream import EncodePrep
+
+        dev = resolve_device(self.opts.device)
+        dtype = resolve_precision(self.opts.precision, dev)
+        loaded = load_clip(self.opts.model, self.opts.pretrained, device=dev)
+        self.prep = EncodePrep(tower_of(loaded, self.opts)[0], loaded.transform, self.opts.max_pixels, self.opts.decode)
+        self.forward = _encoder(loaded, self.opts, dev, dtype)
+        self.to_device = device_batches(loaded.preprocess, dev) if self.opts.decode == "device" else None
+        self.pin = dev.type == "cuda"
+        return {"precision": precision_name(dtype)}
+
+    def run(self, ref: ShardRef, arg=None) -> dict:
+        records = shard_records(self.out, "encode", ref)
+        _encode_shards(records, self.opts, self.prep, self.forward, False, self.to_device, self.pin)
+        return record_stats(records, ref)
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -339,8 +374,9 @@ def run_encode(inputs: list[str], out: str, opts: EncodeOptions) -> dict:
         resolve_precision,
     )
     from vlmtool.encode.predict import check_disk, predict
-    from vlmtool.encode.stream import EncodePrep, EncodeStream
+    from vlmtool.encode.stream import EncodePrep
 
+    ray = uses_ray(opts)
     dist = dist_info()
     refs = shard_refs(expand_inputs(inputs, suffixes=INPUT_SUFFIXES))
     dev = resolve_device(opts.device, dist)
@@ -354,12 +390,14 @@ def run_encode(inputs: list[str], out: str, opts: EncodeOptions) -> dict:
     with Job("encode", out, opts, refs, dist) as job:
         write_json(job.out / "features.json", features_json(loaded, opts, tower, dim, precision_name(dtype)))
         records = job.records()
-        prep = EncodePrep(tower, loaded.transform, opts.max_pixels, opts.decode)
-        stream = EncodeStream(records.pending(), prep, opts.batch_size, opts.read())
-        forward = _encoder(loaded, opts, dev, dtype)
-        to_device = device_batches(loaded.preprocess, dev) if opts.decode == "device" else None
-        run = run_views(records, stream, lambda ref: ShardWork(FeatureSink(job.out, ref, opts), forward, opts.batch_size, to_device),
-                        opts.workers, opts.progress, pin_memory=dev.type == "cuda")
+        if ray:
+            run, about = run_records(opts, records, EncodeWorker(str(job.out), opts), "encode", progress=opts.progress)
+            if about and about["precision"] != precision_name(dtype):  # the actors' device, not the driver's
+                write_json(job.out / "features.json", features_json(loaded, opts, tower, dim, about["precision"]))
+        else:
+            prep = EncodePrep(tower, loaded.transform, opts.max_pixels, opts.decode)
+            to_device = device_batches(loaded.preprocess, dev) if opts.decode == "device" else None
+            run = _encode_shards(records, opts, prep, _encoder(loaded, opts, dev, dtype), opts.progress, to_device, dev.type == "cuda")
 
         def summarize(recs: dict) -> dict:
             return {k: sum(r.get(k, 0) for r in recs.values()) for k in ("tokens", "lm_tokens", "bytes", "oom_backoffs")}

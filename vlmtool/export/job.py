@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
 from vlmtool.core.job import Job, free, log
 from vlmtool.core.records import ReadOptions, Reject, tar_records
 from vlmtool.core.samples import DEFAULT_MAX_PIXELS, IMAGE_EXTS, SampleError, decode_image
@@ -36,7 +37,7 @@ MAX_LOGGED_REJECTS = 10_000  # per shard, in its completion record (the counts a
 
 
 @dataclass(frozen=True)
-class ExportOptions:
+class ExportOptions(ExecutorOptions):
     """`vlmtool export`'s options (see its --help)."""
 
     to: str = "llava"
@@ -76,11 +77,12 @@ def run_export(instructions: str, shards: list[str], out: str, opts: ExportOptio
 
     opts = dataclasses.replace(opts, instructions=str(Path(instructions).resolve()))
     opts.check()
+    ray = uses_ray(opts)
     refs = shard_refs(expand_inputs(shards))
     with Job("export", out, opts, refs) as job:
         _check_instructions_unchanged(job, Path(opts.instructions))
         split = build_index(Path(opts.instructions), refs, job.out / "_state")
-        summary = _export(job, opts, split)
+        summary = _export(job, opts, split, ray)
     if summary.get("complete") and not summary["rows"]:
         err = JobFailed(f"export: no row written ({_reasons(summary['rejected'])}); rejects.jsonl in {out} lists each")
         err.summary = summary
@@ -108,10 +110,16 @@ def _check_instructions_unchanged(job: Job, path: Path) -> None:
         write_json(state, mine)
 
 
-def _export(job: Job, opts: ExportOptions, split: dict) -> dict:
+def _export(job: Job, opts: ExportOptions, split: dict, ray: bool = False) -> dict:
     t0 = time.perf_counter()
     records = job.records()
     pending = records.pending()
+    if ray:
+        run, _ = run_records(opts, records, ExportWorker(str(job.out), opts), "export", progress=opts.progress)
+        this_run = {"shards": len(pending), "rows": run.ok, "seconds": round(time.perf_counter() - t0, 3)}
+        if not records.all_done():  # pragma: no cover - the pool returns only when every shard is committed
+            return job.incomplete(records, this_run)
+        return {**job.header(), "complete": True, **_finish(job, records, opts, split), "this_run": this_run}
     index = RowIndex(job.out / "_state" / "rows.sqlite")
     bar = _bar(opts, len(pending))
     written = 0
@@ -131,6 +139,24 @@ def _export(job: Job, opts: ExportOptions, split: dict) -> dict:
     if not records.all_done():
         return job.incomplete(records, this_run)
     return {**job.header(), "complete": True, **_finish(job, records, opts, split), "this_run": this_run}
+
+
+class ExportWorker:
+    """Export for one shard at a time, in a Ray actor (core/executors.py); the rows come from
+    the split the driver made (read-only)."""
+
+    def __init__(self, out: str, opts: ExportOptions):
+        self.out, self.opts = out, opts
+
+    def setup(self) -> dict:
+        self.index = RowIndex(Path(self.out) / "_state" / "rows.sqlite")
+        return {}
+
+    def run(self, ref: ShardRef, arg=None) -> dict:
+        records = shard_records(self.out, "export", ref)
+        if not records.is_done(ref):
+            records.write_record(ref, export_shard(Path(self.out), ref, self.index.rows(ref.index), self.opts))
+        return record_stats(records, ref)
 
 
 def _bar(opts: ExportOptions, total: int):

@@ -20,6 +20,7 @@ A job in which every request failed, or more than `--max-failed` of them, raises
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections import Counter, OrderedDict
@@ -141,12 +142,12 @@ def run_synth(inputs: list[str], out: str, opts: SynthOptions | None = None, **c
     summary. `changes` (field=value) amend `opts` (default SynthOptions()). Raises UsageError
     for options that cannot work (before anything is written) and JobFailed when too many
     requests failed (after the outputs and manifest are written)."""
-    import dataclasses
-
+    from vlmtool.core.executors import uses_ray
     from vlmtool.core.runtime import dist_info
 
     opts = dataclasses.replace(opts or SynthOptions(), **changes)
     opts.check()
+    ray = uses_ray(opts)
     weights = parse_tasks(opts.tasks)
     prompts = load_prompts(opts.prompts)
     file_vocabulary = read_vocabulary(opts.vocabulary) if opts.vocabulary else None
@@ -154,7 +155,7 @@ def run_synth(inputs: list[str], out: str, opts: SynthOptions | None = None, **c
     with Job("synth", out, opts, refs, dist_info()) as job:
         _check_files_unchanged(job, prompts, file_vocabulary)
         plan = Plan(opts, prompts, weights, _object_tables(job, opts), file_vocabulary)
-        summary = _synth(job, plan)
+        summary = _synth(job, plan, ray)
     failure = failure_message(summary, opts.max_failed)
     if failure:
         err = JobFailed(failure)
@@ -198,7 +199,7 @@ def _object_tables(job: Job, opts: SynthOptions) -> ObjectTables:
     return tables
 
 
-def _synth(jobf: Job, plan: Plan) -> dict:
+def _synth(jobf: Job, plan: Plan, ray: bool = False) -> dict:
     opts = plan.opts
     t0 = time.perf_counter()
     job = jobf.records()
@@ -208,9 +209,32 @@ def _synth(jobf: Job, plan: Plan) -> dict:
         for ref in jobf.refs:
             if ref.name in failed_shards:
                 job.record_path(ref).unlink(missing_ok=True)
-    teacher = make_teacher(opts)
     pending = job.pending()
-    log = _open_log(log_dir / f"requests-{jobf.dist.rank:05d}.jsonl")
+    if ray:  # one actor holds the teacher, the limits and the log for the whole cluster (docs/cluster.md)
+        from vlmtool.core.executors import run_one
+
+        worker = SynthWorker(str(job.out), jobf.refs, dataclasses.replace(plan, opts=dataclasses.replace(opts, progress=False)))
+        res = run_one(opts, job.out, worker, desc="synth", total=len(pending), poll=lambda: sum(job.is_done(r) for r in pending),
+                      progress=opts.progress and bool(pending))
+        stats, reasons = res["stats"], res["reasons"]
+    else:
+        stats, reasons = send_requests(job, plan, jobf.dist.rank)
+    this_run = {"shards": len(pending), **{k: stats.get(k, 0) for k in ("sent", "ok", "rejected", "failed", "retries",
+                                                                       "prompt_tokens", "completion_tokens", "image_tokens")},
+                "by_reason": reasons, "seconds": round(time.perf_counter() - t0, 3)}
+    this_run.update(speed(this_run))
+    if not job.all_done():
+        return jobf.incomplete(job, this_run, "the last one writes instructions.jsonl")
+    return {**jobf.header(), "complete": True, **finalize(jobf, job, plan), "this_run": this_run}
+
+
+def send_requests(job: JobDir, plan: Plan, rank: int) -> tuple[dict, dict]:
+    """Send the requests of the unfinished shards of `job`, every result logged to
+    log/requests-RANK.jsonl as it arrives (what the logs hold already is skipped); (stats, reasons)."""
+    teacher = make_teacher(plan.opts)
+    pending = job.pending()
+    log_dir = job.out / "log"
+    log = _open_log(log_dir / f"requests-{rank:05d}.jsonl")
     runner = Run(job, teacher, plan, _seen(log_dir, {r.name for r in pending}), log)
 
     async def main():
@@ -224,13 +248,24 @@ def _synth(jobf: Job, plan: Plan) -> dict:
         asyncio.run(main())
     finally:
         log.close()
-    this_run = {"shards": len(pending), **{k: runner.stats[k] for k in ("sent", "ok", "rejected", "failed", "retries",
-                                                                       "prompt_tokens", "completion_tokens", "image_tokens")},
-                "by_reason": dict(runner.reasons), "seconds": round(time.perf_counter() - t0, 3)}
-    this_run.update(speed(this_run))
-    if not job.all_done():
-        return jobf.incomplete(job, this_run, "the last one writes instructions.jsonl")
-    return {**jobf.header(), "complete": True, **finalize(jobf, job, plan), "this_run": this_run}
+    return dict(runner.stats), dict(runner.reasons)
+
+
+class SynthWorker:
+    """synth in one Ray actor: the teacher with its concurrency and rate limits (the cluster's
+    total, not a rate per actor), the exactly-once request log and the shards' records."""
+
+    def __init__(self, out: str, refs: list, plan: Plan):
+        self.out, self.refs, self.plan = out, refs, plan
+
+    def setup(self) -> dict:
+        return {}
+
+    def run(self, ref=None, arg=None) -> dict:
+        from vlmtool.core.runtime import Dist
+
+        stats, reasons = send_requests(JobDir(self.out, "synth", self.refs, Dist()), self.plan, 0)
+        return {"stats": stats, "reasons": reasons}
 
 
 def speed(run: dict) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from vlmtool.core.executors import ExecutorOptions
 from vlmtool.core.job import free
 from vlmtool.core.records import MiB
 from vlmtool.core.samples import DEFAULT_MAX_PIXELS
@@ -18,7 +19,7 @@ TEACHERS = ("captions", "openai")
 
 
 @dataclass(frozen=True)
-class SynthOptions:
+class SynthOptions(ExecutorOptions):
     """See `vlmtool synth --help`. The free() ones may change when a job is resumed."""
 
     teacher: str = "captions"
