@@ -185,12 +185,12 @@ class BundledLM(nn.Module):
         if cache is None and use_cache:
             cache = KVCache(self.n_layers)
         past = len(cache) if cache is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=inputs_embeds.device).expand(B, T)
         if past + T > self.max_seq:  # positions never exceed past + T - 1 (they count real tokens)
             raise UsageError(f"a sequence of {past + T} tokens exceeds the LM's max_seq {self.max_seq}")
-        cos = self.rope_cos[position_ids][:, None]  # [B, 1, T, Dh]
-        sin = self.rope_sin[position_ids][:, None]
+        if position_ids is None:  # every row at the same positions: a slice of the tables, broadcast (no gather)
+            cos, sin = self.rope_cos[past : past + T][None, None], self.rope_sin[past : past + T][None, None]  # [1, 1, T, Dh]
+        else:
+            cos, sin = self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]  # [B, 1, T, Dh]
         mask = None
         if attention_mask is not None and attention_mask.dim() == 4:
             mask = attention_mask

@@ -81,8 +81,11 @@ class VLM(nn.Module):
             if slot.any() or nl.any():
                 raise UsageError("the xattn connector takes no visual slots: encode the chat with n_visual=0")
             return x
-        # always in the graph (zero gradient without newline slots), so DDP sees it used
-        x = torch.where(nl[..., None], self.connector.image_newline.to(x.dtype), x)
+        newline = self.connector.image_newline.to(x.dtype)
+        if bool(nl.any()):
+            x = torch.where(nl[..., None], newline, x)
+        elif self.training and torch.distributed.is_available() and torch.distributed.is_initialized():
+            x = x + 0.0 * newline.sum()  # DDP: every parameter in the graph (a zero gradient without newline slots)
         src = pixels if self.config.connector == "native" else visual
         if src is None and not slot.any():
             return x
