@@ -107,3 +107,24 @@ def test_usage_lines_write_arguments_plainly():
     for cmd, want in ((("inspect",), "INPUTS..."), (("budget",), "[INPUT]..."), (("eval", "pope"), "[INPUTS]...")):
         first = run_cli(*cmd, "--help").stdout.splitlines()[0]
         assert first.endswith(want) and "{" not in first, first
+
+
+def test_the_demo_prints_its_table_on_stdout(monkeypatch):
+    """`vlmtool demo > out.txt` holds the result: the POPE table and the summary lines, on stdout;
+    (the pipeline itself is tests/test_demo.py's: here its summary is given)."""
+    from typer.testing import CliRunner
+
+    import vlmtool.demo
+    from vlmtool.cli import app
+
+    metrics = {"accuracy": 0.9, "precision": 0.88, "recall": 0.92, "f1": 0.9, "yes_ratio": 0.52, "n": 120}
+    summary = {"demo": "d", "checkpoint": "d/stage2", "pope": {s: metrics for s in ("random", "popular", "adversarial")},
+               "blind": {s: {**metrics, "f1": 0.5} for s in ("random", "popular", "adversarial")},
+               "swap": {"flip_rate": 0.85, "both_correct": 0.8, "pairs": 40}, "chair": {"chair_i": 0.07, "chair_s": 0.15, "descriptions": 60},
+               "steps": {}}
+    monkeypatch.setattr(vlmtool.demo, "run_demo", lambda out, opts: summary)
+    r = CliRunner().invoke(app, ["demo", "--out", "x", "--no-progress"], catch_exceptions=False)
+    assert r.exit_code == 0
+    out = r.stdout
+    assert "adversarial" in out and "0.900" in out and "swap: flip_rate 0.850, both_correct 0.800 over 40 pairs" in out
+    assert "checkpoint: d/stage2" in out
