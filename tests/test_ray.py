@@ -171,7 +171,10 @@ def test_a_ray_worker_killed_mid_shard_is_redone_to_the_same_bytes(faulty_world,
     driver.start()
     sleeper = stalled_sleep(marker)
     actor = reader_of(sleeper)
-    assert list((tmp_path / "killed" / "shards").glob(".*.tmp"))  # the stalled shard is half written
+    deadline = time.monotonic() + 10  # the reader is stalled half-way through the shard: let its first batches land
+    while not list((tmp_path / "killed" / "shards").glob(".*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not result and not (tmp_path / "killed" / "manifest.json").exists()  # killed mid-job, its shard unfinished
     os.kill(actor, signal.SIGKILL)
     os.kill(sleeper, signal.SIGKILL)
     driver.join(timeout=240)
