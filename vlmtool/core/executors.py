@@ -20,11 +20,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
+from vlmtool.core.batches import RunStats
 from vlmtool.core.job import free
 from vlmtool.core.shards import ShardRef, temp_pattern
 from vlmtool.errors import JobFailed, UsageError, VlmtoolError
@@ -107,27 +108,15 @@ def connect(address: str):
     return ray
 
 
-@dataclass
-class PoolStats:
-    """What one pass of shards did, as run_shards' RunStats reports it."""
-
-    samples: int = 0
-    ok: int = 0
-    shards_done: int = 0
-    shards_skipped: int = 0
-    seconds: float = 0.0
-    rejected: Counter | None = None
+class PoolStats(RunStats):
+    """What one pass of shards did, as run_shards' RunStats reports it, summed shard by shard
+    from the records the actors return."""
 
     def add(self, stats: dict) -> None:
         self.samples += stats.get("samples", 0)
         self.ok += stats.get("ok", 0)
         self.shards_done += 1
-        self.rejected = (self.rejected or Counter()) + Counter(stats.get("rejected", {}))
-
-    def to_json(self) -> dict:
-        return {"shards_done": self.shards_done, "shards_skipped": self.shards_skipped, "samples": self.samples,
-                "seconds": round(self.seconds, 3),
-                "samples_per_s": round(self.samples / self.seconds, 1) if self.seconds > 0 else None}
+        self.rejected.update(stats.get("rejected", {}))
 
 
 class RayPool:
