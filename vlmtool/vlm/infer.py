@@ -44,10 +44,10 @@ def load_tower(tower: dict, device="cpu", allow_change: bool = False):
     pretrained = tower_field(tower, "pretrained", "weights", "path")
     if not arch and not pretrained:
         raise UsageError("the checkpoint's tower reference names no architecture or weights: cannot encode images")
-    if not allow_change:
-        check_tower_weights(tower)
     key = (arch, pretrained, str(device))
-    if key not in _TOWERS:
+    if key not in _TOWERS:  # checked when loaded, not again for every image
+        if not allow_change:
+            check_tower_weights(tower)
         _TOWERS[key] = load_clip(arch, pretrained, device=device)
     return _TOWERS[key]
 
