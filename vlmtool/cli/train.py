@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from vlmtool.cli._app import (
-    DECODE,
     DEVICE,
     INPUTS,
     JSON,
@@ -89,7 +88,8 @@ def infer_cmd(
                                             "weights file changed since the features were made (sha256 differs)."),
     device: str = DEVICE,
     precision: str = PRECISION,
-    decode: str = DECODE,
+    decode: str = typer.Option("cpu", "--decode", help="cpu: open_clip's transform on the CPU; device: the image (decoded "
+                               "with PIL) is resized, cropped and normalized in torch on the model's device."),
     as_json: bool = JSON,
 ) -> None:
     """Answer questions about images with a trained checkpoint (its own vision tower encodes them)."""
