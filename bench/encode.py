@@ -65,14 +65,14 @@ def _model_alone(loaded, opts, dev, dtype, views: int) -> float:
 
 def _prep_alone(loaded, opts, tower, shards, workers: int) -> tuple[float, int]:
     """Seconds per view of reading, decoding, cutting views and preprocessing; and the views."""
-    from vlmtool.core.batches import loader
+    from vlmtool.core.batches import ShardStream, loader
     from vlmtool.core.shards import shard_refs
-    from vlmtool.encode.stream import EncodePrep, EncodeStream
+    from vlmtool.encode.stream import EncodePrep
 
     prep = EncodePrep(tower, loaded.transform, opts.max_pixels)
     t0 = time.perf_counter()
     views = 0
-    for msg in loader(EncodeStream(shard_refs(shards), prep, opts.batch_size, opts.read()), workers, shards=len(shards)):
+    for msg in loader(ShardStream(shard_refs(shards), prep, opts.batch_size, opts.read()), workers, shards=len(shards)):
         if getattr(msg, "data", None) is not None:
             views += len(msg.data[0])
     return (time.perf_counter() - t0) / views, views

@@ -169,16 +169,9 @@ class FeatureDataset(IterableDataset):
         self.paths, self.rank, self.world_size = list(paths), rank, world_size
 
     def __iter__(self) -> Iterator[dict]:
-        import sys
+        from vlmtool.core.runtime import worker_share
 
-        mine = self.paths[self.rank :: self.world_size]
-        if "torch" in sys.modules:
-            from torch.utils.data import get_worker_info
-
-            info = get_worker_info()
-            if info is not None:
-                mine = mine[info.id :: info.num_workers]
-        yield from read(mine)
+        yield from read(worker_share(self.paths[self.rank :: self.world_size]))
 
     @property
     def num_shards(self) -> int:

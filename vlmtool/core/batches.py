@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 from vlmtool.core.records import ReadOptions, Reject, iter_samples
-from vlmtool.core.runtime import fixed_mmap_threshold
+from vlmtool.core.runtime import fixed_mmap_threshold, worker_share
 from vlmtool.core.samples import Sample, SampleError
 from vlmtool.core.shards import JobDir, ShardRef
-from vlmtool.errors import JobFailed
 
 __all__ = ["Batch", "ShardEnd", "Preparer", "Sink", "ReadOptions", "Reject", "ShardStream", "loader", "run_shards", "merge_totals"]
 
@@ -58,7 +57,12 @@ class ShardEnd:
 
 
 class Preparer(Protocol):
-    """The CPU side of a job, run inside loader workers. Must be picklable."""
+    """The CPU side of a job, run inside loader workers. Must be picklable.
+
+    Two optional methods change what ShardStream reads and how it cuts batches:
+    `records(ref, read, objects_field)` yields a shard's items and Rejects in tar order (default:
+    the core's sample stream, `iter_samples`), and `size(payload)` is what a payload counts
+    towards the batch size (default 1; encode counts views)."""
 
     def prepare(self, sample: Sample) -> Any: ...  # may raise SampleError
 
@@ -87,23 +91,22 @@ class ShardStream:
         self.objects_field = objects_field
 
     def __iter__(self) -> Iterator[Batch | ShardEnd]:
-        info = None
-        if "torch" in sys.modules:  # inside a DataLoader worker torch is loaded; never import it just to ask
-            from torch.utils.data import get_worker_info
-
-            info = get_worker_info()
-        shards = self.shards if info is None else self.shards[info.id :: info.num_workers]
-        for ref in shards:
+        for ref in worker_share(self.shards):
             yield from self.shard(ref)
+
+    def _items(self, ref: ShardRef) -> Iterator:
+        records = getattr(self.prep, "records", None)
+        return records(ref, self.read, self.objects_field) if records else iter_samples(ref, self.read, self.objects_field)
 
     def shard(self, ref: ShardRef) -> Iterator[Batch | ShardEnd]:
         t0 = time.perf_counter()
-        seen = 0
+        seen = filled = 0
+        size = getattr(self.prep, "size", None)
         keys: list[str] = []
         payloads: list = []
         rejects: list[Reject] = []
         order: list[tuple[str, int]] = []
-        for item in iter_samples(ref, self.read, self.objects_field):
+        for item in self._items(ref):
             seen += 1
             if not isinstance(item, Reject):
                 try:
@@ -117,9 +120,10 @@ class ShardStream:
                 order.append(("ok", len(keys)))
                 keys.append(item.key)
                 payloads.append(payload)
-            if len(keys) >= self.batch_size:
+                filled += size(payload) if size else 1
+            if filled >= self.batch_size:
                 yield self._batch(ref, keys, payloads, rejects, order)
-                keys, payloads, rejects, order = [], [], [], []  # new lists: the batch keeps its own
+                keys, payloads, rejects, order, filled = [], [], [], [], 0  # new lists: the batch keeps its own
         if keys or rejects:
             yield self._batch(ref, keys, payloads, rejects, order)
         yield ShardEnd(ref, seen, time.perf_counter() - t0)
@@ -181,10 +185,40 @@ class RunStats:
     shards_skipped: int = 0
     seconds: float = 0.0
 
+    def add(self, record: dict) -> None:
+        """Count one finished shard, from its completion record (or the stats a Ray actor returns)."""
+        self.samples += record.get("samples", 0)
+        self.ok += record.get("ok", 0)
+        self.rejected.update(record.get("rejected", {}))
+        self.shards_done += 1
+
     def to_json(self) -> dict:
         return {"shards_done": self.shards_done, "shards_skipped": self.shards_skipped, "samples": self.samples,
                 "seconds": round(self.seconds, 3),
                 "samples_per_s": round(self.samples / self.seconds, 1) if self.seconds > 0 else None}
+
+
+class _InFlight:
+    """One shard between its first batch and its ShardEnd: its sink and what its batches held."""
+
+    def __init__(self, sink: Sink):
+        self.sink, self.ok, self.rejected, self.rows = sink, 0, Counter(), []
+
+    def add(self, batch: Batch, compute: Callable[[Any], Any] | None) -> None:
+        results = None
+        if len(batch):
+            results = compute(batch.data) if compute is not None else batch.data
+        self.sink.add(batch, results)
+        for r in batch.rejects:
+            self.rejected[r.reason] += 1
+            self.rows.append(r.row())
+        self.ok += len(batch)
+
+    def record(self, end: ShardEnd) -> dict:
+        """Commit the sink; the shard's completion record (the sink's own counts win)."""
+        extra = self.sink.commit()
+        return {"samples": end.samples, "ok": self.ok, "rejected": dict(self.rejected), "rejects": self.rows,
+                "seconds": round(end.seconds, 3), **extra}
 
 
 @fixed_mmap_threshold()  # memory bounded by the batch, not the number of batches run
@@ -205,53 +239,36 @@ def run_shards(
 ) -> RunStats:
     """Run prep -> compute -> sink over this rank's unfinished shards, writing a completion
     record per shard. `compute(batch.data)` returns per-sample results for the sink (None means
-    the collated data itself is the result)."""
+    the collated data itself is the result). With --strict the first reject stops the job."""
     from tqdm import tqdm
 
     todo = job.pending()
     stats = RunStats(shards_skipped=len(job.mine()) - len(todo))
     stream = ShardStream(todo, prep, batch_size, read or ReadOptions(), objects_field)
-    sinks: dict[str, Sink] = {}
-    counts: dict[str, tuple[int, Counter, list]] = {}
+    shards: dict[str, _InFlight] = {}
     bar = tqdm(desc=desc or job.job, unit="sample", file=sys.stderr, disable=not progress or not todo, dynamic_ncols=True, mininterval=0.5)
     t0 = time.perf_counter()
     rejected_total = 0
     try:
         for msg in loader(stream, workers, pin_memory, shards=len(todo)):
             name = msg.shard.name
-            if name not in sinks:
-                sinks[name] = open_sink(msg.shard)
-                counts[name] = (0, Counter(), [])
-            ok, rej, rows = counts[name]
+            if name not in shards:
+                shards[name] = _InFlight(open_sink(msg.shard))
             if isinstance(msg, Batch):
                 if strict and msg.rejects:
-                    r = msg.rejects[0]
-                    raise JobFailed(f"--strict: sample {r.key!r} of shard {msg.shard.url} rejected: {r.reason}" + (f" ({r.detail})" if r.detail else ""))
-                results = None
-                if len(msg):
-                    results = compute(msg.data) if compute is not None else msg.data
-                sinks[name].add(msg, results)
-                for r in msg.rejects:
-                    rej[r.reason] += 1
-                    rows.append(r.row())
-                counts[name] = (ok + len(msg), rej, rows)
+                    raise msg.rejects[0].strict_error(msg.shard.url)
+                shards[name].add(msg, compute)
                 bar.update(len(msg) + len(msg.rejects))
                 if msg.rejects:
                     rejected_total += len(msg.rejects)
                     bar.set_postfix(rejected=rejected_total, refresh=False)
             else:
-                extra = sinks.pop(name).commit()
-                record = {"samples": msg.samples, "ok": ok, "rejected": dict(rej), "rejects": rows,
-                          "seconds": round(msg.seconds, 3), **extra}
+                record = shards.pop(name).record(msg)
                 job.write_record(msg.shard, record)
-                del counts[name]
-                stats.samples += msg.samples
-                stats.ok += ok
-                stats.rejected.update(rej)
-                stats.shards_done += 1
+                stats.add(record)
     except BaseException:
-        for sink in sinks.values():
-            sink.abort()
+        for shard in shards.values():
+            shard.sink.abort()
         raise
     finally:
         bar.close()

@@ -110,13 +110,7 @@ def connect(address: str):
 
 class PoolStats(RunStats):
     """What one pass of shards did, as run_shards' RunStats reports it, summed shard by shard
-    from the records the actors return."""
-
-    def add(self, stats: dict) -> None:
-        self.samples += stats.get("samples", 0)
-        self.ok += stats.get("ok", 0)
-        self.shards_done += 1
-        self.rejected.update(stats.get("rejected", {}))
+    from the records the actors return (RunStats.add)."""
 
 
 class RayPool:

@@ -23,6 +23,7 @@ from typing import Iterator
 
 from vlmtool.core.samples import CAPTION_EXTS, DEFAULT_MAX_PIXELS, IMAGE_EXTS, Sample, SampleError, clean_detail, parse_record
 from vlmtool.core.shards import ShardRef, open_input
+from vlmtool.errors import JobFailed
 
 MiB = 1 << 20
 TEXT_EXTS = CAPTION_EXTS + ("json",)
@@ -64,6 +65,10 @@ class Reject:
 
     def row(self) -> dict:
         return {"shard": self.shard, "key": self.key, "reason": self.reason, "detail": self.detail}
+
+    def strict_error(self, url: str) -> JobFailed:
+        """What --strict stops with at this reject (`url`: its shard as the user gave it)."""
+        return JobFailed(f"--strict: sample {self.key!r} of shard {url} rejected: {self.reason}" + (f" ({self.detail})" if self.detail else ""))
 
 
 class _Info(tarfile.TarInfo):

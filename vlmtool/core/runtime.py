@@ -62,6 +62,24 @@ def dist_info(env: Mapping[str, str] | None = None) -> Dist:
     return d
 
 
+def loader_worker() -> tuple[int, int]:
+    """(this DataLoader worker's id, the number of workers), or (0, 1) outside a loader worker.
+    Never imports torch just to ask: inside a worker it is loaded already."""
+    if "torch" not in sys.modules:
+        return 0, 1
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def worker_share(items: list) -> list:
+    """This loader worker's part of `items` (item i goes to worker i % workers): whole shards
+    each, so samples of different shards never interleave (the webdataset multi-worker trap)."""
+    wid, workers = loader_worker()
+    return items[wid::workers]
+
+
 def resolve_device(name: str = "auto", dist: Dist | None = None):
     """A torch.device for `auto|cpu|cuda|mps`; under torchrun each rank takes cuda:LOCAL_RANK."""
     import torch

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from vlmtool.core.records import ReadOptions, Reject, iter_samples
+from vlmtool.core.runtime import loader_worker
 from vlmtool.core.samples import SampleError
 from vlmtool.core.shards import ShardRef, atomic_path, dumps
 from vlmtool.errors import UsageError
@@ -61,12 +62,7 @@ class TrainStream:
                 yield Reject(ref.name, s.key, e.reason, e.detail)
 
     def __iter__(self):
-        info = None
-        if "torch" in sys.modules:
-            from torch.utils.data import get_worker_info
-
-            info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        wid, nw = loader_worker()
         rng = random.Random(hash((self.seed, self.rank, wid)))
         buf: list = []
         epoch = 0

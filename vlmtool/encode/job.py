@@ -11,13 +11,11 @@ Resume, ranks, manifest and rejects as every job: core/job.py's Job and per-shar
 from __future__ import annotations
 
 import hashlib
-import sys
-import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmtool.core.batches import Batch, RunStats, loader
+from vlmtool.core.batches import Batch, RunStats, run_shards
 from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
 from vlmtool.core.job import Job, free, log
 from vlmtool.core.records import ReadOptions, Reject
@@ -33,7 +31,7 @@ from vlmtool.core.shards import (
 )
 from vlmtool.encode.records import INPUT_SUFFIXES
 from vlmtool.encode.views import Tower, check_anyres
-from vlmtool.errors import JobFailed, UsageError
+from vlmtool.errors import UsageError
 from vlmtool.features import FORMAT_NAME, FORMAT_VERSION, lm_layout, npy_bytes
 
 
@@ -122,8 +120,8 @@ class FeatureSink:
         self.tokens = self.lm_tokens = self.bytes = 0
 
     def _reject(self, r: Reject) -> None:
-        if self.opts.strict:
-            raise JobFailed(f"--strict: sample {r.key!r} of shard {self.ref.url} rejected: {r.reason}" + (f" ({r.detail})" if r.detail else ""))
+        if self.opts.strict:  # the device side's rejects (run_shards stops at the loader's)
+            raise r.strict_error(self.ref.url)
         self.rejected[r.reason] += 1
         self.rows.append(r.row())
 
@@ -181,8 +179,9 @@ class FeatureSink:
 
 
 class ShardWork:
-    """A shard's views waiting for the device: run in full batches of `batch_size` views as they
-    come, the rest when the shard ends; results go to the sink in tar order. An out-of-memory
+    """The buffering Sink of run_shards for one shard (compute runs here, not per loader batch):
+    its views wait for the device and run in full batches of `batch_size` views as they come,
+    the rest when the shard ends; results go to the FeatureSink in tar order. An out-of-memory
     error halves the batch for the rest of the shard (core/oom.py); `to_device` (--decode device)
     turns a batch's Encoded JPEGs into pixels on the device, its unreadable ones into rejects."""
 
@@ -195,7 +194,7 @@ class ShardWork:
         self.px: list = []
         self.queued = 0
 
-    def add(self, batch: Batch) -> None:
+    def add(self, batch: Batch, results=None) -> None:
         if batch.data is not None and isinstance(batch.data[0], list):
             batch = self.to_device(batch)
         n = 0 if batch.data is None else len(batch.data[0])
@@ -240,9 +239,12 @@ class ShardWork:
         pooled = np.concatenate(pools) if n and pools[0] is not None else None  # [V, E]
         self.sink.add(batch, tok, pooled)
 
-    def finish(self) -> dict:
+    def commit(self) -> dict:
         self._run(full_only=False)
         return {**self.sink.commit(), "oom_backoffs": self.backoff.count}
+
+    def abort(self) -> None:
+        self.sink.abort()
 
 
 def device_batches(pp, dev):
@@ -264,46 +266,12 @@ def device_batches(pp, dev):
     return to_device
 
 
-def run_views(records: JobDir, stream, open_work, workers: int, progress: bool, pin_memory: bool = False) -> RunStats:
-    """Run this rank's unfinished shards: loader -> ShardWork per shard -> completion record."""
-    from tqdm import tqdm
-
-    todo = records.pending()
-    stats = RunStats(shards_skipped=len(records.mine()) - len(todo))
-    works: dict[str, ShardWork] = {}
-    bar = tqdm(desc="encode", unit="sample", file=sys.stderr, disable=not progress or not todo, dynamic_ncols=True, mininterval=0.5)
-    t0 = time.perf_counter()
-    try:
-        for msg in loader(stream, workers, pin_memory, shards=len(todo)):
-            name = msg.shard.name
-            if name not in works:
-                works[name] = open_work(msg.shard)
-            if isinstance(msg, Batch):
-                works[name].add(msg)
-                bar.update(len(msg) + len(msg.rejects))
-                continue
-            rec = works.pop(name).finish()
-            records.write_record(msg.shard, {"samples": msg.samples, **rec, "seconds": round(msg.seconds, 3)})
-            stats.samples += msg.samples
-            stats.ok += rec["ok"]
-            stats.rejected.update(rec["rejected"])
-            stats.shards_done += 1
-    except BaseException:
-        for w in works.values():
-            w.sink.abort()
-        raise
-    finally:
-        bar.close()
-    stats.seconds = time.perf_counter() - t0
-    return stats
-
-
 def _encode_shards(records: JobDir, opts: EncodeOptions, prep, forward, progress: bool, to_device=None, pin: bool = False) -> RunStats:
-    from vlmtool.encode.stream import EncodeStream
-
-    stream = EncodeStream(records.pending(), prep, opts.batch_size, opts.read())
-    return run_views(records, stream, lambda ref: ShardWork(FeatureSink(records.out, ref, opts), forward, opts.batch_size, to_device),
-                     opts.workers, progress, pin_memory=pin)
+    """This rank's (or this actor's) unfinished shards through run_shards: the loader batches
+    views (EncodePrep), ShardWork runs the tower on full batches of them."""
+    return run_shards(records, prep, lambda ref: ShardWork(FeatureSink(records.out, ref, opts), forward, opts.batch_size, to_device),
+                      batch_size=opts.batch_size, workers=opts.workers, strict=opts.strict, read=opts.read(), progress=progress,
+                      pin_memory=pin, desc="encode")
 
 
 class EncodeWorker:

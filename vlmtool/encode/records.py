@@ -35,6 +35,7 @@ class Item:
     data: bytes
     caption: str | None = None
     meta: dict = field(default_factory=dict)
+    url: str = ""  # the shard (or media file) it came from, as the user gave it
 
 
 def is_media_file(url: str) -> bool:
@@ -83,5 +84,5 @@ def parse(rec: dict, shard: str) -> Item | Reject:
     for kind, exts in (("image", IMAGE_EXTS), ("video", VIDEO_EXTS)):
         ext = next((e for e in exts if e in rec), None)
         if ext is not None:
-            return Item(key, kind, ext, rec[ext], caption, meta)
+            return Item(key, kind, ext, rec[ext], caption, meta, rec.get("__url__", ""))
     return Reject(shard, key, "missing_media", f"members: {sorted(k for k in rec if not k.startswith('__'))[:20]}")

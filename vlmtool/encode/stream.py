@@ -1,20 +1,18 @@
 """The CPU side of encode, run in loader workers: records -> views -> preprocessed pixels.
 
-A sample may have many views (AnyRes tiles, video frames), so batches are cut by views: a
-Batch closes once its samples hold at least `batch_size` views. The device side then runs
-full batches of views per shard (see job.py).
+EncodePrep is a core Preparer (core/batches.py): it reads encode's own records (images or
+videos, a caption optional) and, as a sample may have many views (AnyRes tiles, video frames),
+counts views towards the batch size: a Batch closes once its samples hold at least
+`batch_size` views. The device side then runs full batches of views per shard (see job.py).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vlmtool.core.batches import Batch, ShardEnd
 from vlmtool.core.records import ReadOptions, Reject
 from vlmtool.core.samples import SampleError, decode_image
 from vlmtool.core.shards import ShardRef
@@ -31,11 +29,11 @@ class Payload:
     meta: dict
 
 
-class Rejected(Exception):
-    """A sample encode cannot use, with its reason (encode's own reasons: records.REASONS)."""
+class Rejected(SampleError):
+    """A sample encode cannot use, with one of encode's own reasons (records.REASONS)."""
 
     def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
+        Exception.__init__(self, reason)
         self.reason, self.detail = reason, detail
 
 
@@ -46,7 +44,21 @@ class EncodePrep:
     def __init__(self, tower: Tower, transform, max_pixels: int, decode: str = "cpu"):
         self.tower, self.transform, self.max_pixels, self.decode = tower, transform, max_pixels, decode
 
-    def _encoded(self, item: Item, shard: ShardRef) -> Payload | None:
+    def records(self, ref: ShardRef, read: ReadOptions, objects_field=None) -> Iterator[Item | Reject]:
+        """The shard's records, parsed (records.parse): Items to prepare, or Rejects."""
+        for rec in raw_records(ref, read):
+            yield rec if isinstance(rec, Reject) else parse(rec, ref.name)
+
+    @staticmethod
+    def size(payload: Payload) -> int:
+        """What a sample counts towards a batch: its views."""
+        return len(payload.pixels)
+
+    @staticmethod
+    def collate(payloads: list[Payload]):
+        return collate(payloads)
+
+    def _encoded(self, item: Item) -> Payload | None:
         """--decode device: a plain JPEG image (one whole-image view) as its bytes, with the meta
         from its header; None when it takes the CPU path (core/device_decode.py)."""
         from vlmtool.core.device_decode import encoded
@@ -59,14 +71,14 @@ class EncodePrep:
         if enc is None:
             return None
         _, meta = image_views(header, self.tower)
-        meta = {"source": {"shard": shard.url, "key": item.key, "member": f"{item.key}.{item.ext}"}, "kind": "image",
+        meta = {"source": {"shard": item.url, "key": item.key, "member": f"{item.key}.{item.ext}"}, "kind": "image",
                 "width": enc.width, "height": enc.height, **meta, "text": {"caption": item.caption, "meta": item.meta}}
         return Payload([enc], meta)
 
-    def prepare(self, item: Item, shard: ShardRef) -> Payload:
+    def prepare(self, item: Item) -> Payload:
         import torch
 
-        got = self._encoded(item, shard)
+        got = self._encoded(item)
         if got is not None:
             return got
         if item.kind == "image":
@@ -77,7 +89,7 @@ class EncodePrep:
             views, meta = self._video(item)
             meta = {"kind": "video", "width": meta["video"]["width"], "height": meta["video"]["height"], **meta}
         px = torch.stack([self.transform(v) for v in views])  # [V, 3, S, S]
-        meta = {"source": {"shard": shard.url, "key": item.key, "member": f"{item.key}.{item.ext}"}, **meta,
+        meta = {"source": {"shard": item.url, "key": item.key, "member": f"{item.key}.{item.ext}"}, **meta,
                 "text": {"caption": item.caption, "meta": item.meta}}
         return Payload(px, meta)
 
@@ -107,50 +119,3 @@ def collate(payloads: list[Payload]):
     if any(isinstance(p.pixels, list) for p in payloads):  # --decode device: Encoded JPEGs and CPU-path views, in order
         return [v for p in payloads for v in (p.pixels if isinstance(p.pixels, list) else p.pixels.unbind(0))], counts, metas
     return torch.cat([p.pixels for p in payloads]), counts, metas
-
-
-class EncodeStream:
-    """Batch and ShardEnd messages over shards, split by DataLoader worker (whole shards each)."""
-
-    def __init__(self, shards: list[ShardRef], prep: EncodePrep, batch_views: int, read: ReadOptions):
-        self.shards, self.prep, self.batch_views, self.read = shards, prep, batch_views, read
-
-    def __iter__(self) -> Iterator[Batch | ShardEnd]:
-        info = None
-        if "torch" in sys.modules:
-            from torch.utils.data import get_worker_info
-
-            info = get_worker_info()
-        for ref in self.shards if info is None else self.shards[info.id :: info.num_workers]:
-            yield from self.shard(ref)
-
-    def _one(self, rec, ref: ShardRef):
-        """A raw record -> (key, Payload) or a Reject."""
-        item = rec if isinstance(rec, Reject) else parse(rec, ref.name)
-        if isinstance(item, Reject):
-            return item
-        try:
-            return item.key, self.prep.prepare(item, ref)
-        except (SampleError, Rejected) as e:
-            return Reject(ref.name, item.key, e.reason, e.detail)
-
-    def shard(self, ref: ShardRef) -> Iterator[Batch | ShardEnd]:
-        t0, seen = time.perf_counter(), 0
-        keys, payloads, rejects, order, views = [], [], [], [], 0
-        for rec in raw_records(ref, self.read):
-            seen += 1
-            got = self._one(rec, ref)
-            if isinstance(got, Reject):
-                order.append(("reject", len(rejects)))
-                rejects.append(got)
-            else:
-                order.append(("ok", len(keys)))
-                keys.append(got[0])
-                payloads.append(got[1])
-                views += len(got[1].pixels)
-            if views >= self.batch_views:
-                yield Batch(ref, tuple(keys), collate(payloads), tuple(rejects), tuple(order))
-                keys, payloads, rejects, order, views = [], [], [], [], 0  # new lists: the batch keeps its own
-        if keys or rejects:
-            yield Batch(ref, tuple(keys), collate(payloads) if payloads else None, tuple(rejects), tuple(order))
-        yield ShardEnd(ref, seen, time.perf_counter() - t0)

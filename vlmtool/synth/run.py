@@ -136,7 +136,7 @@ class Run:
             s = _decoded(ref, s)
             if isinstance(s, Reject):
                 if self.opts.strict:
-                    raise JobFailed(f"--strict: sample {s.key!r} of {ref.url} rejected: {s.reason}" + (f" ({s.detail})" if s.detail else ""))
+                    raise s.strict_error(ref.url)
                 state["rejected"][s.reason] += 1
                 state["rejects"].append(s.row())
                 continue
