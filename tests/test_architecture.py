@@ -102,3 +102,47 @@ def test_the_checker_sees_a_circle():
 def test_no_module_over_600_lines():
     long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600}
     assert long == {}
+
+
+def _functions():
+    for p in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield p, node
+
+
+def test_no_function_over_60_lines():
+    """Counted from the `def` line to the last line of the body, docstring included."""
+    long = {f"{p.relative_to(PKG)}:{f.lineno} {f.name}": n for p, f in _functions() if (n := f.end_lineno - f.lineno + 1) > 60}
+    assert long == {}
+
+
+def _connector_names_compared(tree: ast.AST, names: set[str]) -> list[int]:
+    """Lines that compare a value to a connector's name, or key a dict or a match by one."""
+    def named(node):
+        return [n for n in ast.walk(node) if isinstance(n, ast.Constant) and n.value in names]
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            lines += [n.lineno for n in named(node)]
+        elif isinstance(node, ast.Dict):
+            lines += [n.lineno for k in node.keys if k is not None for n in named(k)]
+        elif isinstance(node, ast.match_case):
+            lines += [n.lineno for n in named(node.pattern)]
+    return sorted(lines)
+
+
+def test_only_the_connectors_module_compares_connector_names():
+    """Adding a connector is a class in vlm/connectors.py: nowhere else asks `connector == "mlp"`."""
+    from vlmtool.vlm.connectors import CONNECTORS
+
+    names = set(CONNECTORS)
+    found = {f"{p.relative_to(PKG)}:{line}" for p in PKG.rglob("*.py") if p != PKG / "vlm" / "connectors.py"
+             for line in _connector_names_compared(ast.parse(p.read_text()), names)}
+    assert found == set()
+
+
+def test_the_connector_check_sees_a_comparison():
+    tree = ast.parse('if cfg.connector != "mlp":\n    x = {"xattn": 1}\nok = name in ("native", "other")\ny = f("mlp")\n')
+    assert _connector_names_compared(tree, {"mlp", "xattn", "native"}) == [1, 2, 3]

@@ -1,6 +1,7 @@
 """What a checkpoint costs per sample, for the connector comparison: visual tokens in the LM's
 sequence, KV-cache bytes for them, and the seconds it trained. Read from the checkpoint folder's
-config.json and checkpoint.json (no torch, no weights loaded).
+config.json and checkpoint.json (no weights loaded); each connector's cost model is its class's
+(vlm/connectors.py), this module gives it the tower's token count:
 
 - mlp (LLaVA-1.5): one LM position per visual feature, T_v from the vision tower recorded in
   checkpoint.json (`tokens`, or budget's llava-1.5 count with the tower's image_size and
@@ -10,16 +11,14 @@ config.json and checkpoint.json (no torch, no weights loaded).
 - xattn (Flamingo): no visual position in the LM sequence; the cross-attention layers keep K and
   V of the T_v features instead, which is what its KV bytes count.
 KV bytes are `vlmtool.budget.dataset.kv_cache_bytes` (2 x layers x kv_heads x head_dim x bytes
-x tokens) in bf16. An Answerer that knows better may carry `visual_tokens` (an int).
+x tokens) in bf16. An Answerer that knows better may carry `visual_tokens` (an int). A checkpoint
+that names no known connector is costed as a slot connector on the tower's features.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-KV_DTYPE = "bf16"
-
 
 def _json(path: Path) -> dict:
     try:
@@ -68,7 +67,7 @@ def train_seconds(folder: Path, extra: dict) -> float | None:
 
 def model_cost(checkpoint: str | Path | None, answerer=None) -> dict:
     """connector, visual_tokens, kv_cache_bytes (per sample) and train_seconds; None where unknown."""
-    from vlmtool.budget.dataset import kv_cache_bytes
+    from vlmtool.vlm.connectors import CONNECTORS, KV_DTYPE, Connector
 
     folder = Path(checkpoint) if checkpoint else None
     cfg = _json(folder / "config.json") if folder else {}
@@ -77,18 +76,6 @@ def model_cost(checkpoint: str | Path | None, answerer=None) -> dict:
     connector = cfg.get("connector")
     t_v = getattr(answerer, "visual_tokens", None)
     t_v = t_v if isinstance(t_v, int) else tower_tokens(meta.get("tower"))
-    if connector == "native" and cfg.get("patch_size"):
-        rows = cfg.get("image_size", 0) // cfg["patch_size"]
-        t_v = rows * rows + rows
-    out = {"connector": connector, "visual_tokens": None if connector == "xattn" else t_v, "kv_cache_bytes": None,
-           "kv_dtype": KV_DTYPE, "train_seconds": train_seconds(folder, extra) if folder else None}
-    layers, heads, kv_heads = cfg.get("n_layers"), cfg.get("n_heads"), cfg.get("n_kv_heads")
-    if t_v is None or not all(isinstance(v, int) and v > 0 for v in (layers, heads, kv_heads, cfg.get("d_model"))):
-        return out
-    head_dim = cfg["d_model"] // heads
-    if connector == "xattn":  # Flamingo: K, V of the features in each cross-attention layer (all heads)
-        out["visual_tokens"] = 0
-        out["kv_cache_bytes"] = kv_cache_bytes(t_v, layers // max(1, cfg.get("xattn_every", 1)), heads, head_dim, KV_DTYPE)
-    else:
-        out["kv_cache_bytes"] = kv_cache_bytes(t_v, layers, kv_heads, head_dim, KV_DTYPE)
-    return out
+    cost = CONNECTORS.get(connector, Connector) if isinstance(connector, str) else Connector
+    return {"connector": connector, "visual_tokens": cost.visual_tokens(cfg, t_v), "kv_cache_bytes": cost.kv_cache_bytes(cfg, t_v),
+            "kv_dtype": KV_DTYPE, "train_seconds": train_seconds(folder, extra) if folder else None}

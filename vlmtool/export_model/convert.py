@@ -58,14 +58,15 @@ def open_source(checkpoint: str | Path) -> Source:
     """Load the checkpoint and its tower, refusing (one line, before anything is written) what
     transformers' LLaVA cannot express."""
     from vlmtool.vlm.checkpoint import load_checkpoint
+    from vlmtool.vlm.connectors import CONNECTORS, connector_class
     from vlmtool.vlm.infer import tower_field, load_tower
 
     ck = load_checkpoint(checkpoint, "cpu")
     cfg = ck.config
-    if cfg.connector != "mlp":
-        why = {"xattn": "gated cross-attention between LM blocks", "native": "raw pixel patches with no vision tower"}
-        raise refuse(f"the {cfg.connector} connector ({why[cfg.connector]}) has no LLaVA equivalent; "
-                     "only mlp-connector checkpoints export")
+    why = connector_class(cfg.connector).llava
+    if why:
+        ok = ", ".join(name for name, c in CONNECTORS.items() if not c.llava)
+        raise refuse(f"the {cfg.connector} connector ({why}) has no LLaVA equivalent; only {ok}-connector checkpoints export")
     tower = ck.tower or {}
     if not tower:
         raise refuse(f"checkpoint {checkpoint} records no vision tower (features.json's tower); nothing to export it with")

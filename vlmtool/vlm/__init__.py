@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 
 _NAMES = {
-    "VLMConfig": "config", "CONNECTORS": "config",
+    "VLMConfig": "config", "CONNECTORS": "connectors",
     "ChatEncoding": "tokenizer", "ChatTokenizer": "tokenizer", "BundledTokenizer": "tokenizer",
     "train_tokenizer": "tokenizer", "collate": "tokenizer", "grid_newlines": "tokenizer", "turns_from_record": "tokenizer", "IGNORE": "tokenizer",
     "VLM": "model", "VLMOutput": "model", "new_model": "model", "STAGES": "model",

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from vlmtool.errors import UsageError
 
-CONNECTORS = ("mlp", "xattn", "native")
 _ZERO_OK = ("ffn_hidden", "image_token_id", "image_newline_id")
 _INT_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq", "d_vision",
                "xattn_every", "patch_size", "image_size", "image_token_id", "image_newline_id")
@@ -36,7 +35,7 @@ class VLMConfig:
     tie_embeddings: bool = True
     # vision side and connector
     d_vision: int = 768  # width D of the feature shards' vectors (CLIP ViT-L/14: 1024, ViT-B: 768)
-    connector: str = "mlp"  # mlp (LLaVA-1.5) | xattn (Flamingo) | native (Fuyu)
+    connector: str = "mlp"  # a name in vlm.connectors.CONNECTORS: mlp (LLaVA-1.5), xattn (Flamingo), native (Fuyu)
     xattn_every: int = 1  # xattn: a gated cross-attention block after every k-th LM block
     patch_size: int = 16  # native: square pixel patches, embedded straight into the LM width
     image_size: int = 224  # native: the size images are resized to before patching
@@ -59,10 +58,9 @@ class VLMConfig:
             raise UsageError(f"VLM config: head size {self.d_model // self.n_heads} must be even for rotary positions")
         if self.n_heads % self.n_kv_heads:
             raise UsageError(f"VLM config: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
-        if self.connector not in CONNECTORS:
-            raise UsageError(f"VLM config: connector must be one of {', '.join(CONNECTORS)}, got {self.connector!r}")
-        if self.connector == "xattn" and self.xattn_every > self.n_layers:
-            raise UsageError(f"VLM config: xattn_every {self.xattn_every} exceeds n_layers {self.n_layers}")
+        from vlmtool.vlm.connectors import connector_class
+
+        connector_class(self.connector).check_config(self)
         if self.image_size % self.patch_size:
             raise UsageError(f"VLM config: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if not (self.lm == "bundled" or (self.lm.startswith("hf:") and len(self.lm) > 3)):

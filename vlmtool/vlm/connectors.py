@@ -12,6 +12,12 @@
 
 The slot connectors (`mlp`, `native`) also own `image_newline` [D_lm], the learned vector put in
 the row-newline slots (LLaVA-NeXT, llava_arch.py `image_newline`; Fuyu's row-newline token).
+
+The registry (`CONNECTORS`, `connector_class`): each connector class declares what it reads
+(`reads`: "features" from feature shards, or "pixels" from image shards), whether the image takes
+slots in the LM's sequence, its config fields, its checks, its visual-token count and its cost
+model (KV-cache bytes). Nothing outside this module compares a connector's name: adding one is a
+class here and its line in `CONNECTORS`.
 """
 
 from __future__ import annotations
@@ -25,8 +31,70 @@ from torch import nn
 from vlmtool.errors import UsageError
 
 
-class MLPConnector(nn.Module):
-    slots = True
+KV_DTYPE = "bf16"
+
+
+def lm_sizes(cfg: dict) -> tuple[int, int, int, int] | None:
+    """(layers, heads, kv_heads, head_dim) of a checkpoint's config.json, when it says."""
+    layers, heads, kv_heads, d = cfg.get("n_layers"), cfg.get("n_heads"), cfg.get("n_kv_heads"), cfg.get("d_model")
+    if not all(isinstance(v, int) and v > 0 for v in (layers, heads, kv_heads, d)):
+        return None
+    return layers, heads, kv_heads, d // heads
+
+
+class Connector:
+    """What every connector declares (class attributes and classmethods, read without building
+    one); the defaults are a slot connector on vision-tower features."""
+
+    name = ""
+    reads = "features"  # "features": a tower's rows from feature shards; "pixels": image shards
+    slots = True  # the image takes positions (slots) in the LM's sequence
+    packs = False  # train --pack can put each sample's visual slots in its row
+    llava = ""  # why transformers' LLaVA cannot express it ("" when it can: export-model writes it)
+
+    @classmethod
+    def config_fields(cls, width: int | None, patch_size: int, image_size: int) -> dict:
+        """The VLMConfig fields a new connector of this kind takes (`width`: the features')."""
+        return {"connector": cls.name, **({"d_vision": width} if width else {})}
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse a VLMConfig this connector cannot be built from (a UsageError)."""
+
+    @classmethod
+    def check_lm(cls, lm, cfg) -> None:
+        """Refuse a language model this connector cannot attach to (a UsageError)."""
+
+    @classmethod
+    def visual_tokens(cls, cfg: dict, tower_tokens: int | None) -> int | None:
+        """LM positions per image (from a checkpoint's config.json as a dict, and the tower's
+        features per image when known); None when unknown."""
+        return tower_tokens
+
+    @classmethod
+    def kv_cache_bytes(cls, cfg: dict, tower_tokens: int | None) -> int | None:
+        """KV-cache bytes per image (budget.dataset.kv_cache_bytes, in KV_DTYPE): the visual
+        positions' keys and values in every LM layer; None when the config does not say."""
+        from vlmtool.budget.dataset import kv_cache_bytes
+
+        t_v, sizes = cls.visual_tokens(cfg, tower_tokens), lm_sizes(cfg)
+        if t_v is None or sizes is None:
+            return None
+        layers, heads, kv_heads, head_dim = sizes
+        return kv_cache_bytes(t_v, layers, kv_heads, head_dim, KV_DTYPE)
+
+    def hook(self, visual, visual_mask):
+        """A `block_hook(i, h) -> h` for the LM's blocks; None: the image reaches the LM through its slots."""
+        return None
+
+
+class MLPConnector(Connector, nn.Module):
+    name = "mlp"
+    packs = True
+
+    @classmethod
+    def build(cls, cfg, d_model: int, n_heads: int, n_layers: int) -> MLPConnector:
+        return cls(cfg.d_vision, d_model)
 
     def __init__(self, d_vision: int, d_model: int):
         super().__init__()
@@ -65,8 +133,26 @@ def patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
     return x.reshape(B, R * Q, C * patch * patch)
 
 
-class NativeConnector(nn.Module):
-    slots = True
+class NativeConnector(Connector, nn.Module):
+    name = "native"
+    reads = "pixels"
+    llava = "raw pixel patches with no vision tower"
+
+    @classmethod
+    def build(cls, cfg, d_model: int, n_heads: int, n_layers: int) -> NativeConnector:
+        return cls(cfg.patch_size, d_model)
+
+    @classmethod
+    def config_fields(cls, width: int | None, patch_size: int, image_size: int) -> dict:
+        return {"connector": cls.name, "patch_size": patch_size, "image_size": image_size}
+
+    @classmethod
+    def visual_tokens(cls, cfg: dict, tower_tokens: int | None) -> int | None:
+        """(image_size / patch_size)^2 patches plus a row-newline per row."""
+        if not cfg.get("patch_size"):
+            return tower_tokens
+        rows = cfg.get("image_size", 0) // cfg["patch_size"]
+        return rows * rows + rows
 
     def __init__(self, patch_size: int, d_model: int, channels: int = 3):
         super().__init__()
@@ -115,8 +201,42 @@ class GatedCrossAttention(nn.Module):
         return h + torch.tanh(self.ffn_gate).to(h.dtype) * self.ffn(self.ffn_norm(h))
 
 
-class XAttnConnector(nn.Module):
+class XAttnConnector(Connector, nn.Module):
+    name = "xattn"
     slots = False
+    llava = "gated cross-attention between LM blocks"
+
+    @classmethod
+    def build(cls, cfg, d_model: int, n_heads: int, n_layers: int) -> XAttnConnector:
+        if d_model % n_heads:
+            raise UsageError(f"xattn connector: LM width {d_model} is not divisible by its {n_heads} heads")
+        return cls(cfg.d_vision, d_model, n_heads, n_layers, min(cfg.xattn_every, n_layers))
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.xattn_every > cfg.n_layers:
+            raise UsageError(f"VLM config: xattn_every {cfg.xattn_every} exceeds n_layers {cfg.n_layers}")
+
+    @classmethod
+    def check_lm(cls, lm, cfg) -> None:
+        if not getattr(lm, "supports_block_hooks", True):
+            raise UsageError(f"xattn connector: cannot find the decoder layers of {cfg.lm}")
+
+    @classmethod
+    def visual_tokens(cls, cfg: dict, tower_tokens: int | None) -> int | None:
+        """No visual position in the LM's sequence (None, as the cost, where the sizes are unknown)."""
+        return None if tower_tokens is None or lm_sizes(cfg) is None else 0
+
+    @classmethod
+    def kv_cache_bytes(cls, cfg: dict, tower_tokens: int | None) -> int | None:
+        """Flamingo: K and V of the features in each cross-attention layer (all heads)."""
+        from vlmtool.budget.dataset import kv_cache_bytes
+
+        sizes = lm_sizes(cfg)
+        if tower_tokens is None or sizes is None:
+            return None
+        layers, heads, _, head_dim = sizes
+        return kv_cache_bytes(tower_tokens, layers // max(1, cfg.get("xattn_every", 1)), heads, head_dim, KV_DTYPE)
 
     def __init__(self, d_vision: int, d_model: int, n_heads: int, n_layers: int, every: int):
         super().__init__()
@@ -141,12 +261,16 @@ class XAttnConnector(nn.Module):
         return block_hook
 
 
+CONNECTORS: dict[str, type[Connector]] = {c.name: c for c in (MLPConnector, XAttnConnector, NativeConnector)}
+
+
+def connector_class(name: str | None, what: str = "VLM config: connector") -> type[Connector]:
+    """The registered connector of this name; a UsageError naming the known ones otherwise."""
+    if name not in CONNECTORS:
+        raise UsageError(f"{what} must be one of {', '.join(CONNECTORS)}, got {name!r}")
+    return CONNECTORS[name]
+
+
 def build_connector(cfg, d_model: int, n_heads: int, n_layers: int) -> nn.Module:
     """The connector `cfg.connector` names, sized for an LM of width d_model."""
-    if cfg.connector == "mlp":
-        return MLPConnector(cfg.d_vision, d_model)
-    if cfg.connector == "native":
-        return NativeConnector(cfg.patch_size, d_model)
-    if d_model % n_heads:
-        raise UsageError(f"xattn connector: LM width {d_model} is not divisible by its {n_heads} heads")
-    return XAttnConnector(cfg.d_vision, d_model, n_heads, n_layers, min(cfg.xattn_every, n_layers))
+    return connector_class(cfg.connector).build(cfg, d_model, n_heads, n_layers)

@@ -185,10 +185,11 @@ class Answerer:
         """Left-padded prompts and the visual inputs for one batch."""
         import torch
 
+        from vlmtool.vlm.connectors import connector_class
         from vlmtool.vlm.tokenizer import collate
 
         cfg, kw = self.config, {}
-        if images is not None and cfg.connector == "native":
+        if images is not None and connector_class(cfg.connector).reads == "pixels":
             from vlmtool.vlm.data import pixels_of
 
             n, nl = self.model.native_layout(cfg.image_size, cfg.image_size)

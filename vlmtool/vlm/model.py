@@ -22,7 +22,7 @@ from torch import nn
 
 from vlmtool.errors import UsageError
 from vlmtool.vlm.config import VLMConfig
-from vlmtool.vlm.connectors import build_connector, grid_of
+from vlmtool.vlm.connectors import build_connector, connector_class, grid_of
 from vlmtool.vlm.tokenizer import IGNORE, ChatTokenizer, grid_newlines
 
 CONNECTOR_FIELDS = ("connector", "d_vision", "xattn_every", "patch_size", "image_size")
@@ -50,8 +50,7 @@ class VLM(nn.Module):
         self._set_connector(config)
 
     def _set_connector(self, config: VLMConfig) -> None:
-        if config.connector == "xattn" and not getattr(self.lm, "supports_block_hooks", True):
-            raise UsageError(f"xattn connector: cannot find the decoder layers of {config.lm}")
+        connector_class(config.connector).check_lm(self.lm, config)
         device = next(self.lm.parameters()).device
         self.connector = build_connector(config, self.lm.d_model, config.n_heads, self.lm.n_layers).to(device)
         self.config = config
@@ -86,15 +85,16 @@ class VLM(nn.Module):
             x = torch.where(nl[..., None], newline, x)
         elif self.training and torch.distributed.is_available() and torch.distributed.is_initialized():
             x = x + 0.0 * newline.sum()  # DDP: every parameter in the graph (a zero gradient without newline slots)
-        src = pixels if self.config.connector == "native" else visual
+        on_pixels = self.connector.reads == "pixels"
+        src = pixels if on_pixels else visual
         if src is None and not slot.any():
             return x
         if src is None:
-            raise UsageError(f"the input has visual slots but no {'pixels' if self.config.connector == 'native' else 'visual'} were given")
+            raise UsageError(f"the input has visual slots but no {'pixels' if on_pixels else 'visual'} were given")
         vis = self.connector(src)  # [B, T_v, D_lm]
-        if visual_mask is not None and self.config.connector == "native" and visual_mask.dim() == 1:
+        if visual_mask is not None and on_pixels and visual_mask.dim() == 1:
             visual_mask = visual_mask.bool()[:, None].expand(vis.shape[:2])  # [B] rows with an image -> [B, T_v]
-        elif visual_mask is None or self.config.connector == "native":
+        elif visual_mask is None or on_pixels:
             visual_mask = torch.ones(vis.shape[:2], dtype=torch.bool, device=vis.device)
         visual_mask = visual_mask.bool()
         want, have = slot.sum(1), visual_mask.sum(1)  # [B]
@@ -104,9 +104,7 @@ class VLM(nn.Module):
         return x.masked_scatter(slot[..., None], vis[visual_mask].to(x.dtype))  # slots filled in order
 
     def _hook(self, visual, visual_mask):
-        if self.config.connector != "xattn" or visual is None:
-            return None
-        return self.connector.hook(visual, visual_mask)
+        return None if visual is None else self.connector.hook(visual, visual_mask)
 
     # ------------------------------------------------------------------ training
 

@@ -124,13 +124,17 @@ class Plan:
         yield from self.instructions.texts()
 
 
-def _check(opts: TrainOptions) -> None:
-    from vlmtool.vlm.config import CONNECTORS
+def _recipe(name: str):
+    """The connector class of that name (vlm/connectors.py, which imports torch: only when needed)."""
+    from vlmtool.vlm.connectors import connector_class
 
+    return connector_class(name, "--connector")
+
+
+def _check(opts: TrainOptions) -> None:
     if opts.stage not in (0, 1, 2):
         raise UsageError(f"--stage must be 0, 1 or 2, got {opts.stage}")
-    if opts.connector not in CONNECTORS:
-        raise UsageError(f"--connector must be one of {', '.join(CONNECTORS)}, got {opts.connector!r}")
+    _recipe(opts.connector)
     if opts.stage == 2 and not opts.instructions:
         raise UsageError("stage 2 trains on instruction rows: give --instructions FILE (synth's instructions.jsonl)")
     if not 0 <= opts.text_mix < 1:
@@ -154,13 +158,13 @@ def _check_pack(opts: TrainOptions, model=None) -> None:
         raise UsageError(f"--pack must be 0 (off) or a row length in tokens, got {opts.pack}")
     if opts.pack and opts.lm != "bundled":
         raise UsageError("--pack needs the bundled LM (packed rows need its per-sample positions and mask): leave out --pack with --lm hf:")
-    if opts.pack and opts.stage > 0 and opts.connector != "mlp":
+    if opts.pack and opts.stage > 0 and not _recipe(opts.connector).packs:
         raise UsageError(f"--pack works with the mlp connector (each sample's visual slots in its row), not {opts.connector}: leave out --pack")
 
 
 def make_plan(inputs: list[str], opts: TrainOptions) -> Plan:
     """Scan the inputs and the instruction rows; refuse a run that would train on nothing."""
-    images = opts.connector == "native" and opts.stage > 0
+    images = _recipe(opts.connector).reads == "pixels" and opts.stage > 0
     src = open_inputs(inputs, images=images)
     if opts.stage > 0 and not images and src.kind != "features":
         raise UsageError(f"stage {opts.stage} with the {opts.connector} connector reads feature shards (vlmtool encode); "
@@ -209,9 +213,7 @@ def _tokenizer(plan: Plan, opts: TrainOptions, out: Path, is_main: bool, use_dis
 
 
 def _connector_fields(opts: TrainOptions, width: int | None) -> dict:
-    if opts.connector == "native":
-        return {"connector": "native", "patch_size": opts.patch_size, "image_size": opts.image_size}
-    return {"connector": opts.connector, **({"d_vision": width} if width else {})}
+    return _recipe(opts.connector).config_fields(width, opts.patch_size, opts.image_size)
 
 
 def _fresh(plan: Plan, opts: TrainOptions, out: Path, is_main: bool, use_dist: bool):
@@ -243,7 +245,7 @@ def _from_init(plan: Plan, opts: TrainOptions):
         raise UsageError(f"--lm {opts.lm} differs from the LM of --init {opts.init} ({ck.config.lm}): leave out --lm")
     model, cfg, width = ck.model, ck.config, plan.src.width
     trained = int(ck.extra.get("stage", 0)) >= 1 and cfg.connector == opts.connector
-    if trained and opts.connector != "native" and width and width != cfg.d_vision:
+    if trained and _recipe(opts.connector).reads == "features" and width and width != cfg.d_vision:
         raise UsageError(f"the features have width {width} but the {cfg.connector} connector of {opts.init} takes {cfg.d_vision}: "
                          "train on features of the tower it was aligned to, or start stage 1 again")
     if not trained:
@@ -271,7 +273,7 @@ def build_model(plan: Plan, opts: TrainOptions, out: Path, state: dict | None, i
     else:
         (model, tok), tower = _fresh(plan, opts, out, is_main, use_dist), plan.src.tower
     width = plan.src.width
-    if opts.stage > 0 and model.config.connector != "native" and width and width != model.config.d_vision:
+    if opts.stage > 0 and model.connector.reads == "features" and width and width != model.config.d_vision:
         raise UsageError(f"the features have width {width} but the model's connector takes {model.config.d_vision}")
     return model, tok, tower
 
@@ -449,8 +451,8 @@ def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower
         trim_log(out_p / "train_log.jsonl", step)
         log("train", f"resuming {out_p} at step {step}")
     cfg = model.config
-    prep = Prep(opts.stage, tok, slots=cfg.connector != "xattn",
-                native=(cfg.image_size, cfg.patch_size) if cfg.connector == "native" else None,
+    prep = Prep(opts.stage, tok, slots=model.connector.slots,
+                native=(cfg.image_size, cfg.patch_size) if model.connector.reads == "pixels" else None,
                 rows=plan.instructions.rows, text_mix=opts.text_mix if opts.stage == 2 else 0.0, seed=opts.seed,
                 skip=plan.val_keys, max_len=model.lm.max_seq, width=plan.src.width if plan.src.kind == "features" else None)
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=opts.stage == 2) if use_dist else model
