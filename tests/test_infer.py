@@ -62,7 +62,8 @@ def test_answerer_batches_blind_and_encodes_with_the_checkpoint_tower(ckpt):
 
 def test_local_teacher_answers_a_synth_request(ckpt):
     from vlmtool.synth.tasks import Request
-    from vlmtool.vlm.infer import LocalTeacher, load_answerer
+    from vlmtool.synth.teachers import LocalTeacher
+    from vlmtool.vlm.infer import load_answerer
 
     data = (ckpt / "red.png").read_bytes()
     req = Request(key="k", sample_key="s", shard="00000", shard_url="x.tar", task="negative", prompt="p", system="",

@@ -47,7 +47,7 @@ def _requests(world, n):
 
 
 def test_requests_in_flight_are_answered_in_batches_with_the_same_answers(ckpt, world):
-    from vlmtool.vlm.infer import LocalTeacher
+    from vlmtool.synth.teachers import LocalTeacher
 
     reqs = _requests(world, 6)
     teacher = LocalTeacher(ckpt, "cpu", max_new_tokens=8, batch_size=4)

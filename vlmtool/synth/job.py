@@ -43,7 +43,7 @@ from vlmtool.synth.objects import ObjectTables, count_objects, read_vocabulary
 from vlmtool.synth.options import FORMATS, SynthOptions
 from vlmtool.synth.run import Plan, Run, Seen
 from vlmtool.synth.tasks import TASKS, load_prompts, parse_tasks
-from vlmtool.synth.teachers import CaptionsTeacher, OpenAITeacher
+from vlmtool.synth.teachers import CaptionsTeacher, LocalTeacher, OpenAITeacher
 
 __all__ = ["FORMATS", "SynthOptions", "run_synth"]
 _STATUS_RANK = {"ok": 3, "rejected": 2, "failed": 1}
@@ -110,7 +110,6 @@ def make_teacher(opts: SynthOptions):
         return CaptionsTeacher(opts.model or "captions-v1")
     if opts.teacher.startswith("local:"):
         from vlmtool.core.runtime import resolve_device
-        from vlmtool.vlm.infer import LocalTeacher
 
         return LocalTeacher(opts.teacher[len("local:"):], resolve_device(opts.device), max_new_tokens=opts.max_tokens,
                             batch_size=opts.concurrency)

@@ -9,6 +9,8 @@
   tokens/min), structured output through response_format where the server takes it and a
   tolerant parser where it does not. The API key comes from an environment variable and is
   never logged or written.
+- local:DIR: a checkpoint `vlmtool train` wrote, answering requests in batches (vlm/infer.py's
+  Answerer; torch is imported only when it is made).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -418,3 +421,91 @@ class OpenAITeacher:
 
 
 NOT_RETRIED = ("reply_too_large",)
+
+
+class LocalTeacher:
+    """A trained checkpoint as a synth teacher (`--teacher local:DIR`): one turn per request,
+    the request's question (or the task's default) answered about its image. Requests in flight
+    are answered together, up to `batch_size` a batch (one model, one batch at a time, in a
+    thread); each result counts its prompt tokens (visual slots included) and answer tokens."""
+
+    name = "local"
+
+    def __init__(self, checkpoint: str, device="cpu", max_new_tokens: int = 96, temperature: float = 0.0,
+                 batch_size: int = 8):
+        from vlmtool.vlm.infer import load_answerer
+
+        self.answerer = load_answerer(checkpoint, device, batch_size=batch_size)
+        self.model = f"local:{Path(checkpoint).resolve()}"
+        self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
+        self._pending: list = []  # (request, future) waiting for the next batch
+        self._runner: asyncio.Task | None = None
+
+    def question(self, req) -> str:
+        return req.question or DEFAULT_QUESTION.get(req.task) or "Describe the image briefly."
+
+    async def generate(self, req):
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((req, fut))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # the other workers' requests join this batch
+            batch, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
+            try:
+                results = await asyncio.to_thread(self._answer, [r for r, _ in batch])
+            except Exception as e:  # noqa: BLE001 -- each request of the batch fails, the job goes on
+                results = [e] * len(batch)
+            for (_, fut), res in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+    def _answer(self, reqs: list) -> list:
+        """Results for a batch: those with an image together, blind ones together."""
+        from vlmtool.errors import UsageError
+        from vlmtool.vlm.infer import open_image
+
+        out, seeing, blind = [None] * len(reqs), [], []
+        for i, req in enumerate(reqs):
+            try:
+                (seeing if req.image_bytes else blind).append((i, open_image(req.image_bytes) if req.image_bytes else None))
+            except UsageError as e:
+                out[i] = Result(failed="local_error", errors=[f"local_error: {e}"])
+        for group in (seeing, blind):
+            if group:
+                images = [im for _, im in group] if group is seeing else None
+                for (i, _), res in zip(group, self._run([reqs[i] for i, _ in group], images)):
+                    out[i] = res
+        return out
+
+    def _run(self, reqs: list, images) -> list:
+        from vlmtool.errors import UsageError
+        from vlmtool.vlm.infer import PromptTooLong
+
+        ans, qs = self.answerer, [self.question(r) for r in reqs]
+        try:
+            inputs = ans.inputs(images, qs)
+            ids = ans.model.generate(**inputs, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                     stop_ids=ans.tok.stop_ids, use_cache=True)
+        except PromptTooLong as e:  # that request fails; the rest of the batch is answered
+            rest = [j for j in range(len(reqs)) if j != e.index]
+            done = self._run([reqs[j] for j in rest], None if images is None else [images[j] for j in rest]) if rest else []
+            out = dict(zip(rest, done))
+            out[e.index] = Result(failed="local_error", errors=[f"local_error: {e}"])
+            return [out[j] for j in range(len(reqs))]
+        except UsageError as e:
+            return [Result(failed="local_error", errors=[f"local_error: {e}"])] * len(reqs)
+        prompt = inputs["attention_mask"].sum(1).tolist()
+        return [Result(turns=[{"question": q, "answer": ans.tok.decode(x, skip_special=True).strip()}],
+                       finish_reason="length" if len(x) >= self.max_new_tokens else "stop", prompt_tokens=int(p),
+                       completion_tokens=len(x)) for q, x, p in zip(qs, ids, prompt)]
+
+    async def aclose(self) -> None:
+        return None

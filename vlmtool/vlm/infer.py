@@ -11,8 +11,6 @@ rows encode writes for a single view. The native connector takes the pixels inst
 
 from __future__ import annotations
 
-import asyncio
-import io
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,93 +235,7 @@ def load_answerer(checkpoint: str | Path, device="cpu", batch_size: int = 8, use
     return Answerer(ck, dev, batch_size, use_cache, allow_tower_change)
 
 
-class LocalTeacher:
-    """A trained checkpoint as a synth teacher (`--teacher local:DIR`): one turn per request,
-    the request's question (or the task's default) answered about its image. Requests in flight
-    are answered together, up to `batch_size` a batch (one model, one batch at a time, in a
-    thread); each result counts its prompt tokens (visual slots included) and answer tokens."""
-
-    name = "local"
-
-    def __init__(self, checkpoint: str | Path, device="cpu", max_new_tokens: int = 96, temperature: float = 0.0,
-                 batch_size: int = 8):
-        self.answerer = load_answerer(checkpoint, device, batch_size=batch_size)
-        self.model = f"local:{Path(checkpoint).resolve()}"
-        self.max_new_tokens, self.temperature, self.batch_size = max_new_tokens, temperature, batch_size
-        self._pending: list = []  # (request, future) waiting for the next batch
-        self._runner: asyncio.Task | None = None
-
-    def question(self, req) -> str:
-        from vlmtool.synth.teachers import DEFAULT_QUESTION
-
-        return req.question or DEFAULT_QUESTION.get(req.task) or "Describe the image briefly."
-
-    async def generate(self, req):
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((req, fut))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._drain())
-        return await fut
-
-    async def _drain(self) -> None:
-        while self._pending:
-            await asyncio.sleep(0)  # the other workers' requests join this batch
-            batch, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
-            try:
-                results = await asyncio.to_thread(self._answer, [r for r, _ in batch])
-            except Exception as e:  # noqa: BLE001 -- each request of the batch fails, the job goes on
-                results = [e] * len(batch)
-            for (_, fut), res in zip(batch, results):
-                if fut.done():
-                    continue
-                if isinstance(res, Exception):
-                    fut.set_exception(res)
-                else:
-                    fut.set_result(res)
-
-    def _answer(self, reqs: list) -> list:
-        """Results for a batch: those with an image together, blind ones together."""
-        from vlmtool.synth.teachers import Result
-
-        out, seeing, blind = [None] * len(reqs), [], []
-        for i, req in enumerate(reqs):
-            try:
-                (seeing if req.image_bytes else blind).append((i, _open_image(req.image_bytes) if req.image_bytes else None))
-            except UsageError as e:
-                out[i] = Result(failed="local_error", errors=[f"local_error: {e}"])
-        for group in (seeing, blind):
-            if group:
-                images = [im for _, im in group] if group is seeing else None
-                for (i, _), res in zip(group, self._run([reqs[i] for i, _ in group], images)):
-                    out[i] = res
-        return out
-
-    def _run(self, reqs: list, images) -> list:
-        from vlmtool.synth.teachers import Result
-
-        ans, qs = self.answerer, [self.question(r) for r in reqs]
-        try:
-            inputs = ans.inputs(images, qs)
-            ids = ans.model.generate(**inputs, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                     stop_ids=ans.tok.stop_ids, use_cache=True)
-        except PromptTooLong as e:  # that request fails; the rest of the batch is answered
-            rest = [j for j in range(len(reqs)) if j != e.index]
-            done = self._run([reqs[j] for j in rest], None if images is None else [images[j] for j in rest]) if rest else []
-            out = dict(zip(rest, done))
-            out[e.index] = Result(failed="local_error", errors=[f"local_error: {e}"])
-            return [out[j] for j in range(len(reqs))]
-        except UsageError as e:
-            return [Result(failed="local_error", errors=[f"local_error: {e}"])] * len(reqs)
-        prompt = inputs["attention_mask"].sum(1).tolist()
-        return [Result(turns=[{"question": q, "answer": ans.tok.decode(x, skip_special=True).strip()}],
-                       finish_reason="length" if len(x) >= self.max_new_tokens else "stop", prompt_tokens=int(p),
-                       completion_tokens=len(x)) for q, x, p in zip(qs, ids, prompt)]
-
-    async def aclose(self) -> None:
-        return None
-
-
-def _open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Image bytes -> an RGB PIL image, through the one decoder every job uses (bit depth, alpha,
     EXIF orientation handled), refused past `max_pixels` before any pixel is decoded."""
     from vlmtool.core.samples import SampleError, decode_image
@@ -380,7 +292,7 @@ def _read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--image {path}: no such file")
-    return _open_image(p.read_bytes(), max_pixels)
+    return open_image(p.read_bytes(), max_pixels)
 
 
 def question_row(row) -> tuple[str, str | None]:
@@ -416,7 +328,7 @@ def _question_rows(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator
                 continue
             out = {"line": n, "image": img, "question": q}
             try:
-                out["image_obj"] = None if img is None else _open_image((path.parent / img).read_bytes(), max_pixels)
+                out["image_obj"] = None if img is None else open_image((path.parent / img).read_bytes(), max_pixels)
             except (UsageError, OSError) as e:
                 out["error"] = f"image: {e.strerror if isinstance(e, OSError) and e.strerror else e}"
             yield out
