@@ -92,45 +92,9 @@ def load_clip(arch: str | None = None, pretrained: str | None = None, device=Non
     if pretrained == "random":
         pretrained = None
     if pretrained and is_model_dir(pretrained):
-        name = f"local-dir:{Path(pretrained).resolve()}"
-        try:
-            model, _, transform = open_clip.create_model_and_transforms(name, device=device, precision=precision)
-        except Exception as e:
-            raise UsageError(f"cannot load the model folder {pretrained}: {type(e).__name__}: {e}") from None
-        tokenizer = open_clip.get_tokenizer(name)
-        import orjson
-
-        cfg_path = Path(pretrained) / "config.json"
-        meta = orjson.loads(cfg_path.read_bytes()) if cfg_path.exists() else {}
-        if arch and meta.get("arch") and arch != meta["arch"]:
-            raise UsageError(f"--model {arch} does not match the model folder {pretrained}, which holds a {meta['arch']}: "
-                             "leave out --model")
-        arch = meta.get("arch") or arch or "local"
+        model, transform, tokenizer, arch, meta = _from_folder(pretrained, arch, device, precision)
     else:
-        if not arch:
-            raise UsageError("--model ARCH is needed unless --pretrained names a clip-train folder")
-        if arch not in open_clip.list_models():
-            raise UsageError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models(); the tiny test model is 'tiny-clip')")
-        if pretrained and not os.path.exists(pretrained) and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth"))):
-            raise UsageError(f"--pretrained {pretrained}: no such file or folder")
-        if pretrained and not os.path.exists(pretrained):
-            tags = open_clip.list_pretrained_tags_by_model(arch)
-            if pretrained not in tags:
-                raise UsageError(f"{arch} has no pretrained tag {pretrained!r}; its tags: {', '.join(tags) or 'none'}")
-            _check_reachable(arch, pretrained)
-        try:
-            with _quiet_open_clip(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch's unpickler warns about the very files it then refuses
-                model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device,
-                                                                           precision=precision)
-        except Exception as e:
-            if pretrained and os.path.isfile(pretrained):
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise UsageError(f"--pretrained {pretrained} is not a usable {arch} checkpoint ({type(e).__name__}: {first[:200]})") from None
-            if pretrained:
-                raise _missing_weights(arch, pretrained, e) from None
-            raise
-        tokenizer = open_clip.get_tokenizer(arch)
+        model, transform, tokenizer = _from_arch(arch, pretrained, device, precision)
     model.eval()
     pre_cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = pre_cfg.get("size", model.visual.image_size)
@@ -138,6 +102,56 @@ def load_clip(arch: str | None = None, pretrained: str | None = None, device=Non
     pp = Preprocess(int(size), tuple(pre_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)), tuple(pre_cfg.get("std", open_clip.OPENAI_DATASET_STD)),
                     pre_cfg.get("interpolation", "bicubic"), pre_cfg.get("resize_mode", "shortest"))
     return LoadedClip(model, tokenizer, pp, transform, arch, pretrained, meta)
+
+
+def _from_folder(pretrained: str, arch: str | None, device, precision: str):
+    """A clip-train folder (open_clip's local-dir layout): (model, transform, tokenizer, arch, meta)."""
+    import open_clip
+    import orjson
+
+    name = f"local-dir:{Path(pretrained).resolve()}"
+    try:
+        model, _, transform = open_clip.create_model_and_transforms(name, device=device, precision=precision)
+    except Exception as e:
+        raise UsageError(f"cannot load the model folder {pretrained}: {type(e).__name__}: {e}") from None
+    tokenizer = open_clip.get_tokenizer(name)
+    cfg_path = Path(pretrained) / "config.json"
+    meta = orjson.loads(cfg_path.read_bytes()) if cfg_path.exists() else {}
+    if arch and meta.get("arch") and arch != meta["arch"]:
+        raise UsageError(f"--model {arch} does not match the model folder {pretrained}, which holds a {meta['arch']}: "
+                         "leave out --model")
+    return model, transform, tokenizer, meta.get("arch") or arch or "local", meta
+
+
+def _from_arch(arch: str | None, pretrained: str | None, device, precision: str):
+    """An open_clip architecture with a checkpoint file, a pretrained tag or random weights (None):
+    (model, transform, tokenizer)."""
+    import open_clip
+
+    if not arch:
+        raise UsageError("--model ARCH is needed unless --pretrained names a clip-train folder")
+    if arch not in open_clip.list_models():
+        raise UsageError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models(); the tiny test model is 'tiny-clip')")
+    if pretrained and not os.path.exists(pretrained) and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth"))):
+        raise UsageError(f"--pretrained {pretrained}: no such file or folder")
+    if pretrained and not os.path.exists(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            raise UsageError(f"{arch} has no pretrained tag {pretrained!r}; its tags: {', '.join(tags) or 'none'}")
+        _check_reachable(arch, pretrained)
+    try:
+        with _quiet_open_clip(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's unpickler warns about the very files it then refuses
+            model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device,
+                                                                       precision=precision)
+    except Exception as e:
+        if pretrained and os.path.isfile(pretrained):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UsageError(f"--pretrained {pretrained} is not a usable {arch} checkpoint ({type(e).__name__}: {first[:200]})") from None
+        if pretrained:
+            raise _missing_weights(arch, pretrained, e) from None
+        raise
+    return model, transform, open_clip.get_tokenizer(arch)
 
 
 def _check_reachable(arch: str, tag: str) -> None:

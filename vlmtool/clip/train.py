@@ -17,12 +17,10 @@ from pathlib import Path
 
 from vlmtool.clip.model import load_clip
 from vlmtool.clip.preprocess import ClipPrep, to_model_input
-from vlmtool.core.job import Job, free, log, options_dict
-from vlmtool.core.runtime import autocast, dist_info, init_process_group, resolve_device, resolve_precision, seed_everything
+from vlmtool.core.job import free, options_dict
+from vlmtool.core.runtime import autocast, dist_info, resolve_device, resolve_precision, seed_everything
 from vlmtool.core.shards import atomic_path, expand_inputs, shard_refs, write_json
-from vlmtool.core.train import (STATE_FILE, Batcher, Schedule, TrainStream, barrier, load_state, save_state, set_rng_state,
-                                train_loop, trim_log)
-from vlmtool.errors import UsageError
+from vlmtool.core.train import STATE_FILE, Batcher, Schedule, TrainRun, TrainStream, load_state, save_state, train_run
 
 
 def _param_groups(model, weight_decay: float):
@@ -79,82 +77,56 @@ def _loader(refs, prep: ClipPrep, opts: ClipTrainOptions, dist, skip: int) -> Ba
 
 
 def run_clip_train(inputs: list[str], out: str, opts: ClipTrainOptions = ClipTrainOptions()) -> dict:
-    import torch
-    from open_clip.loss import ClipLoss
-
     dist = dist_info()
     dev = resolve_device(opts.device, dist)
     refs = shard_refs(expand_inputs(inputs))
-    if len(refs) < dist.world_size:
-        raise UsageError(f"{len(refs)} shard(s) for {dist.world_size} ranks: every rank needs at least one shard")
-    out_p = Path(out)
-    resume = (out_p / STATE_FILE).exists() and (out_p / "open_clip_config.json").exists()
-    with Job("clip-train", out, opts, refs, dist) as job:
-        use_dist = init_process_group(dev)
+    with train_run("clip-train", out, opts, refs, dist, dev, _saved_state) as run:
         seed_everything(opts.seed + dist.rank)
-        loaded = load_clip(None if resume else opts.model, str(out_p) if resume else (opts.pretrained or "random"), device=dev)
-        net = loaded.model
-        net.train()
-        dtype = resolve_precision(opts.precision, dev)
-        opt = torch.optim.AdamW(_param_groups(net, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
-        state = load_state(out_p) if resume else None
-        step, consumed = 0, 0
-        if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            step, consumed = int(state["step"]), int(state.get("consumed", 0))
-            set_rng_state(state["rng"]) if "rng" in state else None
-            trim_log(out_p / "train_log.jsonl", step)
-            log("clip-train", f"resuming {out} at step {step}")
-        scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and dev.type == "cuda")
-        ddp = torch.nn.parallel.DistributedDataParallel(net) if use_dist else net
-        loss_fn = ClipLoss(local_loss=False, gather_with_grad=use_dist, cache_labels=True, rank=dist.rank, world_size=dist.world_size)
-        prep = ClipPrep(loaded.preprocess, loaded.tokenizer, "fast")
-        batches = _loader(refs, prep, opts, dist, consumed)
-        temperature = [None]
-
-        def train_step(items, lr, _step):
-            images, tokens = prep.collate(items)
-            x = to_model_input(images, loaded.preprocess, dev)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with autocast(dev, dtype):
-                img_f, txt_f, scale = ddp(x, tokens.to(dev))
-                loss = loss_fn(img_f, txt_f, scale)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            with torch.no_grad():  # CLIP clamps the learned temperature: logit scale <= 100
-                net.logit_scale.clamp_(0, math.log(100))
-            temperature[0] = 1 / float(scale.detach())
-            return {"loss": loss.detach(), "temperature": temperature[0]}
-
-        def save(at: int) -> None:
-            if dist.is_main:
-                save_model(out_p, net, loaded, at, options_dict(opts))
-                save_state(out_p, opt, at, batches.consumed)
-
-        res = train_loop(step=step, steps=opts.steps, next_batch=batches.next_batch, train_step=train_step,
-                         schedule=Schedule(opts.lr, opts.steps, opts.warmup), save=save, save_every=opts.save_every,
-                         is_main=dist.is_main, log_path=out_p / "train_log.jsonl", time_limit=opts.time_limit,
-                         progress=opts.progress, desc="clip-train", batch_size=opts.batch_size)
-        barrier(use_dist)
-        if dist.is_main:
-            _plot_loss(out_p)
-        return {**job.header(), "complete": res.step >= opts.steps, "steps": res.step, "target_steps": opts.steps,
-                "stopped_early": res.stopped_early, "epochs_seen": batches.epochs,
-                "loss_first": round(res.losses[0], 4) if res.losses else None,
-                "loss_last": round(sum(res.losses[-20:]) / len(res.losses[-20:]), 4) if res.losses else None,
-                "temperature": round(1 / float(net.logit_scale.detach().exp()), 5), "rejected": batches.rejected,
-                "seconds": round(res.seconds, 2)}
+        resume = run.state is not None
+        loaded = load_clip(None if resume else opts.model, str(run.out) if resume else (opts.pretrained or "random"), device=dev)
+        return _train(run, loaded, refs)
 
 
-def _plot_loss(out: Path) -> None:
-    """loss.png beside the model, when matplotlib is there (the plot extra); a run never fails for it."""
-    from vlmtool.core.plots import plot_train_log
-    from vlmtool.errors import UsageError
+def _saved_state(out: Path) -> dict | None:
+    """The state to resume from: a saved model and its training state, both there."""
+    return load_state(out) if (out / STATE_FILE).exists() and (out / "open_clip_config.json").exists() else None
 
-    try:
-        plot_train_log(out, f"vlmtool clip-train: {out.name} (symmetric InfoNCE)", "InfoNCE loss")
-    except UsageError:
-        pass
+
+def _train(run: TrainRun, loaded, refs) -> dict:
+    import torch
+    from open_clip.loss import ClipLoss
+
+    opts, dev, dist, net = run.opts, run.dev, run.dist, loaded.model
+    net.train()
+    dtype = resolve_precision(opts.precision, dev)
+    opt = torch.optim.AdamW(_param_groups(net, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
+    run.resume(opt)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and dev.type == "cuda")
+    ddp = torch.nn.parallel.DistributedDataParallel(net) if run.use_dist else net
+    loss_fn = ClipLoss(local_loss=False, gather_with_grad=run.use_dist, cache_labels=True, rank=dist.rank, world_size=dist.world_size)
+    prep = ClipPrep(loaded.preprocess, loaded.tokenizer, "fast")
+    batches = _loader(refs, prep, opts, dist, run.consumed)
+
+    def train_step(items, lr, _step):
+        images, tokens = prep.collate(items)
+        x = to_model_input(images, loaded.preprocess, dev)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast(dev, dtype):
+            img_f, txt_f, scale = ddp(x, tokens.to(dev))
+            loss = loss_fn(img_f, txt_f, scale)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        with torch.no_grad():  # CLIP clamps the learned temperature: logit scale <= 100
+            net.logit_scale.clamp_(0, math.log(100))
+        return {"loss": loss.detach(), "temperature": 1 / float(scale.detach())}
+
+    def save(at: int, consumed: int) -> None:
+        save_model(run.out, net, loaded, at, options_dict(opts))
+        save_state(run.out, opt, at, consumed)
+
+    res = run.fit(batches, train_step, Schedule(opts.lr, opts.steps, opts.warmup), save, "clip-train")
+    run.plot(f"vlmtool clip-train: {run.out.name} (symmetric InfoNCE)", "InfoNCE loss")
+    return {**run.summary(res, batches), "temperature": round(1 / float(net.logit_scale.detach().exp()), 5)}

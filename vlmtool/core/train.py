@@ -6,6 +6,12 @@ Exact resume: the stream is a pure function of (seed, rank, worker, epoch), so t
 is one number, the count of items the trainer consumed. A checkpoint stores that count with the
 optimizer, the step and the RNG states; a resumed run fast-forwards the stream by that count and
 restores the RNGs, so it continues with the very batches an uninterrupted run would have seen.
+
+`TrainRun` is one run's context (job, options, ranks, device, the state it resumes from);
+`train_run(...)` opens it (every rank needs a shard, the job folder, the process group), and it
+owns what every trainer does alike: `resume(optimizer)`, `fit(...)` (the loop, with a save that
+runs on the main rank only) and `summary(...)` (steps and the loss at the start and the end). A
+trainer writes only its own model, its loss and its own lines of the summary.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import math
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,6 +32,7 @@ from vlmtool.core.shards import ShardRef, atomic_path, dumps
 from vlmtool.errors import UsageError
 
 STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
 
 
 # ---------------------------------------------------------------------------------- data
@@ -317,3 +325,93 @@ def barrier(use_dist: bool) -> None:
         import torch.distributed as td
 
         td.barrier()
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
+def check_ranks(refs: list[ShardRef], world_size: int) -> None:
+    """Every rank reads shards of its own: refuse a run with fewer shards than ranks."""
+    if len(refs) < world_size:
+        raise UsageError(f"{len(refs)} shard(s) for {world_size} ranks: every rank needs at least one shard")
+
+
+@dataclass
+class TrainRun:
+    """One training run's context: its job folder, options (steps, batch_size, save_every,
+    time_limit, progress), ranks and device, and the saved state it resumes from (None: a fresh
+    run). `step` and `consumed` (the data position) are where the loop starts."""
+
+    job: Any  # core.job.Job
+    opts: Any
+    out: Path
+    dist: Any  # core.runtime.Dist
+    dev: Any
+    use_dist: bool = False
+    state: dict | None = None
+    step: int = 0
+    consumed: int = 0
+
+    def resume(self, optimizer) -> None:
+        """Restore the optimizer, the step, the data position and the RNG states from the saved
+        state, and drop the log rows of steps a killed run did after it."""
+        if self.state is None:
+            return
+        from vlmtool.core.job import log
+
+        optimizer.load_state_dict(self.state["optimizer"])
+        self.step, self.consumed = int(self.state["step"]), int(self.state["consumed"])
+        set_rng_state(self.state["rng"])
+        trim_log(self.out / LOG_FILE, self.step)
+        log(self.job.name, f"resuming {self.out} at step {self.step}")
+
+    def fit(self, batches: Batcher, train_step: Callable[[Any, float, int], dict], schedule: Schedule,
+            save: Callable[[int, int], None], desc: str, stop: int | None = None) -> LoopResult:
+        """train_loop from the resumed step to `stop` (default: opts.steps); `save(step, consumed)`
+        writes the trainer's model and state, on the main rank only. Every rank waits for the others at the end."""
+
+        def save_at(at: int) -> None:
+            if self.dist.is_main:
+                save(at, batches.consumed)
+
+        res = train_loop(step=self.step, steps=stop or self.opts.steps, next_batch=batches.next_batch, train_step=train_step,
+                         schedule=schedule, save=save_at, save_every=self.opts.save_every, is_main=self.dist.is_main,
+                         log_path=self.out / LOG_FILE, time_limit=self.opts.time_limit, progress=self.opts.progress, desc=desc,
+                         batch_size=self.opts.batch_size)
+        barrier(self.use_dist)
+        return res
+
+    def summary(self, res: LoopResult, batches: Batcher) -> dict:
+        """What every trainer reports: the steps, the mean loss of the first step and of the last
+        20, the data seen and the seconds; the trainer adds its own lines."""
+        losses = res.losses
+        return {**self.job.header(), "complete": res.step >= self.opts.steps, "steps": res.step, "target_steps": self.opts.steps,
+                "stopped_early": res.stopped_early, "loss_first": round(losses[0], 4) if losses else None,
+                "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None,
+                "epochs_seen": batches.epochs, "rejected": batches.rejected, "seconds": round(res.seconds, 2)}
+
+    def plot(self, title: str, ylabel: str) -> Path | None:
+        """loss.png from the train log on the main rank, when matplotlib is there (the plot extra):
+        a run never fails for want of a chart."""
+        from vlmtool.core.plots import plot_train_log
+
+        if not self.dist.is_main:
+            return None
+        try:
+            return plot_train_log(self.out, title, ylabel)
+        except UsageError:
+            return None
+
+
+@contextmanager
+def train_run(name: str, out: str | Path, opts, refs: list[ShardRef], dist, dev,
+              state: Callable[[Path], dict | None]) -> Iterator[TrainRun]:
+    """Open a training run: refuse fewer shards than ranks, hold the job folder, join the
+    process group under torchrun, and read the state `state(out)` says to resume from."""
+    from vlmtool.core.job import Job
+    from vlmtool.core.runtime import init_process_group
+
+    check_ranks(refs, dist.world_size)
+    with Job(name, out, opts, refs, dist) as job:
+        use_dist = init_process_group(dev)
+        yield TrainRun(job, opts, Path(out), dist, dev, use_dist, state(Path(out)))

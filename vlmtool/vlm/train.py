@@ -23,27 +23,22 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from vlmtool.core.job import Job, free, log, options_dict
-from vlmtool.core.runtime import (
-    dist_info,
-    init_process_group,
-    precision_name,
-    resolve_device,
-    resolve_precision,
-)
+from vlmtool.core.job import free, options_dict
+from vlmtool.core.runtime import dist_info, precision_name, resolve_device, resolve_precision
 from vlmtool.core.shards import shard_refs
 from vlmtool.core.train import (
+    LOG_FILE,
     Batcher,
     Schedule,
+    TrainRun,
     TrainStream,
     barrier,
     length_grouped,
     load_state,
     save_state,
-    set_rng_state,
-    train_loop,
-    trim_log,
+    train_run,
 )
 from vlmtool.errors import JobFailed, UsageError
 from vlmtool.vlm.data import (
@@ -390,32 +385,21 @@ def _never_empty(items, readers: int):
         yield item
 
 
-def _save(out: Path, model, tok, tower, opt, step: int, consumed: int, opts: TrainOptions, seconds: float,
-          precision: str = "fp32") -> None:
+def _save(stage: Stage, opt, step: int, consumed: int, seconds: float, precision: str = "fp32") -> None:
     """The training state (with this step's weights) first, then the checkpoint folder.
     `seconds`: training time so far, over every run that resumed it (eval's cost table reads it)."""
     from vlmtool.vlm.checkpoint import save_checkpoint
 
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().cpu() for k, v in stage.model.state_dict().items()}
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(v.isfinite().all())]
     if bad:  # never a non-finite checkpoint: the last good one stays
         raise JobFailed(f"non-finite weights at step {step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
                         "not saved; lower --lr, or look for spoiled inputs in rejects.jsonl")
-    save_state(out, opt, step, consumed, extra={"model": weights, "tower": tower, "train_seconds": seconds})
-    save_checkpoint(out, model, tok, tower=tower, extra={"stage": opts.stage, "step": step, "train_seconds": round(seconds, 2),
-                                                         "precision": precision,
-                                                         "options": options_dict(opts)})
-
-
-def plot_loss(out: Path, stage: int | None = None) -> Path | None:
-    """loss.png: the training loss per step and the validation losses, from train_log.jsonl."""
-    from vlmtool.core.plots import plot_train_log
-
-    try:  # a chart needs the plot extra; a run never fails for want of it
-        return plot_train_log(out, f"vlmtool train{f' stage {stage}' if stage is not None else ''}: {Path(out).name}",
-                              "cross-entropy (assistant tokens)")
-    except UsageError:
-        return None
+    opts, out = stage.run.opts, stage.run.out
+    save_state(out, opt, step, consumed, extra={"model": weights, "tower": stage.tower, "train_seconds": seconds})
+    save_checkpoint(out, stage.model, stage.tok, tower=stage.tower,
+                    extra={"stage": opts.stage, "step": step, "train_seconds": round(seconds, 2), "precision": precision,
+                           "options": options_dict(opts)})
 
 
 def run_train(inputs: list[str], out: str, opts: TrainOptions = TrainOptions()) -> dict:
@@ -423,79 +407,77 @@ def run_train(inputs: list[str], out: str, opts: TrainOptions = TrainOptions()) 
     dist = dist_info()
     dev = resolve_device(opts.device, dist)
     plan = make_plan(inputs, opts)
-    refs = shard_refs(plan.src.shards)
-    if len(refs) < dist.world_size:
-        raise UsageError(f"{len(refs)} shard(s) for {dist.world_size} ranks: every rank needs at least one shard")
-    out_p = Path(out)
-    with Job("train", out, opts, refs, dist) as job:
-        use_dist = init_process_group(dev)
-        state = load_state(out_p) if (out_p / "config.json").exists() else None
-        state = state if state is not None and "model" in state else None
-        model, tok, tower = build_model(plan, opts, out_p, state, dist.is_main, use_dist)
-        return _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower)
+    with train_run("train", out, opts, shard_refs(plan.src.shards), dist, dev, _saved_state) as run:
+        model, tok, tower = build_model(plan, opts, run.out, run.state, dist.is_main, run.use_dist)
+        return _train(Stage(run, plan, model, tok, tower))
 
 
-def _train(job, plan, opts, out_p, dev, dist, use_dist, state, model, tok, tower) -> dict:
+def _saved_state(out: Path) -> dict | None:
+    """The state to resume from: a checkpoint folder whose training state holds its weights."""
+    state = load_state(out) if (out / "config.json").exists() else None
+    return state if state is not None and "model" in state else None
+
+
+@dataclass
+class Stage:
+    """One stage's run: the scaffold's run context and what this trainer built for it."""
+
+    run: TrainRun
+    plan: Plan
+    model: Any
+    tok: Any
+    tower: dict | None
+
+    def prep(self) -> Prep:
+        """The loader's preparer: the stage's items (visual slots per the connector)."""
+        opts, cfg, model, plan = self.run.opts, self.model.config, self.model, self.plan
+        return Prep(opts.stage, self.tok, slots=model.connector.slots,
+                    native=(cfg.image_size, cfg.patch_size) if model.connector.reads == "pixels" else None,
+                    rows=plan.instructions.rows, text_mix=opts.text_mix if opts.stage == 2 else 0.0, seed=opts.seed,
+                    skip=plan.val_keys, max_len=model.lm.max_seq, width=plan.src.width if plan.src.kind == "features" else None)
+
+
+def _train(stage: Stage) -> dict:
     import torch
 
-    model.to(dev)
+    run, model, opts = stage.run, stage.model, stage.run.opts
+    model.to(run.dev)
     model.freeze(opts.stage)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(model.param_groups(opts.weight_decay, lr=opts.peak_lr), lr=opts.peak_lr)
-    step, consumed = 0, 0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        step, consumed = int(state["step"]), int(state["consumed"])
-        set_rng_state(state["rng"])
-        trim_log(out_p / "train_log.jsonl", step)
-        log("train", f"resuming {out_p} at step {step}")
-    cfg = model.config
-    prep = Prep(opts.stage, tok, slots=model.connector.slots,
-                native=(cfg.image_size, cfg.patch_size) if model.connector.reads == "pixels" else None,
-                rows=plan.instructions.rows, text_mix=opts.text_mix if opts.stage == 2 else 0.0, seed=opts.seed,
-                skip=plan.val_keys, max_len=model.lm.max_seq, width=plan.src.width if plan.src.kind == "features" else None)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=opts.stage == 2) if use_dist else model
-    batches = _loader(shard_refs(plan.src.shards), prep, plan, opts, dist, consumed)
-    dtype = resolve_precision(opts.precision, dev)
+    run.resume(opt)
+    prep = stage.prep()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=opts.stage == 2) if run.use_dist else model
+    batches = _loader(shard_refs(stage.plan.src.shards), prep, stage.plan, opts, run.dist, run.consumed)
+    dtype = resolve_precision(opts.precision, run.dev)
     _check_pack(opts, model)
-    train_step = make_train_step(ddp, opt, params, dev, dtype, use_dist, dist.world_size, tok.pad_id, model.lm.max_seq, opts.pack)
+    train_step = make_train_step(ddp, opt, params, run.dev, dtype, run.use_dist, run.dist.world_size, stage.tok.pad_id,
+                                 model.lm.max_seq, opts.pack)
+    t_start, before = time.perf_counter(), float(run.state.get("train_seconds", 0.0)) if run.state is not None else 0.0
 
-    t_start, before = time.perf_counter(), float(state.get("train_seconds", 0.0)) if state is not None else 0.0
+    def save(at: int, consumed: int) -> None:
+        _save(stage, opt, at, consumed, before + time.perf_counter() - t_start, precision_name(dtype))
 
-    def save(at: int) -> None:
-        if dist.is_main:
-            _save(out_p, model, tok, tower, opt, at, batches.consumed, opts, before + time.perf_counter() - t_start,
-                  precision_name(dtype))
-
-    stop = min(opts.steps, opts.stop_at) if opts.stop_at else opts.steps
-    res = train_loop(step=step, steps=stop, next_batch=batches.next_batch, train_step=train_step,
-                     schedule=Schedule(opts.peak_lr, opts.steps, opts.warmup), save=save, save_every=opts.save_every,
-                     is_main=dist.is_main, log_path=out_p / "train_log.jsonl", time_limit=opts.time_limit,
-                     progress=opts.progress, desc=f"train stage {opts.stage}", batch_size=opts.batch_size)
-    barrier(use_dist)
-    return {**_summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, len(params)),
-            "precision": precision_name(dtype), "oom_backoffs": train_step.backoff.count}
+    res = run.fit(batches, train_step, Schedule(opts.peak_lr, opts.steps, opts.warmup), save, f"train stage {opts.stage}",
+                  stop=min(opts.steps, opts.stop_at) if opts.stop_at else opts.steps)
+    return {**_summary(stage, prep, res, batches), "trainable_tensors": len(params), "precision": precision_name(dtype),
+            "oom_backoffs": train_step.backoff.count}
 
 
-def _summary(job, plan, opts, out_p, dev, dist, model, tok, prep, res, batches, n_params) -> dict:
+def _summary(stage: Stage, prep: Prep, res, batches) -> dict:
+    """The run's summary, after the validation losses (main rank) and the rejects are written."""
     from vlmtool.core.shards import dumps
-
     from vlmtool.core.train import write_rejects
 
+    run, model, plan, opts = stage.run, stage.model, stage.plan, stage.run.opts
     vals = {}
-    write_rejects(out_p / (f"rejects-r{dist.rank}.jsonl" if dist.world_size > 1 else "rejects.jsonl"), batches.reject_rows)
-    if dist.is_main:
-        vals = {k: val_loss(model, v, tok.pad_id, dev, model.lm.max_seq) for k, v in validation_items(plan, prep).items()}
-        with open(out_p / "train_log.jsonl", "ab") as f:
+    write_rejects(run.out / (f"rejects-r{run.dist.rank}.jsonl" if run.dist.world_size > 1 else "rejects.jsonl"), batches.reject_rows)
+    if run.dist.is_main:
+        vals = {k: val_loss(model, v, stage.tok.pad_id, run.dev, model.lm.max_seq) for k, v in validation_items(plan, prep).items()}
+        with open(run.out / LOG_FILE, "ab") as f:
             f.write(dumps({"step": res.step, **vals}) + b"\n")
-        plot_loss(out_p, opts.stage)
-    losses = res.losses
-    return {**job.header(), "stage": opts.stage, "connector": model.config.connector, "lm": model.config.lm,
-            "complete": res.step >= opts.steps, "steps": res.step, "target_steps": opts.steps, "stopped_early": res.stopped_early,
-            "lr": opts.peak_lr, "trainable_tensors": n_params, **plan.counts, "val_samples": len(plan.val_keys), **vals,
-            "loss_first": round(losses[0], 4) if losses else None,
-            "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None,
-            "samples_per_s": round(res.samples / res.seconds, 2) if res.seconds > 0 else None,
-            "epochs_seen": batches.epochs, "rejected": batches.rejected, "seconds": round(res.seconds, 2),
-            "checkpoint": str(out_p)}
+        run.plot(f"vlmtool train stage {opts.stage}: {run.out.name}", "cross-entropy (assistant tokens)")
+    return {**run.summary(res, batches), "stage": opts.stage, "connector": model.config.connector, "lm": model.config.lm,
+            "lr": opts.peak_lr, **plan.counts, "val_samples": len(plan.val_keys), **vals,
+            "samples_per_s": round(res.samples / res.seconds, 2) if res.seconds > 0 else None, "checkpoint": str(run.out)}
