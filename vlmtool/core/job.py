@@ -3,8 +3,9 @@ manifest and the merged rejects. A job writes only its own logic on top (see
 docs/architecture.md for the contract).
 
     with Job("inspect", out, opts, refs) as job:
-        run = run_shards(job.records_for(), ...)          # per-shard completion records
-        return job.finish(run, summarize)                  # manifest.json + rejects.jsonl + summary
+        records = job.records()                            # this pass's per-shard completion records
+        run = run_shards(records, prep, open_sink, ...)    # core/batches.py
+        return job.finish(records, run, summarize)         # manifest.json + rejects.jsonl + summary
 
 - Options are one frozen dataclass per job, built once in the CLI and passed whole. Its fields
   are the settings written to the manifest and compared on resume; a field declared with

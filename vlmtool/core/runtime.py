@@ -212,7 +212,7 @@ def resolve_precision(precision: str, device) -> torch.dtype | None:
     """The autocast dtype for a precision name, or None for plain fp32.
 
     auto means bf16 on a CUDA device that supports it and fp32 elsewhere: on CPUs without native
-    bf16, bf16 autocast runs about 7x slower than fp32 (measured here, see DESIGN.md).
+    bf16, bf16 autocast ran about 7x slower than fp32 where it was measured (a 2-core CPU, no GPU).
     """
     import torch
 
