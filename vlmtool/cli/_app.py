@@ -7,12 +7,21 @@ Heavy modules (torch, open_clip, av) are imported inside the commands that use t
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import typer
 import typer.core
 
 from vlmtool import __version__
+from vlmtool.core.executors import ExecutorOptions
+from vlmtool.core.options import DECODE as DECODE_FIELD
+from vlmtool.core.options import DEVICE as DEVICE_FIELD
+from vlmtool.core.options import PRECISION as PRECISION_FIELD
+from vlmtool.core.options import PROGRESS as PROGRESS_FIELD
+from vlmtool.core.options import STRICT as STRICT_FIELD
+from vlmtool.core.options import WORKERS as WORKERS_FIELD
+from vlmtool.core.records import ReadOptions
 
 # Typer prints an argument's Python type beside its name in --help (`INPUTS <list[str]>`); the help
 # text already says what an argument takes, so the type name is left out.
@@ -54,25 +63,39 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-# Options shared by the shard jobs.
+def param(cls, name: str):
+    """The Typer option of field `name` of an options dataclass: its default and its command-line
+    form (flags, help, bounds, metavar) as the field declares them (core/options.py), so a
+    command names its options and writes no default or help of its own."""
+    from vlmtool.core.options import cli_form
+
+    default, cli = cli_form(cls, name)
+    bounds = {k: cli[k] for k in ("min", "max", "metavar") if cli[k] is not None}
+    return typer.Option(... if default is dataclasses.MISSING else default, *cli["flags"], help=cli["help"], **bounds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """The shared option groups with their usual defaults, for the commands that take them as
+    they are (a job whose default differs declares the field itself)."""
+
+    workers: int = WORKERS_FIELD(2)
+    strict: bool = STRICT_FIELD()
+    progress: bool = PROGRESS_FIELD()
+    device: str = DEVICE_FIELD()
+    precision: str = PRECISION_FIELD()
+    decode: str = DECODE_FIELD()
+
+
 OUT = typer.Option(..., "--out", "-o", help="Output folder; rerunning with the same folder resumes.", metavar="DIR")
-WORKERS = typer.Option(2, "--workers", "-w", min=0, help="Loader worker processes (0: read in the main process).")
-STRICT = typer.Option(False, "--strict", help="Stop at the first bad sample instead of counting and skipping it.")
 JSON = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout.")
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr.")
+WORKERS, STRICT, PROGRESS = param(Shared, "workers"), param(Shared, "strict"), param(Shared, "progress")
+DEVICE, PRECISION, DECODE = param(Shared, "device"), param(Shared, "precision"), param(Shared, "decode")
 # Where the shards run (core/executors.py; docs/cluster.md, "Ray").
-EXECUTOR = typer.Option("local", "--executor", help="local (this process, or the torchrun/SLURM ranks) or ray (a pool of Ray actors; "
-                        "pip install 'vlmtool[ray]').")
-RAY_ADDRESS = typer.Option("auto", "--ray-address", help="The Ray cluster (auto: RAY_ADDRESS or the cluster on this machine, "
-                           "else a local Ray started for the job).")
-RAY_WORKERS = typer.Option(1, "--ray-workers", min=1, help="Ray actors, each loading the model once and taking shard after shard "
-                           "(--workers stays the loader processes inside each).")
-GPUS_PER_WORKER = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor; a fraction (0.25) shares one GPU "
-                               "between several actors.")
-CPUS_PER_WORKER = typer.Option(1.0, "--cpus-per-worker", min=0.0, help="CPUs Ray reserves per actor (count its loader workers).")
-MAX_PIXELS = typer.Option(89_478_485, "--max-pixels", min=1, help="Reject images with more pixels (decompression bombs; PIL's own limit).")
-MAX_IMAGE_BYTES = typer.Option(64 << 20, "--max-image-bytes", min=1, help="Reject image members larger than this many bytes.")
-MAX_TEXT_BYTES = typer.Option(1 << 20, "--max-text-bytes", min=1, help="Reject caption and json members larger than this many bytes.")
+EXECUTOR, RAY_ADDRESS, RAY_WORKERS = (param(ExecutorOptions, n) for n in ("executor", "ray_address", "ray_workers"))
+GPUS_PER_WORKER, CPUS_PER_WORKER = param(ExecutorOptions, "gpus_per_worker"), param(ExecutorOptions, "cpus_per_worker")
+# The caps on what a record may hold (core/records.py)
+MAX_PIXELS, MAX_IMAGE_BYTES, MAX_TEXT_BYTES = (param(ReadOptions, n) for n in ("max_pixels", "max_image_bytes", "max_text_bytes"))
 INPUTS = typer.Argument(..., help="Shards: paths, brace patterns ('d/{00000..00009}.tar'), globs, folders, or - for a list on stdin.",
                         metavar="INPUTS")
 
@@ -129,16 +152,8 @@ def _root(
     pass
 
 
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (auto: cuda when there is one).")
-PRECISION = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (auto: bf16 on a CUDA device that has it, else fp32).")
-DECODE = typer.Option("cpu", "--decode", help="cpu: loader workers decode and resize; device: workers only read bytes, JPEGs are "
-                      "decoded in batches and resized on the model's device (other formats per sample on the CPU).")
-
-
 def options(cls, params: dict):
     """A job's options object from a command's parameters: the dataclass's fields are taken by
     name, so each option is spelled once (the Typer parameter and the field share the name)."""
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in params.items() if k in names})

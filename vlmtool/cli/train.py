@@ -1,4 +1,4 @@
-"""`vlmtool train` and `vlmtool infer`."""
+"""`vlmtool train` (every option's default and help from TrainOptions' fields) and `vlmtool infer`."""
 
 from __future__ import annotations
 
@@ -11,62 +11,54 @@ from vlmtool.cli._app import (
     MAX_PIXELS,
     OUT,
     PRECISION,
-    PROGRESS,
     app,
     emit,
     options,
+    param,
 )
+from vlmtool.vlm.options import TrainOptions as T
 
 
 @app.command("train")
 def train_cmd(
     inputs: list[str] = INPUTS,
     out: str = OUT,
-    stage: int = typer.Option(1, "--stage", min=0, max=2, help="0: LM pretraining on the inputs' text; 1: alignment (connector only, on captions); "
-                              "2: instruction tuning (connector + LM, on --instructions)."),
-    connector: str = typer.Option("mlp", "--connector", help="mlp (LLaVA-1.5), xattn (Flamingo gated cross-attention) or native "
-                                  "(Fuyu: pixel patches, reads image shards)."),
-    lm: str = typer.Option("bundled", "--lm", help="bundled (the small LM trained here) or hf:PATH_OR_ID (any transformers causal LM)."),
-    init: str | None = typer.Option(None, "--init", help="Continue from a checkpoint folder of an earlier stage (its LM, and its "
-                                       "connector when it has a trained one)."),
-    instructions: str | None = typer.Option(None, "--instructions", help="synth's instructions.jsonl, joined to the inputs by shard "
-                                               "stem and key (stage 2; stage 0 also trains on its text)."),
-    text_mix: float = typer.Option(0.1, "--text-mix", min=0.0, max=0.99, help="Stage 2: fraction of text-only samples (the captions as "
-                                   "plain text) mixed in, against forgetting."),
-    steps: int = typer.Option(500, "--steps", min=1, help="Optimizer steps in all (a rerun with more steps continues)."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Samples per step on each rank."),
-    lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (AdamW; default per stage: 1e-3, 1e-3, 1e-4)."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", min=0.0, help="AdamW weight decay on matrices (LLaVA-1.5: 0)."),
-    warmup: int = typer.Option(10, "--warmup", min=0, help="Steps of linear learning-rate warmup, then cosine decay."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order and the text mix."),
-    val_samples: int = typer.Option(16, "--val-samples", min=0, help="Samples held out (at most a tenth) for the validation losses."),
-    shuffle_buffer: int = typer.Option(1000, "--shuffle-buffer", min=1, help="Items in the sample shuffle buffer."),
-    length_groups: int = typer.Option(1, "--length-groups", min=1, help="Sort each run of N batches' items by length before "
-                                      "batching, so a batch pads to its own longest (transformers' group_by_length; 16 is about 2x "
-                                      "faster on synth's data, but each batch then holds one kind of answer); 1: off."),
-    pack: int = typer.Option(0, "--pack", min=0, help="Pack each batch's samples into rows of up to N tokens (a block-diagonal "
-                             "causal mask and positions per sample: the same loss, fewer padding slots; 128 is about 1.5x "
-                             "faster on synth's stage-2 data); bundled LM, mlp connector; 0: off."),
-    vocab_size: int = typer.Option(4096, "--vocab-size", min=264, help="New bundled LM: the BPE vocabulary trained on the inputs' text."),
-    d_model: int = typer.Option(256, "--d-model", min=8, help="New bundled LM: width."),
-    n_layers: int = typer.Option(4, "--n-layers", min=1, help="New bundled LM: transformer blocks."),
-    n_heads: int = typer.Option(4, "--n-heads", min=1, help="New bundled LM: attention heads (half as many key/value heads)."),
-    max_seq: int = typer.Option(1024, "--max-seq", min=16, help="New bundled LM: context length (longer samples are skipped)."),
-    image_size: int = typer.Option(224, "--image-size", min=8, help="native connector: images are resized to this square."),
-    patch_size: int = typer.Option(16, "--patch-size", min=2, help="native connector: pixel patch size."),
-    workers: int = typer.Option(1, "--workers", "-w", min=0, help="Loader worker processes (0: read in the main process)."),
-    save_every: int = typer.Option(200, "--save-every", min=1, help="Save the checkpoint and training state every N steps (and at the end)."),
-    time_limit: float | None = typer.Option(None, "--time-limit", min=1.0, help="Stop (and save) after this many seconds; rerun to resume."),
-    stop_at: int | None = typer.Option(None, "--stop-at", min=1, help="Stop (and save) at this step without changing the schedule; rerun to resume."),
-    device: str = DEVICE,
-    precision: str = PRECISION,
+    stage: int = param(T, "stage"),
+    connector: str = param(T, "connector"),
+    lm: str = param(T, "lm"),
+    init: str | None = param(T, "init"),
+    instructions: str | None = param(T, "instructions"),
+    text_mix: float = param(T, "text_mix"),
+    steps: int = param(T, "steps"),
+    batch_size: int = param(T, "batch_size"),
+    lr: float | None = param(T, "lr"),
+    weight_decay: float = param(T, "weight_decay"),
+    warmup: int = param(T, "warmup"),
+    seed: int = param(T, "seed"),
+    val_samples: int = param(T, "val_samples"),
+    shuffle_buffer: int = param(T, "shuffle_buffer"),
+    length_groups: int = param(T, "length_groups"),
+    pack: int = param(T, "pack"),
+    vocab_size: int = param(T, "vocab_size"),
+    d_model: int = param(T, "d_model"),
+    n_layers: int = param(T, "n_layers"),
+    n_heads: int = param(T, "n_heads"),
+    max_seq: int = param(T, "max_seq"),
+    image_size: int = param(T, "image_size"),
+    patch_size: int = param(T, "patch_size"),
+    workers: int = param(T, "workers"),
+    save_every: int = param(T, "save_every"),
+    time_limit: float | None = param(T, "time_limit"),
+    stop_at: int | None = param(T, "stop_at"),
+    device: str = param(T, "device"),
+    precision: str = param(T, "precision"),
     as_json: bool = JSON,
-    progress: bool = PROGRESS,
+    progress: bool = param(T, "progress"),
 ) -> None:
     """Train the VLM, stage 0, 1 or 2, on feature shards (image shards for --connector native); rerun to resume."""
-    from vlmtool.vlm.train import TrainOptions, run_train
+    from vlmtool.vlm.train import run_train
 
-    emit(run_train(inputs, out, options(TrainOptions, locals())), as_json)
+    emit(run_train(inputs, out, options(T, locals())), as_json)
 
 
 @app.command("infer")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from vlmtool.core.batches import RunStats
-from vlmtool.core.job import free
+from vlmtool.core.options import option
 from vlmtool.core.shards import ShardRef, temp_pattern
 from vlmtool.errors import JobFailed, UsageError, VlmtoolError
 
@@ -40,11 +40,15 @@ class ExecutorOptions:
     """The options every shard job shares for where its shards run (all free: a job started on
     one executor may be resumed on the other)."""
 
-    executor: str = free("local")
-    ray_address: str = free("auto")
-    ray_workers: int = free(1)
-    gpus_per_worker: float = free(0.0)
-    cpus_per_worker: float = free(1.0)
+    executor: str = option("local", "local (this process, or the torchrun/SLURM ranks) or ray (a pool of Ray actors; "
+                           "pip install 'vlmtool[ray]').", free=True)
+    ray_address: str = option("auto", "The Ray cluster (auto: RAY_ADDRESS or the cluster on this machine, "
+                              "else a local Ray started for the job).", free=True)
+    ray_workers: int = option(1, "Ray actors, each loading the model once and taking shard after shard "
+                              "(--workers stays the loader processes inside each).", min=1, free=True)
+    gpus_per_worker: float = option(0.0, "GPUs per Ray actor; a fraction (0.25) shares one GPU between several actors.", min=0.0,
+                                    free=True)
+    cpus_per_worker: float = option(1.0, "CPUs Ray reserves per actor (count its loader workers).", min=0.0, free=True)
 
 
 def uses_ray(opts) -> bool:

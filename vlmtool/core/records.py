@@ -21,11 +21,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
-from vlmtool.core.samples import CAPTION_EXTS, DEFAULT_MAX_PIXELS, IMAGE_EXTS, Sample, SampleError, clean_detail, parse_record
+from vlmtool.core.options import MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, MiB
+from vlmtool.core.samples import CAPTION_EXTS, IMAGE_EXTS, Sample, SampleError, clean_detail, parse_record
 from vlmtool.core.shards import ShardRef, open_input
 from vlmtool.errors import JobFailed
 
-MiB = 1 << 20
 TEXT_EXTS = CAPTION_EXTS + ("json",)
 
 
@@ -33,9 +33,9 @@ TEXT_EXTS = CAPTION_EXTS + ("json",)
 class ReadOptions:
     """Caps on what a record may hold; each is a job option (the excess is a reject reason)."""
 
-    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded pixels of an image (decompression bombs)
-    max_image_bytes: int = 64 * MiB  # an image member
-    max_text_bytes: int = 1 * MiB  # a caption or json member
+    max_pixels: int = MAX_PIXELS()  # decoded pixels of an image (decompression bombs)
+    max_image_bytes: int = MAX_IMAGE_BYTES()  # an image member
+    max_text_bytes: int = MAX_TEXT_BYTES()  # a caption or json member
     max_member_bytes: int = 512 * MiB  # any other member (videos, audio, features)
 
     @classmethod

@@ -8,8 +8,15 @@ and writes the shards, predict.py says beforehand what will be written. The read
 `lm_layout`, live in vlmtool.features.
 """
 
-from vlmtool.encode.job import EncodeOptions, run_encode
-from vlmtool.encode.views import Tower
-from vlmtool.features import lm_layout
+import importlib
 
-__all__ = ["EncodeOptions", "Tower", "lm_layout", "run_encode"]
+_NAMES = {"EncodeOptions": "vlmtool.encode.options", "run_encode": "vlmtool.encode.job", "Tower": "vlmtool.encode.views",
+          "lm_layout": "vlmtool.features"}
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str):
+    """Names imported when first used: the options stay light (the CLI reads them), the job brings torch."""
+    if name not in _NAMES:
+        raise AttributeError(f"module 'vlmtool.encode' has no attribute {name!r}")
+    return getattr(importlib.import_module(_NAMES[name]), name)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, deque
-from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtool.core.batches import Batch, RunStats, run_shards
-from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
-from vlmtool.core.job import Job, free, log
-from vlmtool.core.records import ReadOptions, Reject
-from vlmtool.core.samples import DEFAULT_MAX_PIXELS
+from vlmtool.core.executors import record_stats, run_records, shard_records, uses_ray
+from vlmtool.core.job import Job, log
+from vlmtool.core.records import Reject
 from vlmtool.core.shards import (
     JobDir,
     ShardRef,
@@ -29,54 +27,10 @@ from vlmtool.core.shards import (
     shard_refs,
     write_json,
 )
+from vlmtool.encode.options import EncodeOptions
 from vlmtool.encode.records import INPUT_SUFFIXES
 from vlmtool.encode.views import Tower, check_anyres
-from vlmtool.errors import UsageError
 from vlmtool.features import FORMAT_NAME, FORMAT_VERSION, lm_layout, npy_bytes
-
-
-@dataclass(frozen=True)
-class EncodeOptions(ExecutorOptions):
-    """`vlmtool encode`'s options (see its --help). Every field but the free ones must match on resume."""
-
-    pretrained: str
-    model: str | None = None
-    layer: int = -2
-    cls: bool = False
-    anyres: str | None = None
-    frame_budget: int | None = None
-    select: str = "uniform"
-    sample_fps: float = 1.0
-    pooled: bool = False
-    precision: str = "auto"
-    decode: str = "cpu"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_image_bytes: int = ReadOptions.max_image_bytes
-    max_text_bytes: int = ReadOptions.max_text_bytes
-    max_member_bytes: int = ReadOptions.max_member_bytes
-    batch_size: int = free(64)
-    workers: int = free(2)
-    device: str = free("auto")
-    strict: bool = free(False)
-    progress: bool = free(True)
-
-    def __post_init__(self):
-        from vlmtool.budget.video import STRATEGIES
-
-        if self.select not in STRATEGIES:
-            raise UsageError(f"--select {self.select}: use one of {', '.join(STRATEGIES)}")
-        if self.frame_budget is not None and self.frame_budget < 1:
-            raise UsageError("--frame-budget must be a positive number of tokens")
-        if not self.sample_fps > 0:
-            raise UsageError("--sample-fps must be > 0")
-        if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
-        from vlmtool.core.device_decode import check_decode
-
-        check_decode(self.decode)
-
-    def read(self) -> ReadOptions:
-        return ReadOptions.of(self)
 
 
 def tower_of(loaded, opts: EncodeOptions) -> tuple[Tower, int]:

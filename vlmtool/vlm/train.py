@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from vlmtool.core.job import free, options_dict
+from vlmtool.core.job import options_dict
 from vlmtool.core.runtime import dist_info, precision_name, resolve_device, resolve_precision
 from vlmtool.core.shards import shard_refs
 from vlmtool.core.train import (
@@ -41,6 +41,7 @@ from vlmtool.core.train import (
     train_run,
 )
 from vlmtool.errors import JobFailed, UsageError
+from vlmtool.vlm.options import TrainOptions
 from vlmtool.vlm.data import (
     Entry,
     Inputs,
@@ -52,55 +53,7 @@ from vlmtool.vlm.data import (
     text_item,
 )
 
-# Peak learning rates per stage. Stage 1: LLaVA-1.5's projector lr, 1e-3 (haotian-liu/LLaVA,
-# scripts/v1_5/pretrain.sh), which suits a small connector as it is. Stage 2: LLaVA-1.5 tunes a
-# 7B LM at 2e-5 (scripts/v1_5/finetune.sh); the bundled LM is ~1000x smaller and was itself
-# pretrained here at 1e-3, and small models take (and need) larger steps: 1e-4 keeps the LM
-# moving in a few hundred steps without undoing stage 0 (the text-only validation loss shows it).
-# Stage 0: 1e-3, nanoGPT's rate for its ~10M-parameter models (karpathy/nanoGPT,
-# config/train_shakespeare_char.py).
-STAGE_LR = {0: 1e-3, 1: 1e-3, 2: 1e-4}
 MAX_GRAD_NORM = 1.0  # LLaVA-1.5's max_grad_norm (HF Trainer default)
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """`vlmtool train`'s options (see its --help)."""
-
-    stage: int = 1
-    connector: str = "mlp"
-    lm: str = "bundled"
-    init: str | None = None
-    instructions: str | None = None
-    text_mix: float = 0.1
-    steps: int = free(500)  # more steps continue a finished run
-    batch_size: int = 16
-    lr: float | None = None  # None: STAGE_LR[stage]
-    weight_decay: float = 0.0  # LLaVA-1.5 trains with none
-    warmup: int = 10
-    seed: int = 0
-    val_samples: int = 16
-    shuffle_buffer: int = 1000
-    length_groups: int = 1
-    pack: int = 0  # rows of up to N tokens, several samples each (0: one sample a row)
-    vocab_size: int = 4096
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    max_seq: int = 1024
-    image_size: int = 224
-    patch_size: int = 16
-    workers: int = free(1)
-    save_every: int = free(200)
-    time_limit: float | None = free(None)
-    stop_at: int | None = free(None)
-    device: str = free("auto")
-    precision: str = free("auto")
-    progress: bool = free(True)
-
-    @property
-    def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else STAGE_LR[self.stage]
 
 
 @dataclass
