@@ -5,8 +5,10 @@
 (b) connectors: xattn (Flamingo-style gated cross-attention) and native (early fusion), each
     trained through stages 1 and 2 from the demo's stage 0 with the demo's settings (the mlp
     projector is the demo's own checkpoint);
-then every checkpoint is evaluated on the demo's held-out world (POPE's three settings, blind,
-swap, CHAIR) and printed side by side with its visual tokens, KV bytes and train seconds.
+then every checkpoint is evaluated on the demo's test world (POPE's three settings, blind,
+swap, CHAIR) and printed side by side with its visual tokens, KV bytes and train seconds. Every
+arm uses the finished demo's own options (DEMO/demo.json: steps, sizes, seed), so the table
+compares connectors and data under the demo's recipe.
 
     vlmtool demo -o vlmtool-demo && python bench/ablation.py vlmtool-demo
 """
@@ -95,6 +97,8 @@ def main() -> None:
     if not args.demo:
         ap.error("give a finished `vlmtool demo` folder (or --tiny)")
 
+    from dataclasses import fields
+
     from vlmtool.demo import DemoOptions, run_stages, stage_plan
     from vlmtool.evals import EvalOptions, compare
     from vlmtool.evals.report import comparison_table
@@ -102,7 +106,10 @@ def main() -> None:
     demo = Path(args.demo)
     if not (demo / "eval" / "report.json").exists():
         sys.exit(f"{demo}: not a finished demo folder (no stage2): run `vlmtool demo -o {demo}` first")
-    opts, out, steps = DemoOptions(progress=False), demo / "ablation", {}
+    saved = json.loads((demo / "demo.json").read_text())["options"] if (demo / "demo.json").exists() else {}
+    known = {f.name for f in fields(DemoOptions)}
+    opts = DemoOptions(**{**{k: v for k, v in saved.items() if k in known}, "progress": False})  # the demo's own recipe
+    out, steps = demo / "ablation", {}
     out.mkdir(exist_ok=True)
     feats, instructions = demo / "features", demo / "synth" / "instructions.jsonl"
     no_neg = out / "instructions-no-negatives.jsonl"
@@ -119,13 +126,14 @@ def main() -> None:
             src = demo / "filter" / "shards"
             plan = [(stage, folder, {**kw, "image_size": 64, "patch_size": 8}, what) for stage, folder, kw, what in plan]
         models[connector] = run_stages(src, plan, steps, connector)
-    result = compare([str(p) for p in models.values()], [str(demo / "heldout")],
+    test = demo / "test" if (demo / "test").is_dir() else demo / "heldout"  # a demo folder of the first waves had "heldout"
+    result = compare([str(p) for p in models.values()], [str(test)],
                      EvalOptions(device="cpu", chair_images=60, progress=False), out=out / "eval")
     names = list(models)
     rows = [{"model": name, **{k: v for k, v in row.items() if k != "checkpoint"}} for name, row in zip(names, result["table"])]
     print(comparison_table(rows), file=sys.stderr)
     yes = {name: {s: r["pope"][s]["yes_ratio"] for s in r["pope"]} for name, r in zip(names, result["checkpoints"].values())}
-    summary = {"machine": machine(), "rows": rows, "yes_ratio": yes, "train": steps, "no_negatives": counts}
+    summary = {"machine": machine(), "options": {k: getattr(opts, k) for k in sorted(known)}, "rows": rows, "yes_ratio": yes, "train": steps, "no_negatives": counts}
     (out / "ablation.json").write_text(json.dumps(summary, indent=1))
     if args.json:
         print(json.dumps(summary))

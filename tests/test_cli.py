@@ -126,5 +126,5 @@ def test_the_demo_prints_its_table_on_stdout(monkeypatch):
     r = CliRunner().invoke(app, ["demo", "--out", "x", "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0
     out = r.stdout
-    assert "adversarial" in out and "0.900" in out and "swap: flip_rate 0.850, both_correct 0.800 over 40 pairs" in out
+    assert "adversarial" in out and "0.900" in out and "swap: both_correct 0.800 (flip_rate 0.850, wrong_way -) over 40 pairs" in out
     assert "checkpoint: d/stage2" in out

@@ -8,14 +8,16 @@ import pytest
 def test_the_whole_pipeline_runs_reports_and_resumes(tmp_path):
     from vlmtool.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(samples=64, heldout=16, clip_samples=128, clip_steps=3, clip_batch=32, lm_steps=2, align_steps=2,
+    opts = DemoOptions(samples=64, test=16, dev=16, clip_samples=128, clip_steps=3, clip_batch=32, lm_steps=2, align_steps=2,
                        tune_steps=3, d_model=32, n_layers=1, batch_size=4, progress=False)
     out = run_demo(str(tmp_path / "demo"), opts)
     for setting in ("random", "popular", "adversarial"):
         for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
             assert 0.0 <= out["pope"][setting][key] <= 1.0
             assert 0.0 <= out["blind"][setting][key] <= 1.0
-    assert 0.0 <= out["swap"]["flip_rate"] <= 1.0 and out["swap"]["pairs"] > 0
+    assert 0.0 <= out["swap"]["both_correct"] <= 1.0 and out["swap"]["pairs"] > 0
+    assert out["worlds"]["test"]["seed"] == 900_002 and out["worlds"]["train"]["seed"] == 0
+    assert set(out["negatives_overlap"]) == {"random~popular", "random~adversarial", "popular~adversarial"}
     assert {"chair_i", "chair_s"} <= set(out["chair"])
     assert (tmp_path / "demo" / "stage2").is_dir() and out["checkpoint"] == str(tmp_path / "demo" / "stage2")
     steps = out["steps"]

@@ -151,10 +151,16 @@ def test_swap_pairs_differ_in_the_asked_object(images):
     probes = [p for ps in build_probes(images).values() for p in ps]
     pairs = pairs_from_images(probes, images)
     objs = {im.name: im.objects for im in images}
-    assert len(pairs) == len({(p.image, p.text) for p in probes if p.label == "yes"})
+    yes = {(p.image, p.text) for p in probes if p.label == "yes"}
+    assert len(pairs) <= len(yes) and len(pairs) >= 0.7 * len(yes)
     for pair in pairs:
         obj = ASKED.fullmatch(pair.text).group(1)
-        assert obj in objs[pair.with_object] and obj not in objs[pair.without_object]
+        a, b = objs[pair.with_object], objs[pair.without_object]
+        assert obj in a and obj not in b
+        assert len(a) == len(b)  # as many objects: "more objects, more yes" cannot flip it
+        # of the images of that count lacking the object, B is one closest to A's other objects
+        best = min(len((a - {obj}) ^ objs[n]) for n in objs if obj not in objs[n] and len(objs[n]) == len(a))
+        assert len((a - {obj}) ^ b) == best
 
 
 # ---------------------------------------------------------------------------------- runs

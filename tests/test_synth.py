@@ -2,6 +2,7 @@ import os
 import re
 import signal
 import subprocess
+import tarfile
 import sys
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ def _lines(path):
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthw")
-    make_world(out, samples=40, shard_size=10, seed=21, sizes="small", broken=0.1)
+    make_world(out, samples=40, shard_size=10, seed=21, sizes="small", broken=0.1, kind="shapes")
     return out
 
 
@@ -583,3 +584,33 @@ def test_streamed_finalize_matches_the_in_memory_one_with_duplicates_and_retried
         assert s["failed"] == {} and not list(out.glob("_spill*"))
         (out / "log" / "requests-00001.jsonl").write_bytes(b'{"id": "torn", "status": "ok", "tur')
     _old_duplicate_rule_holds(out)
+
+
+def test_captions_conversations_ask_balanced_probes_in_no_fixed_order(tmp_path):
+    """The captions teacher's conversation asks POPE's balance: as many presence probes answered
+    no (distinct absent objects, one per setting) as answered yes (objects that are there), up
+    to 3 each, and no position tells the answer: over the rows, the first probe is sometimes a
+    yes and sometimes a no."""
+    import re
+
+    make_world(tmp_path / "w", samples=60, shard_size=30, seed=8, sizes="square")
+    run_synth([str(tmp_path / "w")], str(tmp_path / "o"), SynthOptions(progress=False, tasks="conversation"))
+    truth = {}
+    for tar in sorted((tmp_path / "w").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                if m.name.endswith(".json"):
+                    truth[m.name.split(".")[0]] = {o["shape"] for o in orjson.loads(tf.extractfile(m).read())["objects"]}
+    asked = re.compile(r"(?:<image>\n)?Is there an? (.+) in the image\?")
+    first, sizes = set(), set()
+    for row in _lines(tmp_path / "o" / "instructions.jsonl"):
+        conv = row["conversations"]
+        probes = [(asked.fullmatch(q["value"]).group(1), a["value"].startswith("Yes")) for q, a in zip(conv[::2], conv[1::2])
+                  if asked.fullmatch(q["value"])]
+        yes, no = [o for o, y in probes if y], [o for o, y in probes if not y]
+        present = truth[row["key"]]
+        assert len(yes) == len(no) == min(3, len(present)) and set(yes) <= present and not set(no) & present, (row["key"], probes)
+        assert len(set(no)) == len(no)
+        first.add(probes[0][1])
+        sizes.add(len(yes))
+    assert first == {True, False} and sizes == {1, 2, 3}

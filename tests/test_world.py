@@ -4,10 +4,11 @@ import tarfile
 from collections import Counter
 
 import orjson
+import pytest
 from conftest import FIXTURES, sha256_of
 from PIL import Image
 
-from vlmtool.world import PARTNER, SHAPES, make_sample, make_video, make_world
+from vlmtool.world import CATEGORIES, PARTNER, SCENES, make_sample, make_video, make_world
 
 
 def _records(path):
@@ -67,6 +68,13 @@ def test_truth_matches_picture_and_caption():
             assert sum(abs(a - b) for a, b in zip(img.getpixel((cx, cy)), bg)) > 30
 
 
+def _named(caption: str) -> set[str]:
+    """The categories a caption names, as whole words ("semicircle" does not name a circle)."""
+    import re
+
+    return {c for c in CATEGORIES if re.search(rf"\b{c}\b", caption.lower())}
+
+
 def test_mismatched_captions_keep_the_truth():
     metas = [orjson.loads(make_sample(1, i, mismatch=0.5, sizes="small")["json"]) for i in range(80)]
     mism = [m for m in metas if m["mismatched"]]
@@ -74,7 +82,7 @@ def test_mismatched_captions_keep_the_truth():
     for i, m in enumerate(metas):
         cap = make_sample(1, i, mismatch=0.5, sizes="small")["txt"].decode()
         truth_shapes = {o["shape"] for o in m["objects"]}
-        named = {s for s in SHAPES if s in cap}
+        named = _named(cap)
         assert (named != truth_shapes) == m["mismatched"]
 
 
@@ -91,7 +99,7 @@ def test_plain_captions_name_the_shapes_alone_and_change_nothing_else():
         assert meta_full["objects"] == meta["objects"] and meta_full["mismatched"] == meta["mismatched"] and meta_full["plain"]
         words = set(full["txt"].decode().lower().rstrip(".").replace(",", "").split())
         assert not words & set(COLORS)
-        assert {s for s in SHAPES if s in words} == {s for s in SHAPES if s in base["txt"].decode()}
+        assert _named(full["txt"].decode()) == _named(base["txt"].decode())
         if half["txt"] == base["txt"]:
             assert half["json"] == base["json"]
         else:
@@ -107,7 +115,7 @@ def test_partners_co_occur_more_than_other_pairs():
     for i in range(n):
         from vlmtool.world import render_scene
 
-        _, objs, _ = render_scene(2, i, sizes="small")
+        _, objs, _, _ = render_scene(2, i, sizes="small", kind="shapes")
         shapes = {o.shape for o in objs}
         singles.update(shapes)
         pairs.update(frozenset(p) for p in itertools.combinations(sorted(shapes), 2))
@@ -116,6 +124,43 @@ def test_partners_co_occur_more_than_other_pairs():
     other_lift = [v for p, v in lift.items() if PARTNER[min(p)] != max(p)]
     assert min(partner_lift) > max(other_lift)
     assert singles["circle"] > singles["hexagon"]  # popularity is structured too
+
+
+def test_scene_objects_co_occur_more_than_strays_and_every_category_appears():
+    """The scenes world: the objects of one scene type lift each other; pairs across scene types
+    (strays) do not; all 16 categories turn up, 1 to 6 to an image; the scene type is recorded."""
+    from vlmtool.world import render_scene
+
+    pairs, singles, counts, n = Counter(), Counter(), Counter(), 800
+    for i in range(n):
+        _, objs, _, scene = render_scene(4, i, sizes="square")
+        names = {o.shape for o in objs}
+        assert names & set(SCENES[scene]), (scene, names)
+        singles.update(names)
+        counts[len(objs)] += 1
+        pairs.update(frozenset(p) for p in itertools.combinations(sorted(names), 2))
+    home = {o: s for s, objs in SCENES.items() for o in objs}
+    lift = {p: pairs[p] * n / (singles[min(p)] * singles[max(p)]) for p in pairs}
+    inside = [v for p, v in lift.items() if home[min(p)] == home[max(p)]]
+    across = [v for p, v in lift.items() if home[min(p)] != home[max(p)]]
+    assert min(inside) > max(across)
+    assert set(singles) == set(CATEGORIES) and len(CATEGORIES) >= 16
+    assert set(counts) == set(range(1, 7)), counts
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_popular_and_adversarial_negatives_are_different_questions(tmp_path, seed):
+    """POPE on the default world: popular and adversarial negatives share under half their
+    questions (the six-shape world's shared almost all), and eval reports the share."""
+    from vlmtool.evals.data import read_images
+    from vlmtool.evals.pope import build_probes, negatives_overlap
+
+    make_world(tmp_path / "w", samples=150, shard_size=50, seed=seed, sizes="square")
+    overlap = negatives_overlap(build_probes(read_images([str(tmp_path / "w")], "objects", 0, progress=False).images))
+    assert overlap["popular~adversarial"] < 0.5, overlap
+    make_world(tmp_path / "old", samples=150, shard_size=50, seed=seed, sizes="square", kind="shapes")
+    old = negatives_overlap(build_probes(read_images([str(tmp_path / "old")], "objects", 0, progress=False).images))
+    assert old["popular~adversarial"] > 0.7, old
 
 
 def test_committed_fixture_is_a_small_world_with_truth():

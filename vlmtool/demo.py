@@ -3,9 +3,15 @@
 world -> inspect -> clip-train (a tiny CLIP from scratch, on CPU) -> filter (drop mismatched
 captions, measured against the world's truth) -> synth (offline captions teacher) -> budget ->
 encode (the CLIP's patch tokens) -> train stages 0, 1, 2 (the bundled LM with an MLP
-connector) -> eval (POPE's three settings, the blind baseline, the swap test, CHAIR) on a
-held-out world. Every stage is a job with its own folder under --out: rerunning the same command
+connector) -> eval (POPE's three settings, the blind baseline, the swap test, CHAIR) on the test
+world. Every stage is a job with its own folder under --out: rerunning the same command
 resumes, and a finished stage is skipped by its own records.
+
+Four worlds, drawn from seeds that never meet: the train world (filtered, synthesized, encoded,
+trained on), the clean world the CLIP trains on, a dev world (the only one any choice of the
+demo's recipe was tuned on: `vlmtool eval --checkpoint DEMO/stage2 DEMO/dev`) and the test world
+(the only one the demo reports). `--seed` moves the train and clip worlds and every training
+seed; the dev and test worlds stay the same for every seed, so runs compare on the same probes.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ class DemoOptions:
     """The demo's sizes: small enough for 2 CPU cores, large enough for the figures to mean something."""
 
     samples: int = 1200  # the world the pipeline filters and trains on
-    heldout: int = 120  # the held-out world eval reads
-    clip_samples: int = 2000  # the clean world the CLIP trains on (its captions name the shapes alone)
+    test: int = 200  # the test world eval reads (the only one reported)
+    dev: int = 200  # the dev world (the only one a choice may be tuned on)
+    clip_samples: int = 2000  # the clean world the CLIP trains on (its captions name the objects alone)
+    seed: int = 0  # the train and clip worlds' seeds and every training seed
+    kind: str = "scenes"  # the world kind (vlmtool world --kind)
     clip_model: str = "tiny-rn-clip"
     clip_steps: int = 1200
     clip_batch: int = 64
@@ -42,40 +51,80 @@ def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr)
 
 
+# The dev and test worlds' seeds: far from any --seed's train and clip worlds (seed*10 + 0 or 1).
+DEV_SEED, TEST_SEED = 900_001, 900_002
+
+
+def world_seeds(opts: DemoOptions) -> dict[str, int]:
+    return {"train": opts.seed * 10, "clip": opts.seed * 10 + 1, "dev": DEV_SEED, "test": TEST_SEED}
+
+
 def run_demo(out: str, opts: DemoOptions = DemoOptions()) -> dict:
+    from dataclasses import asdict
+
+    from vlmtool.core.shards import write_json
+
     t0 = time.perf_counter()
     out_p = Path(out)
+    out_p.mkdir(parents=True, exist_ok=True)
+    write_json(out_p / "demo.json", {"options": asdict(opts), "worlds": world_seeds(opts)})  # what bench/ablation.py reads
     steps: dict[str, dict] = {}
-    world_dir, heldout_dir = _worlds(out_p, opts, steps)
+    world_dir, test_dir = _worlds(out_p, opts, steps)
     model_dir = _clip(out_p, opts, steps)
     kept = _filter(out_p, world_dir, model_dir, opts, steps)
     instructions = _synth(out_p, kept, opts, steps)
     _budget(kept, steps)
     feats = _encode(out_p, kept, model_dir, opts, steps)
     ckpt = _train(out_p, feats, instructions, opts, steps)
-    report = _eval(out_p, ckpt, heldout_dir, opts, steps)
-    return {"demo": str(out_p), "checkpoint": str(ckpt), **{k: report.get(k) for k in ("pope", "blind", "swap", "chair")},
+    report = _eval(out_p, ckpt, test_dir, opts, steps)
+    worlds = {name: {"seed": seed, "folder": str(out_p / _FOLDERS[name])} for name, seed in world_seeds(opts).items()}
+    return {"demo": str(out_p), "checkpoint": str(ckpt), "seed": opts.seed, "kind": opts.kind, "worlds": worlds,
+            **{k: report.get(k) for k in ("pope", "blind", "swap", "chair", "negatives_overlap")},
             "steps": steps, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+_FOLDERS = {"train": "world", "clip": "clip-world", "dev": "dev", "test": "test"}
 
 
 def _worlds(out_p: Path, opts: DemoOptions, steps: dict) -> tuple[Path, Path]:
     from vlmtool.inspect_shards import InspectOptions, run_inspect
+
+    folders = make_worlds(out_p, opts)
+    _log("inspect: what is in the shards")
+    ins = run_inspect([str(folders["train"])], str(out_p / "inspect"), InspectOptions(workers=2, progress=opts.progress))
+    steps["inspect"] = {k: ins[k] for k in ("samples", "ok", "rejected")}
+    return folders["train"], folders["test"]
+
+
+def make_worlds(out_p: Path, opts: DemoOptions) -> dict[str, Path]:
+    """The demo's four worlds (train, clip, dev, test), each written unless its folder already
+    holds it; returns their folders."""
     from vlmtool.world import make_world
 
-    world_dir, clip_dir, heldout_dir = out_p / "world", out_p / "clip-world", out_p / "heldout"
-    made = [(world_dir, dict(samples=opts.samples, shard_size=max(16, opts.samples // 8), seed=0, mismatch=0.3, broken=0.03,
-                             videos=1), "the world (30% mismatched captions, 3% broken)"),
-            (clip_dir, dict(samples=opts.clip_samples, shard_size=250, seed=1, plain=1.0),
-             "a clean world to train the CLIP on, captions naming the shapes alone"),
-            (heldout_dir, dict(samples=opts.heldout, shard_size=max(16, opts.heldout // 2), seed=99), "a held-out world for eval")]
-    for folder, kw, what in made:
-        if not (folder / "world.json").exists():
-            _log(f"world: {what}, {kw['samples']} samples, in {folder}")
-            make_world(folder, sizes="small", progress=opts.progress, **kw)
-    _log("inspect: what is in the shards")
-    ins = run_inspect([str(world_dir)], str(out_p / "inspect"), InspectOptions(workers=2, progress=opts.progress))
-    steps["inspect"] = {k: ins[k] for k in ("samples", "ok", "rejected")}
-    return world_dir, heldout_dir
+    seeds = world_seeds(opts)
+    made = [("train", dict(samples=opts.samples, shard_size=max(16, opts.samples // 8), mismatch=0.3, broken=0.03, videos=1),
+             "the train world (30% mismatched captions, 3% broken)"),
+            ("clip", dict(samples=opts.clip_samples, shard_size=250, plain=1.0),
+             "a clean world to train the CLIP on, captions naming the objects alone"),
+            ("dev", dict(samples=opts.dev, shard_size=max(16, opts.dev // 2)), "the dev world (recipe choices are tuned on it)"),
+            ("test", dict(samples=opts.test, shard_size=max(16, opts.test // 2)), "the test world (the one eval reports)")]
+    for name, kw, what in made:
+        folder = out_p / _FOLDERS[name]
+        if not _same_world(folder, seeds[name], opts.kind, kw["samples"]):
+            _log(f"world: {what}, {kw['samples']} samples, seed {seeds[name]}, in {folder}")
+            make_world(folder, sizes="square", seed=seeds[name], kind=opts.kind, progress=opts.progress, **kw)
+    return {name: out_p / _FOLDERS[name] for name, _, _ in made}
+
+
+def _same_world(folder: Path, seed: int, kind: str, samples: int) -> bool:
+    """Whether FOLDER already holds this world (a rerun resumes; other options make it anew)."""
+    import orjson
+
+    try:
+        w = orjson.loads((folder / "world.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return (w.get("seed"), w.get("kind"), w.get("samples")) == (seed, kind, samples)
 
 
 def _clip(out_p: Path, opts: DemoOptions, steps: dict) -> Path:
@@ -83,9 +132,9 @@ def _clip(out_p: Path, opts: DemoOptions, steps: dict) -> Path:
 
     model_dir = out_p / "clip"
     _log(f"clip-train: a tiny CLIP ({opts.clip_model}), {opts.clip_steps} steps on CPU")
-    tr = run_clip_train([str(out_p / "clip-world")], str(model_dir),
+    tr = run_clip_train([str(out_p / _FOLDERS["clip"])], str(model_dir),
                         ClipTrainOptions(model=opts.clip_model, steps=opts.clip_steps, batch_size=opts.clip_batch, lr=opts.clip_lr,
-                                         warmup=20, workers=0, save_every=opts.clip_steps, progress=opts.progress))
+                                         warmup=20, workers=0, save_every=opts.clip_steps, seed=opts.seed, progress=opts.progress))
     steps["clip-train"] = {k: tr[k] for k in ("steps", "loss_first", "loss_last", "seconds")}
     return model_dir
 
@@ -144,7 +193,7 @@ def stage_plan(out_p: Path, instructions: Path, opts: DemoOptions, connector: st
     LM pretrained on the text, the connector aligned on captions, then instruction tuning on synth's
     data with the LM unfrozen. bench/ablation.py reuses it for the other connectors and data."""
     common = dict(batch_size=opts.batch_size, d_model=opts.d_model, n_layers=opts.n_layers, n_heads=4, vocab_size=2048,
-                  max_seq=512, workers=1, progress=opts.progress, connector=connector)
+                  max_seq=512, workers=1, progress=opts.progress, connector=connector, seed=opts.seed)
     s0, s1, s2 = stage0 or out_p / f"{prefix}0", out_p / f"{prefix}1", out_p / f"{prefix}2"
     stages = [(1, s1, dict(steps=opts.align_steps, init=str(s0)), "alignment: only the connector trains, on captions"),
               (2, s2, dict(steps=opts.tune_steps, init=str(s1), instructions=str(instructions), lr=opts.tune_lr, text_mix=0.1),
@@ -168,7 +217,7 @@ def _train(out_p: Path, feats: Path, instructions: Path, opts: DemoOptions, step
     return run_stages(feats, stage_plan(out_p, instructions, opts), steps)
 
 
-def _eval(out_p: Path, ckpt: Path, heldout: Path, opts: DemoOptions, steps: dict) -> dict:
+def _eval(out_p: Path, ckpt: Path, test: Path, opts: DemoOptions, steps: dict) -> dict:
     import orjson
 
     from vlmtool.evals import EvalOptions, evaluate
@@ -181,8 +230,8 @@ def _eval(out_p: Path, ckpt: Path, heldout: Path, opts: DemoOptions, steps: dict
     if report.exists() and stamp.exists() and orjson.loads(stamp.read_bytes()).get("weights_sha256") == weights:
         _log("eval: done before for these weights (eval/report.json)")
         return orjson.loads(report.read_bytes())
-    _log("eval: POPE (random, popular, adversarial), blind, swap and CHAIR on the held-out world")
-    r = evaluate(str(ckpt), [str(heldout)], EvalOptions(device="cpu", chair_images=60, progress=opts.progress), out=str(out_p / "eval"))
+    _log("eval: POPE (random, popular, adversarial), blind, swap and CHAIR on the test world")
+    r = evaluate(str(ckpt), [str(test)], EvalOptions(device="cpu", chair_images=60, progress=opts.progress), out=str(out_p / "eval"))
     write_json(stamp, {"checkpoint": str(ckpt), "weights_sha256": weights})
     steps["eval"] = {"report": str(out_p / "eval" / "report.png"), "seconds": r.get("seconds")}
     return r

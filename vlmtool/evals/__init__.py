@@ -4,7 +4,7 @@ questions about images (an `Answerer`; a checkpoint folder becomes one through
 
     from vlmtool.evals import evaluate, compare, EvalOptions
     summary = evaluate("ckpt/", ["world/"])                     # pope + blind + swap + chair
-    summary["pope"]["adversarial"]["f1"], summary["swap"]["flip_rate"], summary["chair"]["chair_i"]
+    summary["pope"]["adversarial"]["f1"], summary["swap"]["both_correct"], summary["chair"]["chair_i"]
     evaluate("ckpt/", opts=EvalOptions(questions=("coco_pope_random.json",), image_root="val2014/"))
     compare(["mlp/", "xattn/", "native/"], ["world/"], out="cmp/")
 

@@ -97,6 +97,17 @@ def build_probes(images: list[EvalImage], per_image: int = 3, seed: int = 0, set
     return out
 
 
+def negatives_overlap(probes: dict[str, list[Probe]]) -> dict[str, float]:
+    """For each pair of settings, the share of their negative questions that are the same
+    question of the same image (|A & B| / the smaller set): near 1, two settings are one
+    measurement under two names."""
+    import itertools
+
+    neg = {s: {(p.image, p.text) for p in ps if p.label == "no"} for s, ps in probes.items()}
+    return {f"{a}~{b}": round(len(neg[a] & neg[b]) / min(len(neg[a]), len(neg[b])), 4)
+            for a, b in itertools.combinations(neg, 2) if neg[a] and neg[b]}
+
+
 def write_questions(path: str | Path, probes: list[Probe]) -> Path:
     """Probes as a POPE JSONL file (written atomically)."""
     from vlmtool.core.shards import atomic_write

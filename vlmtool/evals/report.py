@@ -33,7 +33,10 @@ def table(summary: dict) -> str:
         lines.append(_grid(["setting", *KEYS, "blind_f1", "blind_yes", "n"], rows))
     if "swap" in summary:
         s = summary["swap"]
-        lines.append(f"swap: flip_rate {_fmt(s['flip_rate'])}, both_correct {_fmt(s['both_correct'])} over {s['pairs']} pairs")
+        lines.append(f"swap: both_correct {_fmt(s['both_correct'])} (flip_rate {_fmt(s['flip_rate'])}, wrong_way "
+                     f"{_fmt(s.get('wrong_way'))}) over {s['pairs']} pairs")
+    if summary.get("negatives_overlap"):
+        lines.append("negatives shared: " + ", ".join(f"{k} {_fmt(v)}" for k, v in summary["negatives_overlap"].items()))
     if "chair" in summary:
         c = summary["chair"]
         lines.append(f"chair: CHAIR_i {_fmt(c['chair_i'])}, CHAIR_s {_fmt(c['chair_s'])} over {c['descriptions']} descriptions")
@@ -44,13 +47,13 @@ def table(summary: dict) -> str:
 
 
 def comparison_rows(runs: dict[str, dict]) -> list[dict]:
-    """One row per model: F1 per setting (and blind), swap flip rate, cost per sample."""
+    """One row per model: F1 per setting (and blind), swap both_correct, cost per sample."""
     rows = []
     for name, s in runs.items():
         row = {"checkpoint": name, "connector": s["model"]["connector"]}
         row.update({f"f1.{k}": v["f1"] for k, v in s.get("pope", {}).items()})
         row.update({f"blind_f1.{k}": v["f1"] for k, v in s.get("blind", {}).items()})
-        row["flip_rate"] = s.get("swap", {}).get("flip_rate")
+        row["both_correct"] = s.get("swap", {}).get("both_correct")
         row["chair_i"] = s.get("chair", {}).get("chair_i")
         row.update({k: s["model"][k] for k in ("visual_tokens", "kv_cache_bytes", "train_seconds")})
         rows.append(row)
@@ -78,7 +81,7 @@ def plot(summary: dict, path: str | Path) -> Path:
     ax.set_ylim(0, 1.3)  # headroom: the legend sits above the bars, never on one
     ax.set_ylabel("score")
     ax.set_xlabel("POPE setting")
-    extra = [f"{k} {_fmt(summary[t][k])}" for t, k in (("swap", "flip_rate"), ("chair", "chair_i"), ("chair", "chair_s")) if t in summary]
+    extra = [f"{k} {_fmt(summary[t][k])}" for t, k in (("swap", "both_correct"), ("chair", "chair_i"), ("chair", "chair_s")) if t in summary]
     ax.set_title(f"{summary.get('checkpoint') or 'model'}" + (f" ({', '.join(extra)})" if extra else ""), fontsize=9)
     if bars:
         ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)

@@ -12,7 +12,7 @@ from vlmtool.evals.answerer import Answerer, Asker, load_answerer
 from vlmtool.evals.chair import DESCRIBE, Vocabulary, chair_scores, read_synonyms
 from vlmtool.evals.data import ImageLoader, ImageSet, read_images
 from vlmtool.evals.metrics import pope_metrics
-from vlmtool.evals.pope import SETTINGS, Probe, build_probes, read_questions
+from vlmtool.evals.pope import SETTINGS, Probe, build_probes, negatives_overlap, read_questions
 from vlmtool.evals.swap import pairs_from_images, pairs_from_probes, swap_metrics
 
 TASKS = ("pope", "blind", "swap", "chair")
@@ -170,7 +170,8 @@ def evaluate(model: str | Answerer, inputs: list[str] | None = None, opts: EvalO
     with report.png, the question files and every answer into `out` when given.
 
     Summary keys: pope.<setting>.{accuracy,precision,recall,f1,yes_ratio,...}, blind (same
-    keys), swap.{flip_rate,both_correct,pairs}, chair.{chair_i,chair_s,...}, model (connector,
+    keys), negatives_overlap (the share of negative questions two settings have in common),
+    swap.{both_correct,flip_rate,wrong_way,pairs}, chair.{chair_i,chair_s,...}, model (connector,
     visual tokens, KV bytes, train seconds), bad (images that failed, bad question lines,
     rejected samples), checkpoint."""
     t0 = time.perf_counter()
@@ -178,7 +179,7 @@ def evaluate(model: str | Answerer, inputs: list[str] | None = None, opts: EvalO
     ctx = _setup(answerer, inputs, opts)
     summary: dict = {"checkpoint": checkpoint, "source": "questions" if opts.questions else "built-in",
                      "inputs": list(inputs or []), "questions": list(opts.questions), "images": len(ctx.data.images),
-                     "probes": {k: len(v) for k, v in ctx.probes.items()}}
+                     "probes": {k: len(v) for k, v in ctx.probes.items()}, "negatives_overlap": negatives_overlap(ctx.probes)}
     for task, run in (("pope", lambda: _pope(ctx, False)), ("blind", lambda: _pope(ctx, True)), ("swap", lambda: _swap(ctx)),
                       ("chair", lambda: _chair(ctx))):
         if task in opts.tasks:
@@ -216,7 +217,7 @@ def _names(models: list) -> list[str]:
 def compare(models: list, inputs: list[str] | None = None, opts: EvalOptions = EvalOptions(),
             out: str | Path | None = None) -> dict:
     """Several models on the same probes, side by side: {"checkpoints": {name: summary}, "table":
-    rows of POPE F1 per setting, blind F1, swap flip rate, visual tokens, KV bytes, train seconds}."""
+    rows of POPE F1 per setting, blind F1, swap both_correct, visual tokens, KV bytes, train seconds}."""
     from vlmtool.evals.report import comparison_rows, write_comparison
 
     if not models:

@@ -1,13 +1,16 @@
 """The swap test: the same question asked of two images that differ in the asked object (it is
 in one and not in the other). A model that looks answers differently; one that answers from its
-language prior gives the same answer to both. `flip_rate` is the share of pairs whose answers
-differ (POPE's parsing), `both_correct` the share answered right on both sides.
+language prior gives the same answer to both. The headline is `both_correct`, the share of
+pairs answered right on both sides (yes on A, no on B); beside it `flip_rate`, the share whose
+answers differ at all (POPE's parsing), and `wrong_way`, the share that flips the wrong way (no
+on A, yes on B).
 
 Pairs come from probes: each yes-probe (image A holds X) is paired with an image B that lacks X.
-With object labels, B is the image lacking X whose other objects are closest to A's (smallest
-symmetric difference: the pair differs in the asked object and as little else as possible);
-without them (a --questions file), B is one of the images the file itself asks about X with
-label "no".
+With object labels, B holds as many objects as A (so "more objects, more yes" cannot flip the
+answer) and, of those, the ones closest to A's other objects (smallest symmetric difference: the
+pair differs in the asked object and as little else as possible); a yes-probe with no such image
+gives no pair. Without labels (a --questions file), B is one of the images the file itself asks
+about X with label "no".
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def _positives(probes: list[Probe]) -> list[Probe]:
 
 
 def pairs_from_images(probes: list[Probe], images: list[EvalImage], seed: int = 0) -> list[SwapPair]:
-    """One pair per distinct yes-probe, B chosen by the object labels (see the module docstring)."""
+    """One pair per distinct yes-probe that has a B of the same object count, chosen by the object
+    labels (see the module docstring)."""
     by_name = {im.name: im for im in images if im.labels is not None}
     pairs = []
     for p in _positives(probes):
@@ -49,7 +53,7 @@ def pairs_from_images(probes: list[Probe], images: list[EvalImage], seed: int = 
         if a is None or obj is None:
             continue
         rest = a.objects - {obj}
-        cands = [im for im in by_name.values() if obj not in im.objects and im.name != a.name]
+        cands = [im for im in by_name.values() if obj not in im.objects and len(im.objects) == len(a.objects)]
         if not cands:
             continue
         best = min(len(rest ^ im.objects) for im in cands)
@@ -73,8 +77,8 @@ def pairs_from_probes(probes: list[Probe], seed: int = 0) -> list[SwapPair]:
 
 
 def swap_metrics(pairs: list[SwapPair], with_answers: list[str | None], without_answers: list[str | None]) -> dict:
-    """flip_rate and both_correct over the pairs where both sides were answered."""
-    n = flips = correct = 0
+    """both_correct, flip_rate and wrong_way over the pairs where both sides were answered."""
+    n = flips = correct = wrong = 0
     for a, b in zip(with_answers, without_answers):
         if a is None or b is None:
             continue
@@ -82,5 +86,7 @@ def swap_metrics(pairs: list[SwapPair], with_answers: list[str | None], without_
         n += 1
         flips += pa != pb
         correct += pa == "yes" and pb == "no"
-    return {"flip_rate": round(flips / n, 6) if n else 0.0, "both_correct": round(correct / n, 6) if n else 0.0,
-            "pairs": n, "unanswered": len(pairs) - n}
+        wrong += pa == "no" and pb == "yes"
+    share = (lambda k: round(k / n, 6) if n else 0.0)
+    return {"both_correct": share(correct), "flip_rate": share(flips), "wrong_way": share(wrong), "pairs": n,
+            "unanswered": len(pairs) - n}

@@ -21,7 +21,7 @@ from vlmtool.synth.objects import (
     describe_objects,
     sample_objects,
 )
-from vlmtool.synth.options import SynthOptions
+from vlmtool.synth.options import NEGATIVE_MODES, SynthOptions
 from vlmtool.synth.tasks import Request, article, request_key, tasks_for
 from vlmtool.synth.teachers import Result
 from vlmtool.synth.validate import Rejected, mentioned, normalize, validate
@@ -45,17 +45,31 @@ class Plan:
         # the names an answer is checked against for objects that are not there
         self.vocabulary = sorted(set(self.tables.vocabulary) | set(self.file_vocabulary or []))
 
-    def negative(self, s: Sample, present: list[str] | None, salt: str = "") -> tuple[str | None, str | None]:
+    def negative(self, s: Sample, present: list[str] | None, salt: str = "", mode: str | None = None,
+                 exclude: tuple[str, ...] = ()) -> tuple[str | None, str | None]:
         """(the object a negative question asks about, None) or (None, why none is asked). A
-        `salt` draws another one for the same sample (a conversation's balancing probe)."""
+        `salt` draws another one for the same sample (a conversation's balancing probe); `mode`
+        overrides --negatives; `exclude` are objects already asked about."""
         if present is None and not self.file_vocabulary:
             return None, "no_object_metadata"  # nothing says what is absent: asking would guess
         candidates = self.file_vocabulary or self.tables.vocabulary
         if present is None:  # objects the caption names may well be there
             named = mentioned(s.caption or "", candidates)
             candidates = [c for c in candidates if c not in named]
-        absent = absent_object(s.key + salt, present or [], candidates, self.opts.negatives, self.tables)
+        candidates = [c for c in candidates if c not in exclude]
+        absent = absent_object(s.key + salt, present or [], candidates, mode or self.opts.negatives, self.tables)
         return (absent, None) if absent else (None, "no_absent_object")
+
+    def probe_absents(self, s: Sample, present: list[str] | None) -> tuple[str, ...]:
+        """A conversation's absent objects, one per POPE setting: --negatives' choice first (the
+        conversation's `absent`), then the other settings' choices, each a different object."""
+        out: list[str] = []
+        for mode in (self.opts.negatives, *(m for m in NEGATIVE_MODES if m != self.opts.negatives)):
+            salt = ":conversation" + ("" if not out else f":{mode}")
+            absent, _ = self.negative(s, present, salt=salt, mode=mode, exclude=tuple(out))
+            if absent:
+                out.append(absent)
+        return tuple(out)
 
 
 def _decoded(ref: ShardRef, s: Sample | Reject) -> Sample | Reject:
@@ -157,6 +171,7 @@ class Run:
         system = self.plan.prompts["system"]
         for task in tasks_for(s.key, self.plan.weights, self.opts.per_sample):
             question = absent = None
+            absents: tuple[str, ...] = ()
             if task == "negative":
                 absent, why = self.plan.negative(s, present)
                 if absent is None:
@@ -164,14 +179,15 @@ class Run:
                     continue
                 question = f"Is there {article(absent)} in the image?"
             elif task == "conversation" and getattr(self.teacher, "balances_probes", False):
-                absent, _ = self.plan.negative(s, present, salt=":conversation")  # its no to the conversation's yes
+                absents = self.plan.probe_absents(s, present)  # its noes to the conversation's yeses
+                absent = absents[0] if absents else None
             prompt = self.plan.prompts[task].format(caption=s.caption, objects=describe_objects(objects), question=question or "")
             key = request_key(s.key, ref.url, task, system + "\n" + prompt, self.teacher.name, self.teacher.model)
             if self.seen.status.get(key) in ("ok", "rejected"):
                 state["skipped"] += 1
                 continue
             yield (order, Request(key, s.key, ref.name, ref.url, task, prompt, system, s.image_bytes, s.image_ext, s.caption,
-                                  objects, s.width, s.height, question, absent, img_tokens), present)
+                                  objects, s.width, s.height, question, absent, img_tokens, absents), present)
 
     async def run(self, shards: list[ShardRef]) -> None:
         queue: asyncio.Queue = asyncio.Queue(maxsize=self.opts.concurrency * 2)
@@ -258,7 +274,7 @@ class Run:
         if res.turns is None:
             return {"status": "rejected", "reason": "unparsable", "detail": res.unparsable}
         try:
-            turns = validate(res.turns, req.task, present, self.plan.vocabulary, res.finish_reason, req.absent)
+            turns = validate(res.turns, req.task, present, self.plan.vocabulary, res.finish_reason, req.absent, req.absents)
         except Rejected as e:
             return {"status": "rejected", "reason": e.reason, "detail": e.detail, "turns": res.turns}
         norms, longs = answer_keys(turns)

@@ -99,6 +99,9 @@ class Request:
     question: str | None = None  # negative task: the question asked
     absent: str | None = None  # negative task, and the conversation of a teacher that balances probes: an absent object
     image_tokens: int = 0
+    # the conversation of a teacher that balances probes: absent objects to ask about, one per
+    # POPE setting (the job's --negatives mode first: `absent`; then the others), all distinct
+    absents: tuple[str, ...] = ()
 
 
 def request_key(sample_key: str, shard_url: str, task: str, prompt: str, teacher: str, model: str) -> str:

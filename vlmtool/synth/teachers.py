@@ -122,8 +122,8 @@ class CaptionsTeacher:
     image's own size, so no metadata can make it fail."""
 
     name = "captions"
-    # Every conversation it writes holds a balanced pair of presence probes (POPE's yes and no):
-    # the job gives conversation requests an absent object too.
+    # Every conversation it writes holds balanced presence probes (POPE's yes and no, up to 3
+    # each): the job gives conversation requests absent objects too (`absents`).
     balances_probes = True
 
     def __init__(self, model: str = "captions-v1"):
@@ -148,18 +148,30 @@ class CaptionsTeacher:
             question = "Describe the image in detail." if req.task == "detail" else "What does the image show?"
             return [{"question": question, "answer": _sentence(caption)}]
         if req.task == "conversation":
-            return self._conversation(objs, names, listing, req.absent)
+            return self._conversation(objs, names, listing, req.absents or ((req.absent,) if req.absent else ()))
         if req.task == "detail":
             return self._detail(objs, names, listing, req.width, req.height)
         return self._reasoning(objs, names)
 
     @staticmethod
-    def _conversation(objs: list[dict], names: list[str], listing: str, absent: str | None = None) -> list[dict]:
+    def probes(objs: list[dict], absents: tuple[str, ...]) -> list[dict]:
+        """POPE's balance in one conversation: as many presence probes answered yes (the last
+        objects, up to 3) as answered no (the absent objects), in an order drawn from the
+        objects themselves, so no position tells the answer (a fixed yes-then-no order lets
+        a model answer the second probe without looking)."""
+        import random
+
+        k = max(1, min(3, len(objs), len(absents)))
+        asked = [(o["label"], True) for o in objs[::-1][:k]] + [(a, False) for a in absents[:k]]
+        random.Random("\x1f".join(label for label, _ in asked)).shuffle(asked)
+        return [{"question": f"Is there {article(label)} in the image?",
+                 "answer": f"Yes, there is {article(label)} in the image." if yes else f"No, there is no {label} in the image."}
+                for label, yes in asked]
+
+    @staticmethod
+    def _conversation(objs: list[dict], names: list[str], listing: str, absents: tuple[str, ...] = ()) -> list[dict]:
         n = len(objs)
-        asked = objs[-1]["label"]  # a presence probe answered yes, and (given an absent object) one answered no: POPE's balance
-        turns = [{"question": f"Is there {article(asked)} in the image?", "answer": f"Yes, there is {article(asked)} in the image."}]
-        if absent:
-            turns.append({"question": f"Is there {article(absent)} in the image?", "answer": f"No, there is no {absent} in the image."})
+        turns = CaptionsTeacher.probes(objs, absents)
         turns.append({"question": "What objects can you see in the image?", "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."})
         if n > 1:
             turns.append({"question": f"Where is the {names[0]} relative to the {names[1]}?",

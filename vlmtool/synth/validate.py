@@ -66,8 +66,9 @@ def check_answer(answer: str, finish_reason: str | None = None) -> None:
 
 
 def validate(turns: list[dict], task: str, present: list[str] | None, vocabulary: list[str], finish_reason: str | None = None,
-             absent: str | None = None) -> list[dict]:
-    """Turns that pass every check, or Rejected with the first failing reason."""
+             absent: str | None = None, absents: tuple[str, ...] = ()) -> list[dict]:
+    """Turns that pass every check, or Rejected with the first failing reason. `absent` and
+    `absents` are the objects the request asked about as absent (an answer may name them)."""
     if not turns:
         raise Rejected("empty", "no turns")
     for t in turns:
@@ -82,7 +83,7 @@ def validate(turns: list[dict], task: str, present: list[str] | None, vocabulary
         named = set()
         for t in turns:
             named |= mentioned(t["answer"], vocabulary)
-        wrong = sorted(named - set(present) - ({absent} if absent else set()))
+        wrong = sorted(named - set(present) - ({absent} if absent else set()) - set(absents))
         if wrong:
             raise Rejected("hallucination", ", ".join(wrong))
     return turns

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 
 from vlmtool.world.folder import claim_folder, release_folder
+from vlmtool.world.scenes import DEFAULT_KIND, world_kind
 from vlmtool.world.shapes import BROKEN_KINDS, SIZE_MIXES, make_sample, make_video
 
 
@@ -73,6 +74,18 @@ def _write_shards(out: Path, n_shards: int, samples: int, shard_size: int, seed:
     return written
 
 
+def _write_videos(out: Path, videos: int, seed: int, kind: str) -> dict:
+    """OUT/videos/NNNNN.mp4 and each one's truth beside it (.json); returns the truths by name."""
+    from vlmtool.core.shards import write_json
+
+    truth = {}
+    for v in range(videos):
+        p = out / "videos" / f"{v:05d}.mp4"
+        truth[p.name] = make_video(p, seed, v, kind=kind)
+        write_json(p.with_suffix(".json"), truth[p.name])
+    return truth
+
+
 def make_world(
     out: str | Path,
     samples: int = 64,
@@ -84,6 +97,7 @@ def make_world(
     videos: int = 0,
     sizes: str = "varied",
     plain: float = 0.0,
+    kind: str = DEFAULT_KIND,
     progress: bool = False,
 ) -> dict:
     """Write `samples` records as shards OUT/{00000..}.tar (+ videos) and OUT/world.json.
@@ -97,6 +111,7 @@ def make_world(
     from vlmtool.core.shards import write_json
     from vlmtool.errors import UsageError
 
+    spec = world_kind(kind)
     if sizes not in SIZE_MIXES:
         raise UsageError(f"unknown size mix {sizes!r}: use one of {', '.join(SIZE_MIXES)}")
     if samples < 1 or shard_size < 1:
@@ -108,7 +123,7 @@ def make_world(
     files += [f"videos/{v:05d}{ext}" for v in range(videos) for ext in (".mp4", ".json")] + ["world.json"]
     out = claim_folder(out, files)
     written = _write_shards(out, n_shards, samples, shard_size, seed, progress, mismatch=mismatch, broken=broken, sizes=sizes,
-                            plain=plain)
+                            plain=plain, kind=kind)
     truncated = None
     if broken_tar:
         truncated = _cut_inside_a_member(out / files[n_shards - 1])
@@ -121,12 +136,8 @@ def make_world(
     for r in rows:
         if r["broken"]:
             counts["broken"][r["broken"]] += 1
-    video_truth = {}
-    for v in range(videos):
-        p = out / "videos" / f"{v:05d}.mp4"
-        video_truth[p.name] = make_video(p, seed, v)
-        write_json(p.with_suffix(".json"), video_truth[p.name])
-    summary = {"out": str(out), "seed": seed, "samples": samples, "shards": n_shards, "shard_size": shard_size,
+    video_truth = _write_videos(out, videos, seed, kind)
+    summary = {"out": str(out), "seed": seed, "kind": kind, "categories": list(spec.categories), "samples": samples, "shards": n_shards, "shard_size": shard_size,
                "sizes": sizes, "mismatch": mismatch, "broken": broken, "plain": plain, "counts": counts,
                "truncated_shard": truncated, "videos": sorted(video_truth), "files": files,
                "objects": object_tables([r["labels"] for r in rows if not r["broken"]])}

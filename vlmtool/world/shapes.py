@@ -1,9 +1,8 @@
-"""The shapes world's scenes, samples and videos (make_world in build.py writes them as shards).
+"""The world's scenes, samples and videos (make_world in build.py writes them as shards).
 
-Each image holds 1-4 shapes in named colours at known boxes; its caption names them and how
-they sit ("a red circle to the left of a blue square"); its JSON keeps the truth. Shapes
-co-occur with a known structure (each has a partner it often appears with, as forks and knives
-do in photos), so popular and adversarial negative questions mean something. Optional: a
+Each image holds objects in named colours at known boxes (which objects, and how they co-occur,
+is the world kind's: scenes.py); its caption names them and how they sit ("a red heart to the
+left of a blue oval"); its JSON keeps the truth, and the scene type. Optional: a
 fraction of mismatched captions (truth kept in the JSON), a fraction of broken samples of every
 kind the core rejects, a truncated last shard, and short videos with known static and moving
 segments. Same seed, same bytes: every sample draws from its own generator seeded by
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from vlmtool.world.scenes import DEFAULT_KIND, world_kind
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -30,19 +31,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (250, 250, 250),
     "black": (15, 15, 15),
 }
-SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
-# How common each shape is overall (the "popular" objects of POPE), and the partner each one
-# tends to appear with (the "adversarial" co-occurring object).
-POPULARITY = np.array([0.28, 0.22, 0.16, 0.14, 0.12, 0.08])
-PARTNER = {"circle": "square", "square": "circle", "triangle": "star", "star": "triangle", "diamond": "hexagon", "hexagon": "diamond"}
-PARTNER_PROB = 0.6
-N_OBJECTS_P = np.array([0.35, 0.35, 0.2, 0.1])  # 1, 2, 3, 4 objects
-
 SIZE_MIXES: dict[str, list[tuple[int, int, float]]] = {
     # width, height, weight: square crops, the 336 px LLaVA size, full HD, tall and wide.
     "varied": [(96, 96, 0.08), (224, 160, 0.1), (160, 224, 0.1), (256, 256, 0.2), (336, 336, 0.2), (640, 480, 0.16),
                (1920, 1080, 0.04), (300, 900, 0.06), (1200, 300, 0.06)],
     "small": [(64, 64, 0.3), (96, 96, 0.3), (128, 96, 0.15), (96, 128, 0.15), (160, 160, 0.1)],
+    # square only: a tower's centre crop keeps every object (the demo's worlds)
+    "square": [(64, 64, 0.3), (96, 96, 0.35), (128, 128, 0.25), (160, 160, 0.1)],
 }
 BROKEN_KINDS = ("corrupt_image", "truncated_image", "image_too_large", "missing_image", "missing_caption",
                 "empty_caption", "bad_caption_encoding")
@@ -73,27 +68,15 @@ def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, *stream])
 
 
-def pick_shapes(rng: np.random.Generator) -> list[str]:
-    n = int(rng.choice(4, p=N_OBJECTS_P)) + 1
-    shapes: list[str] = []
-    while len(shapes) < n:
-        if shapes and rng.random() < PARTNER_PROB:
-            cand = PARTNER[shapes[int(rng.integers(len(shapes)))]]
-        else:
-            cand = SHAPES[int(rng.choice(len(SHAPES), p=POPULARITY))]
-        if cand not in shapes:
-            shapes.append(cand)
-    return shapes
-
-
 def layout(rng: np.random.Generator, width: int, height: int, shapes: list[str]) -> list[Obj]:
     """Place shapes in non-overlapping boxes; a shape that finds no room is left out."""
     objs: list[Obj] = []
     colors = list(COLORS)
     side = min(width, height)
+    lo, hi = (0.2, 0.38) if len(shapes) <= 4 else (0.16, 0.28)  # five or six objects: smaller, so they fit
     for shape in shapes:
         for _ in range(60):
-            s = int(side * rng.uniform(0.2, 0.38))
+            s = int(side * rng.uniform(lo, hi))
             s = max(s, 8)
             x0 = int(rng.integers(0, max(1, width - s)))
             y0 = int(rng.integers(0, max(1, height - s)))
@@ -122,7 +105,52 @@ def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, fl
             a = -math.pi / 2 + math.pi / 5 * k
             pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
         return pts
+    if shape == "arrow":  # pointing right: a shaft and a head
+        t = r * 0.35
+        return [(x0, cy - t), (cx, cy - t), (cx, y0), (x1, cy), (cx, y1), (cx, cy + t), (x0, cy + t)]
+    if shape == "hourglass":  # two triangles meeting at the centre
+        return [(x0, y0), (x1, y0), (cx, cy), (x1, y1), (x0, y1), (cx, cy)]
     raise ValueError(shape)
+
+
+def _draw_one(d, img, shape: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    s = x1 - x0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    line = max(2, s // 5)
+    if shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif shape == "square":
+        d.rectangle(box, fill=fill)
+    elif shape == "ring":
+        d.ellipse(box, outline=fill, width=line)
+    elif shape == "frame":
+        d.rectangle(box, outline=fill, width=line)
+    elif shape == "bar":  # a wide, low block
+        d.rectangle((x0, cy - s * 0.18, x1, cy + s * 0.18), fill=fill)
+    elif shape == "oval":  # an upright ellipse
+        d.ellipse((cx - s * 0.3, y0, cx + s * 0.3, y1), fill=fill)
+    elif shape == "cross":
+        t = s * 0.17
+        d.rectangle((cx - t, y0, cx + t, y1), fill=fill)
+        d.rectangle((x0, cy - t, x1, cy + t), fill=fill)
+    elif shape == "semicircle":  # the top half of a disc, flat side down
+        d.pieslice((x0, y0 + s * 0.25, x1, y1 + s * 0.25), 180, 360, fill=fill)
+    elif shape == "heart":
+        q = s / 4
+        d.ellipse((x0, y0, cx + 1, cy + 1), fill=fill)
+        d.ellipse((cx - 1, y0, x1, cy + 1), fill=fill)
+        d.polygon([(x0 + 1, cy - q * 0.3), (x1 - 1, cy - q * 0.3), (cx, y1)], fill=fill)
+    elif shape == "crescent":  # a disc with a bite taken out of its right side
+        from PIL import Image, ImageDraw
+
+        mask = Image.new("L", (s + 1, s + 1), 0)
+        m = ImageDraw.Draw(mask)
+        m.ellipse((0, 0, s, s), fill=255)
+        m.ellipse((s * 0.35, -s * 0.05, s * 1.15, s * 0.95), fill=0)
+        img.paste(fill, (x0, y0), mask)
+    else:
+        d.polygon(_polygon(shape, box), fill=fill)
 
 
 def draw_objects(img, objs: list[Obj]) -> None:
@@ -130,13 +158,7 @@ def draw_objects(img, objs: list[Obj]) -> None:
 
     d = ImageDraw.Draw(img)
     for o in objs:
-        fill = COLORS[o.color]
-        if o.shape == "circle":
-            d.ellipse(o.bbox, fill=fill)
-        elif o.shape == "square":
-            d.rectangle(o.bbox, fill=fill)
-        else:
-            d.polygon(_polygon(o.shape, o.bbox), fill=fill)
+        _draw_one(d, img, o.shape, o.bbox, COLORS[o.color])
 
 
 def background(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -167,17 +189,19 @@ def caption_for(objs: list[Obj], rng: np.random.Generator, colours: bool = True)
     return text[0].upper() + text[1:]
 
 
-def render_scene(seed: int, index: int, sizes: str = "varied"):
-    """(image, objects, caption) of sample `index`: a pure function of (seed, index, sizes)."""
+def render_scene(seed: int, index: int, sizes: str = "varied", kind: str = DEFAULT_KIND):
+    """(image, objects, caption, scene type or None) of sample `index`: a pure function of
+    (seed, index, sizes, kind)."""
     from PIL import Image
 
     rng = seeded_rng(seed, index, 0)
     mix = SIZE_MIXES[sizes]
     w, h, _ = mix[int(rng.choice(len(mix), p=np.array([m[2] for m in mix]) / sum(m[2] for m in mix)))]
     img = Image.new("RGB", (w, h), background(rng))
-    objs = layout(rng, w, h, pick_shapes(rng))
+    scene, labels = world_kind(kind).pick(rng)
+    objs = layout(rng, w, h, labels)
     draw_objects(img, objs)
-    return img, objs, caption_for(objs, rng)
+    return img, objs, caption_for(objs, rng), scene
 
 
 def _jpeg(img, quality: int = 90) -> bytes:
@@ -202,24 +226,25 @@ def bomb_png() -> bytes:
 
 
 def make_sample(seed: int, index: int, *, mismatch: float = 0.0, broken: float = 0.0, sizes: str = "varied",
-                plain: float = 0.0) -> dict:
+                plain: float = 0.0, kind: str = DEFAULT_KIND) -> dict:
     """One webdataset record (bytes members) and its truth. A `plain` fraction of captions name the
     shapes without their colours (drawn from a stream of their own: other samples are unchanged)."""
-    img, objs, caption = render_scene(seed, index, sizes)
+    img, objs, caption, scene = render_scene(seed, index, sizes, kind)
     plain_rng = seeded_rng(seed, index, 2)
     colours = not (plain and plain_rng.random() < plain)
     if not colours:
         caption = caption_for(objs, plain_rng, colours=False)
     rng = seeded_rng(seed, index, 1)
     meta = {"index": index, "seed": seed, "width": img.width, "height": img.height,
-            "objects": [o.to_json() for o in objs], "caption_true": caption, "mismatched": False, **({} if colours else {"plain": True})}
+            "objects": [o.to_json() for o in objs], "caption_true": caption, "mismatched": False, **({} if colours else {"plain": True}),
+            **({"scene": scene} if scene else {})}
     if mismatch and rng.random() < mismatch:
         # Another scene's caption, redrawn until it names a different set of shapes.
         k = 0
         while True:
             k += 1
             other_rng = seeded_rng(seed, index, 100 + k)
-            other = layout(other_rng, img.width, img.height, pick_shapes(other_rng))
+            other = layout(other_rng, img.width, img.height, world_kind(kind).pick(other_rng)[1])
             if {o.shape for o in other} != {o.shape for o in objs} and other:
                 break
         caption = caption_for(other, other_rng, colours)
@@ -249,7 +274,8 @@ def make_sample(seed: int, index: int, *, mismatch: float = 0.0, broken: float =
     return rec
 
 
-def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float = 10.0, size=(160, 120), segment_s: float = 2.5) -> dict:
+def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float = 10.0, size=(160, 120), segment_s: float = 2.5,
+               kind: str = DEFAULT_KIND) -> dict:
     """A short MPEG-4 video of shapes with alternating static and moving segments.
 
     Returns the truth: fps, frames, size and the segments (start_s, end_s, kind).
@@ -264,7 +290,7 @@ def make_video(path: Path, seed: int, index: int, fps: int = 12, seconds: float 
     kinds = [("static" if (i % 2 == 0) == first_static else "moving") for i in range(n_seg)]
     segments = [(round(i * segment_s, 6), round(min(seconds, (i + 1) * segment_s), 6), k) for i, k in enumerate(kinds)]
     bg = background(rng)
-    objs = layout(rng, w, h, pick_shapes(rng)) or layout(rng, w, h, ["circle"])
+    objs = layout(rng, w, h, world_kind(kind).pick(rng)[1]) or layout(rng, w, h, ["circle"])
     mover = objs[0]
     n_frames = round(seconds * fps)
     pos = np.array(mover.bbox[:2], dtype=float)
