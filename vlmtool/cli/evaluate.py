@@ -8,19 +8,11 @@ from typing import Annotated
 import typer
 
 from vlmtool.cli._app import DEVICE, JSON, PROGRESS, app, emit, options
+from vlmtool.evals.tasks import commands
 
 eval_app = typer.Typer(help="Does the model look at the pixels? POPE, swap, blind and CHAIR for checkpoints.",
                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(eval_app, name="eval")
-
-_TASKS = {
-    "pope": (("pope", "blind"), ("POPE object-presence probes (random, popular, adversarial; or --questions files), "
-                                 "with the blind baseline beside each setting (--no-blind leaves it out).")),
-    "swap": (("swap",), "The swap test: the same question on two images that differ in the asked object; how often the answer changes."),
-    "chair": (("chair",), "CHAIR_i and CHAIR_s (Rohrbach et al., 2018) over detail descriptions of the images."),
-    "all": (("pope", "blind", "swap", "chair"), "Everything: POPE with blind, swap and CHAIR."),
-}
-
 
 def _options(tasks: tuple[str, ...], p: dict):
     from vlmtool.evals import EvalOptions
@@ -92,5 +84,5 @@ def _register(name: str, tasks: tuple[str, ...], doc: str) -> None:
     eval_app.command(name)(command)
 
 
-for _name, (_tasks, _doc) in _TASKS.items():
+for _name, (_tasks, _doc) in commands().items():
     _register(_name, _tasks, _doc)

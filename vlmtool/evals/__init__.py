@@ -14,6 +14,8 @@ questions about images (an `Answerer`; a checkpoint folder becomes one through
 - blind: every probe again with `answer(None, questions)` (the language prior);
 - chair.py: CHAIR_i and CHAIR_s (Rohrbach et al., 2018) over detail descriptions;
 - cost.py: visual tokens, KV-cache bytes and train seconds per checkpoint;
+- tasks.py: the task registry (TASKS: pope, blind, swap, chair), each task one object that runs
+  on an evaluation's shared context and says what it adds to the table, rows and chart;
 - report.py: the table, report.json and report.png; run.py: evaluate and compare.
 """
 

@@ -7,39 +7,11 @@ from pathlib import Path
 
 import orjson
 
-KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _grid(header: list[str], rows: list[list]) -> str:
-    cells = [header] + [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
-
+from vlmtool.evals.tasks import TASKS, fmt, grid
 
 def table(summary: dict) -> str:
-    """POPE and blind per setting, then swap and CHAIR, as aligned text."""
-    lines = []
-    pope, blind = summary.get("pope", {}), summary.get("blind", {})
-    names = list(pope or blind)
-    if names:
-        rows = [[n, *(pope.get(n, {}).get(k) for k in KEYS), blind.get(n, {}).get("f1"), blind.get(n, {}).get("yes_ratio"),
-                 (pope.get(n) or blind.get(n))["n"]] for n in names]
-        lines.append(_grid(["setting", *KEYS, "blind_f1", "blind_yes", "n"], rows))
-    if "swap" in summary:
-        s = summary["swap"]
-        lines.append(f"swap: both_correct {_fmt(s['both_correct'])} (flip_rate {_fmt(s['flip_rate'])}, wrong_way "
-                     f"{_fmt(s.get('wrong_way'))}) over {s['pairs']} pairs")
-    if summary.get("negatives_overlap"):
-        lines.append("negatives shared: " + ", ".join(f"{k} {_fmt(v)}" for k, v in summary["negatives_overlap"].items()))
-    if "chair" in summary:
-        c = summary["chair"]
-        lines.append(f"chair: CHAIR_i {_fmt(c['chair_i'])}, CHAIR_s {_fmt(c['chair_s'])} over {c['descriptions']} descriptions")
+    """Each task's lines (POPE and blind per setting, then swap and CHAIR), as aligned text."""
+    lines = [line for t in TASKS.values() if t.name in summary for line in t.text(summary)]
     bad = summary.get("bad", {})
     if bad.get("images") or bad.get("question_lines"):
         lines.append(f"bad input: images {bad.get('images')}, question lines {bad.get('question_lines', 0)}")
@@ -47,14 +19,13 @@ def table(summary: dict) -> str:
 
 
 def comparison_rows(runs: dict[str, dict]) -> list[dict]:
-    """One row per model: F1 per setting (and blind), swap both_correct, cost per sample."""
+    """One row per model: each task's cells (F1 per setting and blind, swap both_correct, CHAIR_i),
+    cost per sample."""
     rows = []
     for name, s in runs.items():
         row = {"checkpoint": name, "connector": s["model"]["connector"]}
-        row.update({f"f1.{k}": v["f1"] for k, v in s.get("pope", {}).items()})
-        row.update({f"blind_f1.{k}": v["f1"] for k, v in s.get("blind", {}).items()})
-        row["both_correct"] = s.get("swap", {}).get("both_correct")
-        row["chair_i"] = s.get("chair", {}).get("chair_i")
+        for t in TASKS.values():
+            row.update(t.row(s[t.name]) if t.name in s else {})
         row.update({k: s["model"][k] for k in ("visual_tokens", "kv_cache_bytes", "train_seconds")})
         rows.append(row)
     return rows
@@ -62,7 +33,7 @@ def comparison_rows(runs: dict[str, dict]) -> list[dict]:
 
 def comparison_table(rows: list[dict]) -> str:
     header = list(dict.fromkeys(k for r in rows for k in r))
-    return _grid(header, [[r.get(k) for k in header] for r in rows])
+    return grid(header, [[r.get(k) for k in header] for r in rows])
 
 
 def plot(summary: dict, path: str | Path) -> Path:
@@ -81,7 +52,7 @@ def plot(summary: dict, path: str | Path) -> Path:
     ax.set_ylim(0, 1.3)  # headroom: the legend sits above the bars, never on one
     ax.set_ylabel("score")
     ax.set_xlabel("POPE setting")
-    extra = [f"{k} {_fmt(summary[t][k])}" for t, k in (("swap", "both_correct"), ("chair", "chair_i"), ("chair", "chair_s")) if t in summary]
+    extra = [f"{k} {fmt(summary[t.name][k])}" for t in TASKS.values() if t.name in summary for k in t.title]
     ax.set_title(f"{summary.get('checkpoint') or 'model'}" + (f" ({', '.join(extra)})" if extra else ""), fontsize=9)
     if bars:
         ax.legend(loc="upper center", ncol=len(bars), fontsize=8, frameon=False)

@@ -9,18 +9,15 @@ from pathlib import Path
 
 from vlmtool.errors import JobFailed, UsageError
 from vlmtool.evals.answerer import Answerer, Asker, load_answerer
-from vlmtool.evals.chair import DESCRIBE, Vocabulary, chair_scores, read_synonyms
+from vlmtool.evals.chair import read_synonyms
 from vlmtool.evals.data import ImageLoader, ImageSet, read_images
-from vlmtool.evals.metrics import pope_metrics
 from vlmtool.evals.pope import SETTINGS, Probe, build_probes, negatives_overlap, read_questions
-from vlmtool.evals.swap import pairs_from_images, pairs_from_probes, swap_metrics
-
-TASKS = ("pope", "blind", "swap", "chair")
+from vlmtool.evals.tasks import TASKS, EvalContext
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = tuple(TASKS)
     settings: tuple[str, ...] = SETTINGS  # built-in POPE settings
     questions: tuple[str, ...] = ()  # POPE JSONL files instead of built-in probes
     image_root: str | None = None
@@ -35,17 +32,6 @@ class EvalOptions:
     describe_tokens: int = 96  # a detail description
     device: str = "auto"
     progress: bool = True
-
-
-@dataclass
-class _Ctx:
-    """What one evaluation reads once and shares between its tasks."""
-
-    opts: EvalOptions
-    data: ImageSet
-    asker: Asker
-    probes: dict[str, list[Probe]]
-    bad_lines: list[dict] = field(default_factory=list)
 
 
 def resolve_answerer(model: str | Answerer, device: str = "auto") -> tuple[Answerer, str | None]:
@@ -93,17 +79,17 @@ def _load(inputs: list[str] | None, opts: EvalOptions) -> tuple[ImageSet, dict[s
     if opts.image_root and not Path(opts.image_root).is_dir():
         raise UsageError(f"--image-root {opts.image_root}: no such folder")
     data = read_images(inputs, opts.objects_field, opts.limit, progress=opts.progress) if inputs else ImageSet()
-    needs_probes = any(t in opts.tasks for t in ("pope", "blind", "swap"))
+    needs_probes = any(TASKS[t].needs_probes for t in opts.tasks)
     probes, bad = _probes(opts, data) if needs_probes else ({}, [])
-    if (needs_probes and not any(probes.values())) or ("chair" in opts.tasks and not needs_probes and not data.with_objects()):
+    if (needs_probes and not any(probes.values())) or (opts.tasks and not needs_probes and not data.with_objects()):
         raise UsageError(_no_probe_message(opts, data, bad))
     return data, probes, bad
 
 
-def _setup(answerer: Answerer, inputs: list[str] | None, opts: EvalOptions) -> _Ctx:
+def _setup(answerer: Answerer, inputs: list[str] | None, opts: EvalOptions) -> EvalContext:
     data, probes, bad = _load(inputs, opts)
     asker = Asker(answerer, ImageLoader(data.images, opts.image_root), opts.batch_size, opts.progress)
-    return _Ctx(opts, data, asker, probes, bad)
+    return EvalContext(opts, data, asker, probes, bad)
 
 
 def write_probes(inputs: list[str], out: str | Path, opts: EvalOptions = EvalOptions()) -> dict:
@@ -121,41 +107,9 @@ def write_probes(inputs: list[str], out: str | Path, opts: EvalOptions = EvalOpt
             "bad": {"rejected_samples": data.rejects, "samples_without_objects": data.without_objects}}
 
 
-def _pope(ctx: _Ctx, blind: bool) -> dict:
-    out = {}
-    for name, probes in ctx.probes.items():
-        answers = ctx.asker.ask([(None if blind else p.image, p.text) for p in probes], ctx.opts.max_new_tokens,
-                                desc=f"{'blind' if blind else 'pope'} {name}")
-        got = [(p.label, a) for p, a in zip(probes, answers) if a is not None]
-        out[name] = {**pope_metrics([g[0] for g in got], [g[1] for g in got]), "unanswered": len(probes) - len(got)}
-    return out
-
-
-def _swap(ctx: _Ctx) -> dict:
-    every = [p for ps in ctx.probes.values() for p in ps]
-    pairs = pairs_from_probes(every, ctx.opts.seed) if ctx.opts.questions else pairs_from_images(every, ctx.data.images, ctx.opts.seed)
-    n = ctx.opts.max_new_tokens
-    a = ctx.asker.ask([(p.with_object, p.text) for p in pairs], n, desc="swap")
-    b = ctx.asker.ask([(p.without_object, p.text) for p in pairs], n, desc="swap")
-    return swap_metrics(pairs, a, b)
-
-
-def _chair(ctx: _Ctx) -> dict:
-    labelled = ctx.data.with_objects()
-    if ctx.opts.chair_images:
-        labelled = labelled[: ctx.opts.chair_images]
-    synonyms = read_synonyms(ctx.opts.vocabulary) if ctx.opts.vocabulary else {}
-    vocab = Vocabulary({o for im in ctx.data.with_objects() for o in im.objects}, synonyms)
-    answers = ctx.asker.ask([(im.name, DESCRIBE) for im in labelled], ctx.opts.describe_tokens, desc="chair")
-    got = [(a, im.objects) for im, a in zip(labelled, answers) if a is not None]
-    out = chair_scores([g[0] for g in got], [g[1] for g in got], vocab)
-    return {**out, "unanswered": len(labelled) - len(got), "prompt": DESCRIBE}
-
-
-def _check_answered(ctx: _Ctx, summary: dict) -> None:
+def _check_answered(ctx: EvalContext, summary: dict) -> None:
     """A run that answered nothing that needs an image fails with the cause."""
-    seen = sum(m["n"] for m in summary.get("pope", {}).values()) + summary.get("swap", {}).get("pairs", 0) \
-        + summary.get("chair", {}).get("descriptions", 0)
+    seen = sum(t.answered(summary[t.name]) for t in TASKS.values() if t.name in summary)
     if seen or set(ctx.opts.tasks) <= {"blind"}:
         return
     ex = ctx.asker.bad_examples[0] if ctx.asker.bad_examples else None
@@ -180,10 +134,9 @@ def evaluate(model: str | Answerer, inputs: list[str] | None = None, opts: EvalO
     summary: dict = {"checkpoint": checkpoint, "source": "questions" if opts.questions else "built-in",
                      "inputs": list(inputs or []), "questions": list(opts.questions), "images": len(ctx.data.images),
                      "probes": {k: len(v) for k, v in ctx.probes.items()}, "negatives_overlap": negatives_overlap(ctx.probes)}
-    for task, run in (("pope", lambda: _pope(ctx, False)), ("blind", lambda: _pope(ctx, True)), ("swap", lambda: _swap(ctx)),
-                      ("chair", lambda: _chair(ctx))):
-        if task in opts.tasks:
-            summary[task] = run()
+    for task in TASKS.values():
+        if task.name in opts.tasks:
+            summary[task.name] = task.run(ctx)
     from vlmtool.evals.cost import model_cost
 
     summary["model"] = model_cost(checkpoint, answerer)
