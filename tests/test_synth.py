@@ -614,3 +614,24 @@ def test_captions_conversations_ask_balanced_probes_in_no_fixed_order(tmp_path):
         first.add(probes[0][1])
         sizes.add(len(yes))
     assert first == {True, False} and sizes == {1, 2, 3}
+
+
+def test_the_probes_task_asks_balanced_presence_questions_and_a_wrong_answer_is_rejected(tmp_path):
+    """--tasks probes: one conversation of presence probes only, yes for objects that are there
+    and no for absent ones in equal numbers; a teacher that answers one against the truth is
+    rejected as wrong_probe."""
+    make_world(tmp_path / "w", samples=40, shard_size=40, seed=9, sizes="square")
+    s = run_synth([str(tmp_path / "w")], str(tmp_path / "o"), SynthOptions(progress=False, tasks="probes"))
+    rows = list(_lines(tmp_path / "o" / "instructions.jsonl"))
+    assert s["instructions"] == len(rows) == 40 and {r["task"] for r in rows} == {"probes"}
+    for r in rows:
+        answers = [t["value"].rstrip(".") for t in r["conversations"][1::2]]
+        assert answers.count("Yes") == answers.count("No") >= 1 and len(answers) <= 6
+    present = ["heart", "oval"]
+    turns = [{"question": "Is there a heart in the image?", "answer": "Yes, there is a heart in the image."},
+             {"question": "Is there a star in the image?", "answer": "Yes, there is a star."}]
+    with pytest.raises(Rejected) as e:
+        validate(turns, "probes", present, ["heart", "oval", "star"], absents=("star",))
+    assert e.value.reason == "wrong_probe"
+    ok = [turns[0], {"question": "Is there a star in the image?", "answer": "No, there is no star in the image."}]
+    assert validate(ok, "probes", present, ["heart", "oval", "star"], absents=("star",)) == ok

@@ -26,7 +26,7 @@ from pathlib import Path
 class DemoOptions:
     """The demo's sizes: small enough for 2 CPU cores, large enough for the figures to mean something."""
 
-    samples: int = 1200  # the world the pipeline filters and trains on
+    samples: int = 2400  # the world the pipeline filters and trains on
     test: int = 200  # the test world eval reads (the only one reported)
     dev: int = 200  # the dev world (the only one a choice may be tuned on)
     clip_samples: int = 2000  # the clean world the CLIP trains on (its captions name the objects alone)
@@ -41,6 +41,7 @@ class DemoOptions:
     align_steps: int = 100  # stage 1
     tune_steps: int = 1200  # stage 2
     tune_lr: float = 1e-3
+    pack: int = 128  # stage 2 packs conversations into rows of this many tokens (0: one a row, padded)
     d_model: int = 128
     n_layers: int = 4
     batch_size: int = 32
@@ -164,9 +165,14 @@ def _synth(out_p: Path, kept: Path, opts: DemoOptions, steps: dict) -> Path:
     from vlmtool.synth.options import SynthOptions
 
     _log("synth: instruction pairs from the kept shards (offline captions teacher)")
-    s = run_synth([str(kept)], str(out_p / "synth"), SynthOptions(teacher="captions", progress=opts.progress))
+    s = run_synth([str(kept)], str(out_p / "synth"), SynthOptions(teacher="captions", tasks=SYNTH_TASKS, progress=opts.progress))
     steps["synth"] = {k: s.get(k) for k in ("instructions", "by_task", "rejected", "hallucinations")}
     return out_p / "synth" / "instructions.jsonl"
+
+
+# LLaVA-Instruct's three tasks and the negatives, plus a conversation of presence probes alone
+# (docs/benchmarks.md: the probes are what teach the model to look).
+SYNTH_TASKS = "conversation,detail,reasoning,negative,probes"
 
 
 def _budget(kept: Path, steps: dict) -> None:
@@ -194,9 +200,13 @@ def stage_plan(out_p: Path, instructions: Path, opts: DemoOptions, connector: st
     data with the LM unfrozen. bench/ablation.py reuses it for the other connectors and data."""
     common = dict(batch_size=opts.batch_size, d_model=opts.d_model, n_layers=opts.n_layers, n_heads=4, vocab_size=2048,
                   max_seq=512, workers=1, progress=opts.progress, connector=connector, seed=opts.seed)
+    from vlmtool.vlm.connectors import CONNECTORS
+
     s0, s1, s2 = stage0 or out_p / f"{prefix}0", out_p / f"{prefix}1", out_p / f"{prefix}2"
+    pack = opts.pack if CONNECTORS[connector].packs else 0  # a connector that cannot pack trains one conversation a row
     stages = [(1, s1, dict(steps=opts.align_steps, init=str(s0)), "alignment: only the connector trains, on captions"),
-              (2, s2, dict(steps=opts.tune_steps, init=str(s1), instructions=str(instructions), lr=opts.tune_lr, text_mix=0.1),
+              (2, s2, dict(steps=opts.tune_steps, init=str(s1), instructions=str(instructions), lr=opts.tune_lr, text_mix=0.1,
+                           pack=pack),
                "instruction tuning on synth's data, the LM unfrozen")]
     if stage0 is None:
         stages.insert(0, (0, s0, dict(steps=opts.lm_steps, instructions=str(instructions)), "language-model pretraining on the text"))

@@ -37,7 +37,8 @@ def synth_cmd(
     model: str | None = typer.Option(None, "--model", help="The teacher model's name on that server."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key (never logged or written)."),
     tasks: str = typer.Option("conversation,detail,reasoning,negative", "--tasks",
-                              help="Tasks for every sample, or weights (conversation=2,negative=1) with --per-sample."),
+                              help="Tasks for every sample, or weights (conversation=2,negative=1) with --per-sample. Tasks: conversation, "
+                              "detail, reasoning, negative, and probes (up to 3 yes and 3 no presence questions, POPE-style)."),
     per_sample: int = typer.Option(1, "--per-sample", min=1, help="With task weights: how many tasks each sample gets."),
     format: str = typer.Option("llava", "--format", help="llava (conversations with from human/gpt) or messages (chat messages)."),
     negatives: str = typer.Option("adversarial", "--negatives",

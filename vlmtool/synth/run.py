@@ -22,7 +22,7 @@ from vlmtool.synth.objects import (
     sample_objects,
 )
 from vlmtool.synth.options import NEGATIVE_MODES, SynthOptions
-from vlmtool.synth.tasks import Request, article, request_key, tasks_for
+from vlmtool.synth.tasks import Request, article, presence_probes, probe_question, request_key, tasks_for
 from vlmtool.synth.teachers import Result
 from vlmtool.synth.validate import Rejected, mentioned, normalize, validate
 
@@ -60,13 +60,17 @@ class Plan:
         absent = absent_object(s.key + salt, present or [], candidates, mode or self.opts.negatives, self.tables)
         return (absent, None) if absent else (None, "no_absent_object")
 
-    def probe_absents(self, s: Sample, present: list[str] | None) -> tuple[str, ...]:
+    def probe_absents(self, s: Sample, present: list[str] | None, other: bool = False) -> tuple[str, ...]:
         """A conversation's absent objects, one per POPE setting: --negatives' choice first (the
-        conversation's `absent`), then the other settings' choices, each a different object."""
+        conversation's `absent`), then the other settings' choices, each a different object.
+        `other`: the probes task's, chosen past the conversation's where enough objects are absent."""
+        taken = self.probe_absents(s, present) if other else ()
         out: list[str] = []
         for mode in (self.opts.negatives, *(m for m in NEGATIVE_MODES if m != self.opts.negatives)):
-            salt = ":conversation" + ("" if not out else f":{mode}")
-            absent, _ = self.negative(s, present, salt=salt, mode=mode, exclude=tuple(out))
+            salt = ":conversation" + ("" if not out else f":{mode}") + (":probes" if other else "")
+            absent, _ = self.negative(s, present, salt=salt, mode=mode, exclude=(*taken, *out))
+            if absent is None and other:  # few objects absent: the conversation's may be asked again
+                absent, _ = self.negative(s, present, salt=salt, mode=mode, exclude=tuple(out))
             if absent:
                 out.append(absent)
         return tuple(out)
@@ -178,6 +182,13 @@ class Run:
                     state["negatives_skipped"][why] += 1
                     continue
                 question = f"Is there {article(absent)} in the image?"
+            elif task == "probes":
+                absents = self.plan.probe_absents(s, present, other=True) if present else ()
+                if not absents:
+                    state["negatives_skipped"]["no_object_metadata" if present is None else "no_absent_object"] += 1
+                    continue
+                absent = absents[0]
+                question = "\n".join(probe_question(o) for o, _ in presence_probes(present, absents, first=True))
             elif task == "conversation" and getattr(self.teacher, "balances_probes", False):
                 absents = self.plan.probe_absents(s, present)  # its noes to the conversation's yeses
                 absent = absents[0] if absents else None

@@ -1,5 +1,6 @@
 """Instruction tasks (LLaVA-Instruct's conversation, detail and reasoning, plus negative
-"is there an X?" questions), their prompts, and the requests one sample turns into."""
+"is there an X?" questions and POPE-style presence probes), their prompts, and the requests one
+sample turns into."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from vlmtool.errors import UsageError
 
-TASKS = ("conversation", "detail", "reasoning", "negative")
+TASKS = ("conversation", "detail", "reasoning", "negative", "probes")
+MAX_PROBES = 3  # presence probes of each answer (yes, no) in one conversation: POPE asks 3 of each
 PROMPT_DIR = Path(__file__).parent / "prompts"
 PLACEHOLDERS = ("caption", "objects", "question")  # what a task prompt may name in braces
 
@@ -54,6 +56,23 @@ def parse_tasks(spec: str) -> dict[str, float]:
     if not out:
         raise UsageError("--tasks names no task")
     return out
+
+
+def presence_probes(present: list[str], absents: tuple[str, ...] | list[str], first: bool = False) -> list[tuple[str, bool]]:
+    """POPE's balance in one conversation: (object, answer is yes) for as many objects that are
+    there (the last ones, or with `first` the first ones, up to MAX_PROBES) as absent ones, in
+    an order drawn from the objects themselves, so no position tells the answer (a fixed
+    yes-then-no order lets a model answer the second probe without looking)."""
+    import random
+
+    k = max(1, min(MAX_PROBES, len(present), len(absents)))
+    asked = [(o, True) for o in (present if first else present[::-1])[:k]] + [(a, False) for a in list(absents)[:k]]
+    random.Random("\x1f".join(o for o, _ in asked)).shuffle(asked)
+    return asked
+
+
+def probe_question(obj: str) -> str:
+    return f"Is there {article(obj)} in the image?"
 
 
 def unit(*parts: str) -> float:

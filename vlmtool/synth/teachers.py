@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 
 from vlmtool.synth.objects import object_name
-from vlmtool.synth.tasks import Request, article
+from vlmtool.synth.tasks import Request, article, presence_probes, probe_question
 
 TURNS_SCHEMA = {
     "type": "object",
@@ -147,6 +147,8 @@ class CaptionsTeacher:
         if not objs:  # no boxes: stay with what the caption says
             question = "Describe the image in detail." if req.task == "detail" else "What does the image show?"
             return [{"question": question, "answer": _sentence(caption)}]
+        if req.task == "probes":
+            return self.short_probes(objs, req.absents)
         if req.task == "conversation":
             return self._conversation(objs, names, listing, req.absents or ((req.absent,) if req.absent else ()))
         if req.task == "detail":
@@ -155,18 +157,17 @@ class CaptionsTeacher:
 
     @staticmethod
     def probes(objs: list[dict], absents: tuple[str, ...]) -> list[dict]:
-        """POPE's balance in one conversation: as many presence probes answered yes (the last
-        objects, up to 3) as answered no (the absent objects), in an order drawn from the
-        objects themselves, so no position tells the answer (a fixed yes-then-no order lets
-        a model answer the second probe without looking)."""
-        import random
-
-        k = max(1, min(3, len(objs), len(absents)))
-        asked = [(o["label"], True) for o in objs[::-1][:k]] + [(a, False) for a in absents[:k]]
-        random.Random("\x1f".join(label for label, _ in asked)).shuffle(asked)
-        return [{"question": f"Is there {article(label)} in the image?",
+        """The conversation's presence probes (tasks.presence_probes), answered from the truth."""
+        return [{"question": probe_question(label),
                  "answer": f"Yes, there is {article(label)} in the image." if yes else f"No, there is no {label} in the image."}
-                for label, yes in asked]
+                for label, yes in presence_probes([o["label"] for o in objs], absents)]
+
+    @staticmethod
+    def short_probes(objs: list[dict], absents: tuple[str, ...]) -> list[dict]:
+        """The probes task: other objects than the conversation's, answered in a word, as
+        LLaVA-1.5's short-answer data does (and POPE's parser reads)."""
+        return [{"question": probe_question(label), "answer": "Yes." if yes else "No."}
+                for label, yes in presence_probes([o["label"] for o in objs], absents, first=True)]
 
     @staticmethod
     def _conversation(objs: list[dict], names: list[str], listing: str, absents: tuple[str, ...] = ()) -> list[dict]:

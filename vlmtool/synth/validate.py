@@ -3,14 +3,16 @@
 empty, truncated (the server stopped at its token limit, or the text stops mid-sentence),
 refusal, degenerate (a phrase repeated over and over, or almost no words), duplicate (the same
 long answer already produced for another request), hallucination (an object named as present
-that the sample's metadata says is absent), not_negative (a negative question answered yes).
+that the sample's metadata says is absent), not_negative (a negative question answered yes),
+wrong_probe (a presence probe answered against the metadata: yes to an absent object, no to one
+that is there).
 """
 
 from __future__ import annotations
 
 import re
 
-REASONS = ("empty", "truncated", "refusal", "degenerate", "duplicate", "hallucination", "not_negative", "unparsable")
+REASONS = ("empty", "truncated", "refusal", "degenerate", "duplicate", "hallucination", "not_negative", "wrong_probe", "unparsable")
 
 _REFUSAL = re.compile(r"\b(i'?m sorry|i am sorry|i cannot|i can't|i can not|as an ai|i'?m unable|i am unable|"
                       r"cannot (?:help|assist|see)|unable to (?:view|see|process) (?:the )?image)\b", re.IGNORECASE)
@@ -65,6 +67,20 @@ def check_answer(answer: str, finish_reason: str | None = None) -> None:
         raise Rejected("truncated", "ends mid-sentence")
 
 
+_PROBE = re.compile(r"^(?:<image>\s*)?is there (?:an? )?(.+?) in the (?:image|picture)\??$", re.IGNORECASE)
+
+
+def _check_probes(turns: list[dict], present: list[str]) -> None:
+    """A presence probe answered against the truth: yes for an object that is there, no for one
+    that is not (`wrong_probe` otherwise)."""
+    have = {p.lower() for p in present}
+    for t in turns:
+        m = _PROBE.match(str(t.get("question", "")).strip())
+        said = re.match(r"^\W*(yes|no)\b", t["answer"].strip(), re.IGNORECASE)
+        if m and said and (said.group(1).lower() == "yes") != (m.group(1).lower() in have):
+            raise Rejected("wrong_probe", f"{t['question'][:60]} -> {t['answer'][:40]}")
+
+
 def validate(turns: list[dict], task: str, present: list[str] | None, vocabulary: list[str], finish_reason: str | None = None,
              absent: str | None = None, absents: tuple[str, ...] = ()) -> list[dict]:
     """Turns that pass every check, or Rejected with the first failing reason. `absent` and
@@ -79,6 +95,8 @@ def validate(turns: list[dict], task: str, present: list[str] | None, vocabulary
         first = turns[0]["answer"].strip().lower()
         if not re.match(r"^(no\b|there is no|there are no|there isn'?t|i don'?t see|nope)", first):
             raise Rejected("not_negative", turns[0]["answer"][:80])
+    if task == "probes" and present is not None:
+        _check_probes(turns, present)
     if present is not None:
         named = set()
         for t in turns:
