@@ -21,31 +21,34 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmtool.core.options import PROGRESS, option
+
 
 @dataclass(frozen=True)
 class DemoOptions:
     """The demo's sizes: small enough for 2 CPU cores, large enough for the figures to mean something."""
 
-    samples: int = 2400  # the world the pipeline filters and trains on
-    test: int = 200  # the test world eval reads (the only one reported)
-    dev: int = 200  # the dev world (the only one a choice may be tuned on)
+    samples: int = option(2400, "Size of the train world the pipeline filters and trains on.", flags=("--samples", "-n"), min=64)
+    test: int = option(200, "Size of the test world eval reads (the only one the demo reports).", min=16)
+    dev: int = option(200, "Size of the dev world (written for tuning: the only world a choice may be tuned on).", min=16)
     clip_samples: int = 2000  # the clean world the CLIP trains on (its captions name the objects alone)
-    seed: int = 0  # the train and clip worlds' seeds and every training seed
-    kind: str = "scenes"  # the world kind (vlmtool world --kind)
+    seed: int = option(0, "Seed of the train and clip worlds and of every training run (the dev and test worlds are the same "
+                       "for every seed).")
+    kind: str = option("scenes", "The worlds' objects: scenes (16 kinds in 4 scene types) or shapes (the 6 shapes).")
     clip_model: str = "tiny-rn-clip"
-    clip_steps: int = 1200
+    clip_steps: int = option(1200, "Steps of CLIP training (the vision tower).", min=1)
     clip_batch: int = 64
     clip_lr: float = 2e-3
     layer: int = -1  # the tower block whose tokens the LM reads
     lm_steps: int = 100  # stage 0
     align_steps: int = 100  # stage 1
-    tune_steps: int = 1200  # stage 2
+    tune_steps: int = option(1200, "Steps of stage-2 instruction tuning.", min=1)
     tune_lr: float = 1e-3
     pack: int = 128  # stage 2 packs conversations into rows of this many tokens (0: one a row, padded)
     d_model: int = 128
     n_layers: int = 4
     batch_size: int = 32
-    progress: bool = True
+    progress: bool = PROGRESS()
 
 
 def _log(msg: str) -> None:
