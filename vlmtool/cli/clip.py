@@ -9,33 +9,34 @@ from typing import List, Optional
 import typer
 
 from vlmtool.cli._app import (CPUS_PER_WORKER, DECODE, DEVICE, EXECUTOR, GPUS_PER_WORKER, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS,
-                              MAX_TEXT_BYTES, OUT, PRECISION, PROGRESS, RAY_ADDRESS, RAY_WORKERS, STRICT, WORKERS, app, emit, options)
+                              MAX_TEXT_BYTES, OUT, PRECISION, PROGRESS, RAY_ADDRESS, RAY_WORKERS, STRICT, WORKERS, app, emit, options, param)
+from vlmtool.clip.options import ClipTrainOptions as C
 
 
 @app.command("clip-train")
 def clip_train_cmd(
     inputs: List[str] = INPUTS,
     out: str = OUT,
-    model: str = typer.Option("tiny-clip", "--model", help="open_clip architecture (e.g. tiny-clip, ViT-B-32)."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Fine-tune from a tag, a checkpoint file or a clip-train folder (default: from scratch)."),
-    steps: int = typer.Option(600, "--steps", min=1, help="Optimizer steps in all (a rerun with more steps continues)."),
-    batch_size: int = typer.Option(128, "--batch-size", "-b", min=2, help="Samples per step on each rank; negatives are gathered from all ranks."),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Peak learning rate (AdamW), reached after --warmup steps, then cosine decay."),
-    weight_decay: float = typer.Option(0.1, "--weight-decay", min=0.0, help="AdamW weight decay (not applied to gains, biases, the temperature)."),
-    warmup: int = typer.Option(50, "--warmup", min=0, help="Steps of linear learning-rate warmup."),
-    workers: int = typer.Option(1, "--workers", "-w", min=0, help="Loader worker processes (0: read in the main process)."),
-    save_every: int = typer.Option(200, "--save-every", min=1, help="Save the model and the training state every N steps (and at the end)."),
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", min=1.0, help="Stop (and save) after this many seconds."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
-    device: str = DEVICE,
-    precision: str = PRECISION,
+    model: str = param(C, "model"),
+    pretrained: Optional[str] = param(C, "pretrained"),
+    steps: int = param(C, "steps"),
+    batch_size: int = param(C, "batch_size"),
+    lr: float = param(C, "lr"),
+    weight_decay: float = param(C, "weight_decay"),
+    warmup: int = param(C, "warmup"),
+    workers: int = param(C, "workers"),
+    save_every: int = param(C, "save_every"),
+    time_limit: Optional[float] = param(C, "time_limit"),
+    seed: int = param(C, "seed"),
+    device: str = param(C, "device"),
+    precision: str = param(C, "precision"),
     as_json: bool = JSON,
-    progress: bool = PROGRESS,
+    progress: bool = param(C, "progress"),
 ) -> None:
     """Train or fine-tune a CLIP with the symmetric InfoNCE loss (DDP under torchrun); rerun to resume."""
-    from vlmtool.clip.train import ClipTrainOptions, run_clip_train
+    from vlmtool.clip.train import run_clip_train
 
-    emit(run_clip_train(inputs, out, options(ClipTrainOptions, locals())), as_json)
+    emit(run_clip_train(inputs, out, options(C, locals())), as_json)
 
 
 @app.command("filter")
