@@ -1,4 +1,4 @@
-"""`vlmtool clip-train` and `vlmtool filter`."""
+"""`vlmtool clip-train` and `vlmtool filter`: every option's default and help come from the options' fields."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import typer
-
-from vlmtool.cli._app import (CPUS_PER_WORKER, DECODE, DEVICE, EXECUTOR, GPUS_PER_WORKER, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS,
-                              MAX_TEXT_BYTES, OUT, PRECISION, PROGRESS, RAY_ADDRESS, RAY_WORKERS, STRICT, WORKERS, app, emit, options, param)
+from vlmtool.cli._app import INPUTS, JSON, OUT, app, emit, options, param
 from vlmtool.clip.options import ClipTrainOptions as C
+from vlmtool.filter import FilterOptions as F
 
 
 @app.command("clip-train")
@@ -43,38 +41,38 @@ def clip_train_cmd(
 def filter_cmd(
     inputs: List[str] = INPUTS,
     out: str = OUT,
-    pretrained: str = typer.Option(..., "--pretrained", help="A clip-train folder, a checkpoint file, or an open_clip pretrained tag (e.g. openai, with --model); 'random' for random weights (speed tests only)."),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip architecture, e.g. ViT-B-32 (not needed with a clip-train folder)."),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Keep pairs with cosine similarity >= X (LAION used 0.28 with ViT-B/32)."),
-    keep_fraction: Optional[float] = typer.Option(None, "--keep-fraction", help="Keep the global top fraction F of valid pairs, over all shards and ranks."),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Samples per model batch."),
-    workers: int = WORKERS,
-    preprocess: str = typer.Option("fast", "--preprocess", help="fast (JPEG draft decode, one resize, uint8 normalized on the device) or exact (open_clip's transform)."),
-    min_side: int = typer.Option(0, "--min-side", min=0, help="Pre-filter: reject images whose shorter side is below this."),
-    max_aspect: float = typer.Option(0.0, "--max-aspect", min=0.0, help="Pre-filter: reject images more elongated than this ratio (0: off)."),
-    min_words: int = typer.Option(0, "--min-words", min=0, help="Pre-filter: reject captions with fewer words."),
-    min_chars: int = typer.Option(0, "--min-chars", min=0, help="Pre-filter: reject captions with fewer characters."),
-    max_pixels: int = MAX_PIXELS,
-    max_image_bytes: int = MAX_IMAGE_BYTES,
-    max_text_bytes: int = MAX_TEXT_BYTES,
-    plot: bool = typer.Option(False, "--plot", help="Also draw the score histogram to OUT/report.png (needs matplotlib)."),
-    device: str = DEVICE,
-    precision: str = PRECISION,
-    decode: str = DECODE,
-    strict: bool = STRICT,
-    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", help="Seconds to wait for other ranks' scores before giving up."),
+    pretrained: str = param(F, "pretrained"),
+    model: Optional[str] = param(F, "model"),
+    min_score: Optional[float] = param(F, "min_score"),
+    keep_fraction: Optional[float] = param(F, "keep_fraction"),
+    batch_size: int = param(F, "batch_size"),
+    workers: int = param(F, "workers"),
+    preprocess: str = param(F, "preprocess"),
+    min_side: int = param(F, "min_side"),
+    max_aspect: float = param(F, "max_aspect"),
+    min_words: int = param(F, "min_words"),
+    min_chars: int = param(F, "min_chars"),
+    max_pixels: int = param(F, "max_pixels"),
+    max_image_bytes: int = param(F, "max_image_bytes"),
+    max_text_bytes: int = param(F, "max_text_bytes"),
+    plot: bool = param(F, "plot"),
+    device: str = param(F, "device"),
+    precision: str = param(F, "precision"),
+    decode: str = param(F, "decode"),
+    strict: bool = param(F, "strict"),
+    wait_timeout: Optional[float] = param(F, "wait_timeout"),
     as_json: bool = JSON,
-    progress: bool = PROGRESS,
-    executor: str = EXECUTOR,
-    ray_address: str = RAY_ADDRESS,
-    ray_workers: int = RAY_WORKERS,
-    gpus_per_worker: float = GPUS_PER_WORKER,
-    cpus_per_worker: float = CPUS_PER_WORKER,
+    progress: bool = param(F, "progress"),
+    executor: str = param(F, "executor"),
+    ray_address: str = param(F, "ray_address"),
+    ray_workers: int = param(F, "ray_workers"),
+    gpus_per_worker: float = param(F, "gpus_per_worker"),
+    cpus_per_worker: float = param(F, "cpus_per_worker"),
 ) -> None:
     """Score image-caption pairs with CLIP and keep those that match (threshold or global top fraction)."""
-    from vlmtool.filter import FilterOptions, run_filter
+    from vlmtool.filter import run_filter
 
-    summary = run_filter(inputs, out, options(FilterOptions, locals()))
+    summary = run_filter(inputs, out, options(F, locals()))
     emit(summary, as_json)
     report = Path(out) / "report.txt"
     if not as_json and summary.get("complete") and report.exists():
