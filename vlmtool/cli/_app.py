@@ -67,8 +67,9 @@ def param(cls, name: str, default=dataclasses.MISSING):
     """The Typer option of field `name` of an options dataclass: its default and its command-line
     form (flags, help, bounds, metavar) as the field declares them (core/options.py), so a
     command names its options and writes no default or help of its own. `default`: the
-    command-line default where the option's type differs from the field's (a comma-separated
-    string or a repeatable option, that the command turns into the field's tuple)."""
+    command-line default where it differs from the field's: `...` where the command requires the
+    option, or a value of the option's own type where the command turns it into the field's (a
+    comma-separated string, a repeatable option, made into a tuple)."""
     from vlmtool.core.options import cli_form
 
     field_default, cli = cli_form(cls, name)
