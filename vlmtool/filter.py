@@ -24,13 +24,14 @@ from pathlib import Path
 
 import orjson
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 
 from vlmtool.core.batches import Batch, merge_totals, run_shards
 from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
-from vlmtool.core.job import Job, free, log
+from vlmtool.core.job import Job, log
+from vlmtool.core.options import (DECODE, DEVICE, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, PRECISION, PROGRESS, STRICT,
+                                  WORKERS, option)
 from vlmtool.core.records import ReadOptions
-from vlmtool.core.samples import DEFAULT_MAX_PIXELS
 from vlmtool.core.records import Reject, tar_records
 from vlmtool.core.shards import JobDir, ShardRef, ShardTarWriter, atomic_path, atomic_write, dumps, expand_inputs, shard_refs, write_json
 from vlmtool.errors import JobFailed, UsageError
@@ -321,27 +322,29 @@ def _plot(path: Path, histogram: list[dict], threshold, gap: float | None, n_kep
 class FilterOptions(ExecutorOptions):
     """`vlmtool filter`'s options (see its --help). Every field but the free ones must match on resume."""
 
-    pretrained: str
-    model: str | None = None
-    min_score: float | None = None
-    keep_fraction: float | None = None
-    preprocess: str = "fast"
-    decode: str = "cpu"
-    precision: str = "auto"
-    min_side: int = 0
-    max_aspect: float = 0.0
-    min_words: int = 0
-    min_chars: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_image_bytes: int = ReadOptions.max_image_bytes
-    max_text_bytes: int = ReadOptions.max_text_bytes
-    batch_size: int = free(256)
-    workers: int = free(2)
-    device: str = free("auto")
-    strict: bool = free(False)
-    plot: bool = free(False)
-    wait_timeout: float | None = free(None)
-    progress: bool = free(True)
+    pretrained: str = option(MISSING, "A clip-train folder, a checkpoint file, or an open_clip pretrained tag (e.g. openai, with "
+                             "--model); 'random' for random weights (speed tests only).")
+    model: str | None = option(None, "open_clip architecture, e.g. ViT-B-32 (not needed with a clip-train folder).")
+    min_score: float | None = option(None, "Keep pairs with cosine similarity >= X (LAION used 0.28 with ViT-B/32).")
+    keep_fraction: float | None = option(None, "Keep the global top fraction F of valid pairs, over all shards and ranks.")
+    preprocess: str = option("fast", "fast (JPEG draft decode, one resize, uint8 normalized on the device) or exact "
+                             "(open_clip's transform).")
+    decode: str = DECODE()
+    precision: str = PRECISION()
+    min_side: int = option(0, "Pre-filter: reject images whose shorter side is below this.", min=0)
+    max_aspect: float = option(0.0, "Pre-filter: reject images more elongated than this ratio (0: off).", min=0.0)
+    min_words: int = option(0, "Pre-filter: reject captions with fewer words.", min=0)
+    min_chars: int = option(0, "Pre-filter: reject captions with fewer characters.", min=0)
+    max_pixels: int = MAX_PIXELS()
+    max_image_bytes: int = MAX_IMAGE_BYTES()
+    max_text_bytes: int = MAX_TEXT_BYTES()
+    batch_size: int = option(256, "Samples per model batch.", flags=("--batch-size", "-b"), min=1, free=True)
+    workers: int = WORKERS(2)
+    device: str = DEVICE()
+    strict: bool = STRICT()
+    plot: bool = option(False, "Also draw the score histogram to OUT/report.png (needs matplotlib).", free=True)
+    wait_timeout: float | None = option(None, "Seconds to wait for other ranks' scores before giving up.", free=True)
+    progress: bool = PROGRESS()
 
     def __post_init__(self):
         if (self.min_score is None) == (self.keep_fraction is None):

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from vlmtool.core.batches import Batch, run_shards
 from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
-from vlmtool.core.job import Job, free
+from vlmtool.core.job import Job
+from vlmtool.core.options import MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, PROGRESS, STRICT, WORKERS, option
 from vlmtool.core.records import ReadOptions
-from vlmtool.core.samples import DEFAULT_MAX_PIXELS, Sample
+from vlmtool.core.samples import Sample
 from vlmtool.core.shards import expand_inputs, shard_refs
 
 SIDE_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -112,13 +113,13 @@ def summarize(records: dict[str, dict]) -> dict:
 class InspectOptions(ExecutorOptions):
     """`vlmtool inspect`'s options (see its --help)."""
 
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_image_bytes: int = ReadOptions.max_image_bytes
-    max_text_bytes: int = ReadOptions.max_text_bytes
-    batch_size: int = free(64)
-    workers: int = free(2)
-    strict: bool = free(False)
-    progress: bool = free(True)
+    max_pixels: int = MAX_PIXELS()
+    max_image_bytes: int = MAX_IMAGE_BYTES()
+    max_text_bytes: int = MAX_TEXT_BYTES()
+    batch_size: int = option(64, "Samples per batch handed from the loader workers.", flags=("--batch-size", "-b"), min=1, free=True)
+    workers: int = WORKERS(2)
+    strict: bool = STRICT()
+    progress: bool = PROGRESS()
 
     def read(self) -> ReadOptions:
         return ReadOptions.of(self)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 
 from vlmtool.budget import PRESETS, parse_options
 from vlmtool.budget.registry import defaults
+from vlmtool.core.options import PROGRESS, option
 from vlmtool.errors import UsageError
 
 STRATEGIES = ("uniform", "fps", "content")
@@ -22,33 +23,42 @@ STRATEGIES = ("uniform", "fps", "content")
 
 @dataclass(frozen=True)
 class BudgetOptions:
-    inputs: tuple[str, ...] = ()
-    size: tuple[str, ...] = ()
-    model: str = "llava-1.5"
-    set: tuple[str, ...] = ()
-    frames: int | None = None
-    context: int | None = None
-    reserved: int = 0
-    video_text: bool = True
-    duration: float | None = None
-    fps: float | None = None
-    select: str = "uniform"
-    sample_fps: float | None = None
-    temporal_pool: int = 1
-    seconds: float | None = None
-    draw: str | None = None
-    kv_layers: int | None = None
-    kv_heads: int | None = None
-    head_dim: int | None = None
-    kv_dtype: str = "bf16"
-    price_per_mtok: float | None = None
-    max_image_pixels: int = 1 << 32
-    max_parts: int = 64
-    max_frames: int = 100_000
-    rows: bool = False
-    json: bool = False
-    list: bool = False
-    progress: bool = True
+    """`vlmtool budget`'s options (see its --help): each field with its default and its command-line
+    form (core/options.py)."""
+
+    inputs: tuple[str, ...] = ()  # the command's argument
+    size: tuple[str, ...] = option((), "An image (or video frame) size WIDTHxHEIGHT, no file needed (repeatable).",
+                                   flags=("--size", "-s"), metavar="WxH")
+    model: str = option("llava-1.5", "Preset(s), comma-separated; --list shows them all.", flags=("--model", "-m"),
+                        metavar="PRESET[,PRESET...]")
+    set: tuple[str, ...] = option((), "A preset option KEY=VALUE, e.g. max_pixels=1003520, max_tiles=6, detail=low, "
+                                  "grid_pinpoints=336x672,672x336 (repeatable).", metavar="KEY=VALUE")
+    frames: int | None = option(None, "Video: tokens for this many frames at --size (or of the video).", min=0)
+    context: int | None = option(None, "Video: context budget B in tokens; plans f_max = floor((B - reserved) / P) frames.", min=1)
+    reserved: int = option(0, "Video: tokens of B kept for text.", min=0)
+    video_text: bool = option(True, "Video with --context: count the timestamp text Qwen3-VL and GLM-4.1V write around the "
+                              "frames in B (default), or visual tokens only.", flags=("--video-text/--no-video-text",))
+    duration: float | None = option(None, "Video given by numbers: seconds (with --size and --fps).", min=0.0)
+    fps: float | None = option(None, "Video given by numbers: frame rate.", min=0.0)
+    select: str = option("uniform", "Which frames: uniform, fps (cap at --sample-fps), content (where the picture changes).",
+                         metavar="uniform|fps|content")
+    sample_fps: float | None = option(None, "With --select fps: at most this many frames a second.", min=0.0)
+    temporal_pool: int = option(1, "Video: merge k consecutive frames into one.", min=1)
+    seconds: float | None = option(None, "Audio given by numbers: a clip of this many seconds.", min=0.0)
+    draw: str | None = option(None, "Write a PNG of the tiles over the image (one image or size, one model).", metavar="PNG")
+    kv_layers: int | None = option(None, "KV cache: LLM layers (with --kv-heads, --head-dim).", min=1)
+    kv_heads: int | None = option(None, "KV cache: key/value heads.", min=1)
+    head_dim: int | None = option(None, "KV cache: head dimension.", min=1)
+    kv_dtype: str = option("bf16", "KV cache dtype: fp32, bf16, fp16, fp8, int8, int4.", metavar="DTYPE")
+    price_per_mtok: float | None = option(None, "Price per million input tokens, applied to the billed tokens.", min=0.0)
+    max_image_pixels: int = option(1 << 32, "Datasets: an image whose header declares more pixels is rejected (too_large).", min=1)
+    max_parts: int = option(64, "List a plan's parts (tiles, crops) only up to this many.", min=1)
+    max_frames: int = option(100_000, "Video: plan and list at most this many frames, whatever the budget or the header allows.",
+                             min=1)
+    rows: bool = option(False, "Datasets: one JSON line per image and model on stdout instead of the summary.")
+    json: bool = option(False, "Machine output: JSON lines (one per size and model), or one summary object for datasets.")
+    list: bool = option(False, "List every preset with its modalities, configuration and source.")
+    progress: bool = PROGRESS()
 
     def __post_init__(self):
         for f in fields(self):  # lists from the command line become tuples: the object is frozen and comparable

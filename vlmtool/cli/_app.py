@@ -63,13 +63,17 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-def param(cls, name: str):
+def param(cls, name: str, default=dataclasses.MISSING):
     """The Typer option of field `name` of an options dataclass: its default and its command-line
     form (flags, help, bounds, metavar) as the field declares them (core/options.py), so a
-    command names its options and writes no default or help of its own."""
+    command names its options and writes no default or help of its own. `default`: the
+    command-line default where it differs from the field's: `...` where the command requires the
+    option, or a value of the option's own type where the command turns it into the field's (a
+    comma-separated string, a repeatable option, made into a tuple)."""
     from vlmtool.core.options import cli_form
 
-    default, cli = cli_form(cls, name)
+    field_default, cli = cli_form(cls, name)
+    default = field_default if default is dataclasses.MISSING else default
     bounds = {k: cli[k] for k in ("min", "max", "metavar") if cli[k] is not None}
     return typer.Option(... if default is dataclasses.MISSING else default, *cli["flags"], help=cli["help"], **bounds)
 

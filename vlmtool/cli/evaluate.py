@@ -1,4 +1,6 @@
-"""`vlmtool eval pope|swap|chair|all`: object-hallucination evals of one or more checkpoints."""
+"""`vlmtool eval pope|swap|chair|all`: object-hallucination evals of one or more checkpoints. The
+options' defaults and help come from EvalOptions' fields; --checkpoint, --blind, --questions-only
+and --out are the command's own (they choose what runs, not how)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from vlmtool.cli._app import DEVICE, JSON, PROGRESS, app, emit, options
+from vlmtool.cli._app import JSON, app, emit, options, param
+from vlmtool.evals.run import EvalOptions as E
 from vlmtool.evals.tasks import commands
 
 eval_app = typer.Typer(help="Does the model look at the pixels? POPE, swap, blind and CHAIR for checkpoints.",
@@ -15,12 +18,10 @@ eval_app = typer.Typer(help="Does the model look at the pixels? POPE, swap, blin
 app.add_typer(eval_app, name="eval")
 
 def _options(tasks: tuple[str, ...], p: dict):
-    from vlmtool.evals import EvalOptions
-
     if not p["blind"]:
         tasks = tuple(t for t in tasks if t != "blind")
     settings = tuple(s.strip() for s in p["settings"].split(",") if s.strip())
-    return options(EvalOptions, {**p, "tasks": tasks, "settings": settings, "questions": tuple(p["questions"] or ())})
+    return options(E, {**p, "tasks": tasks, "settings": settings, "questions": tuple(p["questions"] or ())})
 
 
 def _run(tasks: tuple[str, ...], p: dict) -> None:
@@ -54,29 +55,26 @@ def _register(name: str, tasks: tuple[str, ...], doc: str) -> None:
             "stdin); probes are built from them, or --questions images are looked up in them by SHARD/KEY.jpg or KEY.")] = None,
         checkpoint: Annotated[list[str] | None, typer.Option(
             "--checkpoint", "-c", metavar="DIR", help="A checkpoint folder; repeat to compare several side by side.")] = None,
-        questions: Annotated[list[str] | None, typer.Option(
-            "--questions", "-q", metavar="FILE", help="POPE JSONL file(s) ({question_id, image, text, label}), as published; "
-            "results under pope.<file stem>. Repeatable.")] = None,
-        image_root: Annotated[str | None, typer.Option("--image-root", metavar="DIR", help="Folder the --questions `image` names are files in.")] = None,
-        objects_field: Annotated[str, typer.Option("--objects-field", help="The JSON field listing each sample's object labels.")] = "objects",
-        vocabulary: Annotated[str | None, typer.Option(
-            "--vocabulary", metavar="FILE", help="Objects and synonyms, `label, synonym, ...` a line (CHAIR's synonyms.txt format).")] = None,
-        settings: Annotated[str, typer.Option("--settings", help="Built-in POPE settings, comma-separated.")] = "random,popular,adversarial",
-        per_image: Annotated[int, typer.Option("--per-image", min=1, help="POPE: yes probes (and as many no probes) per image, at most.")] = 3,
+        questions: list[str] | None = param(E, "questions", default=None),
+        image_root: str | None = param(E, "image_root"),
+        objects_field: str = param(E, "objects_field"),
+        vocabulary: str | None = param(E, "vocabulary"),
+        settings: str = param(E, "settings", default=",".join(E.settings)),
+        per_image: int = param(E, "per_image"),
         blind: Annotated[bool, typer.Option("--blind/--no-blind", help="Also ask every probe with the image withheld (the language prior).")] = True,
-        limit: Annotated[int, typer.Option("--limit", min=0, help="Read at most this many samples (0: all).")] = 1000,
-        chair_images: Annotated[int, typer.Option("--chair-images", min=0, help="CHAIR: describe at most this many images (0: all).")] = 200,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the random negatives and swap partners.")] = 0,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Questions per call to the model.")] = 16,
-        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens of a yes/no answer.")] = 8,
-        describe_tokens: Annotated[int, typer.Option("--describe-tokens", min=1, help="Tokens of a CHAIR description.")] = 96,
+        limit: int = param(E, "limit"),
+        chair_images: int = param(E, "chair_images"),
+        seed: int = param(E, "seed"),
+        batch_size: int = param(E, "batch_size"),
+        max_new_tokens: int = param(E, "max_new_tokens"),
+        describe_tokens: int = param(E, "describe_tokens"),
         questions_only: Annotated[bool, typer.Option(
             "--questions-only", help="No model: write the built-in probes as POPE files into --out DIR/questions/ and stop.")] = False,
-        device: str = DEVICE,
+        device: str = param(E, "device"),
         out: Annotated[str | None, typer.Option(
             "--out", "-o", metavar="DIR", help="Write report.json, report.png, the question files and every answer here.")] = None,
         as_json: bool = JSON,
-        progress: bool = PROGRESS,
+        progress: bool = param(E, "progress"),
     ) -> None:
         _run(tasks, locals())
 

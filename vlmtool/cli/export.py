@@ -1,4 +1,5 @@
-"""`vlmtool export`."""
+"""`vlmtool export`: every option's default and help come from ExportOptions' fields (the instructions
+and --shards are the command's own: run_export's arguments)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import List
 
 import typer
 
-from vlmtool.cli._app import (CPUS_PER_WORKER, EXECUTOR, GPUS_PER_WORKER, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, OUT, PROGRESS,
-                              RAY_ADDRESS, RAY_WORKERS, app, emit, options)
+from vlmtool.cli._app import JSON, OUT, app, emit, options, param
+from vlmtool.export.job import ExportOptions as X
 
 
 @app.command("export")
@@ -18,26 +19,24 @@ def export_cmd(
     shards: List[str] = typer.Option(..., "--shards", "-s", help="The shards holding the images: paths, patterns, globs, "
                                      "folders, or - for a list on stdin (`--shards d/*.tar` takes every file the shell lists).",
                                      metavar="SHARDS"),
-    to: str = typer.Option(..., "--to", "-t", help="llava (JSON list + image folder), hf (datasets Parquet), "
-                           "sharegpt (LLaMA-Factory) or wds (webdataset shards)."),
+    to: str = param(X, "to", default=...),
     out: str = OUT,
-    max_shard_size: str = typer.Option("500MB", "--max-shard-size", help="hf: start a new Parquet file past this size "
-                                       "(like datasets': 500MB, 1GB, 64MiB)."),
-    name: str = typer.Option("vlmtool", "--name", help="sharegpt: the dataset's name in dataset_info.json."),
-    max_pixels: int = MAX_PIXELS,
-    max_image_bytes: int = MAX_IMAGE_BYTES,
-    max_text_bytes: int = MAX_TEXT_BYTES,
+    max_shard_size: str = param(X, "max_shard_size"),
+    name: str = param(X, "name"),
+    max_pixels: int = param(X, "max_pixels"),
+    max_image_bytes: int = param(X, "max_image_bytes"),
+    max_text_bytes: int = param(X, "max_text_bytes"),
     as_json: bool = JSON,
-    progress: bool = PROGRESS,
-    executor: str = EXECUTOR,
-    ray_address: str = RAY_ADDRESS,
-    ray_workers: int = RAY_WORKERS,
-    gpus_per_worker: float = GPUS_PER_WORKER,
-    cpus_per_worker: float = CPUS_PER_WORKER,
+    progress: bool = param(X, "progress"),
+    executor: str = param(X, "executor"),
+    ray_address: str = param(X, "ray_address"),
+    ray_workers: int = param(X, "ray_workers"),
+    gpus_per_worker: float = param(X, "gpus_per_worker"),
+    cpus_per_worker: float = param(X, "cpus_per_worker"),
 ) -> None:
     """Join instruction rows to their images in the shards and write them in a trainer's layout."""
-    from vlmtool.export import ExportOptions, run_export
+    from vlmtool.export import run_export
 
     # click gives an option one value: the shell's other words (`--shards d/*.tar`) arrive as arguments
     params = {k: v for k, v in locals().items() if k not in ("instructions", "shards")}
-    emit(run_export(instructions[0], [*shards, *instructions[1:]], out, options(ExportOptions, params)), as_json)
+    emit(run_export(instructions[0], [*shards, *instructions[1:]], out, options(X, params)), as_json)

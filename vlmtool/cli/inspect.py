@@ -1,4 +1,5 @@
-"""`vlmtool inspect`."""
+"""`vlmtool inspect`: every option's default and help come from InspectOptions' fields (--out is
+the command's own: optional here, unlike the other jobs')."""
 
 from __future__ import annotations
 
@@ -6,30 +7,30 @@ from typing import List, Optional
 
 import typer
 
-from vlmtool.cli._app import (CPUS_PER_WORKER, EXECUTOR, GPUS_PER_WORKER, INPUTS, JSON, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES,
-                              PROGRESS, RAY_ADDRESS, RAY_WORKERS, STRICT, WORKERS, app, emit, options)
+from vlmtool.cli._app import INPUTS, JSON, app, emit, options, param
+from vlmtool.inspect_shards import InspectOptions as N
 
 
 @app.command("inspect")
 def inspect_cmd(
     inputs: List[str] = INPUTS,
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Job folder, for resume and manifest.json (default: a throwaway folder).", metavar="DIR"),
-    workers: int = WORKERS,
-    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Samples per batch handed from the loader workers."),
-    strict: bool = STRICT,
-    max_pixels: int = MAX_PIXELS,
-    max_image_bytes: int = MAX_IMAGE_BYTES,
-    max_text_bytes: int = MAX_TEXT_BYTES,
+    workers: int = param(N, "workers"),
+    batch_size: int = param(N, "batch_size"),
+    strict: bool = param(N, "strict"),
+    max_pixels: int = param(N, "max_pixels"),
+    max_image_bytes: int = param(N, "max_image_bytes"),
+    max_text_bytes: int = param(N, "max_text_bytes"),
     as_json: bool = JSON,
-    progress: bool = PROGRESS,
-    executor: str = EXECUTOR,
-    ray_address: str = RAY_ADDRESS,
-    ray_workers: int = RAY_WORKERS,
-    gpus_per_worker: float = GPUS_PER_WORKER,
-    cpus_per_worker: float = CPUS_PER_WORKER,
+    progress: bool = param(N, "progress"),
+    executor: str = param(N, "executor"),
+    ray_address: str = param(N, "ray_address"),
+    ray_workers: int = param(N, "ray_workers"),
+    gpus_per_worker: float = param(N, "gpus_per_worker"),
+    cpus_per_worker: float = param(N, "cpus_per_worker"),
 ) -> None:
     """Count samples, fields, image sizes, caption lengths and broken samples by reason."""
-    from vlmtool.inspect_shards import InspectOptions, run_inspect
+    from vlmtool.inspect_shards import run_inspect
 
-    opts = options(InspectOptions, locals())
+    opts = options(N, locals())
     emit(run_inspect(inputs, out, opts), as_json)

@@ -1,21 +1,9 @@
-"""`vlmtool train` (every option's default and help from TrainOptions' fields) and `vlmtool infer`."""
+"""`vlmtool train` and `vlmtool infer`: every option's default and help come from TrainOptions' and InferOptions' fields."""
 
 from __future__ import annotations
 
-import typer
-
-from vlmtool.cli._app import (
-    DEVICE,
-    INPUTS,
-    JSON,
-    MAX_PIXELS,
-    OUT,
-    PRECISION,
-    app,
-    emit,
-    options,
-    param,
-)
+from vlmtool.cli._app import INPUTS, JSON, OUT, app, emit, options, param
+from vlmtool.vlm.infer import InferOptions as I
 from vlmtool.vlm.options import TrainOptions as T
 
 
@@ -63,28 +51,26 @@ def train_cmd(
 
 @app.command("infer")
 def infer_cmd(
-    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="A checkpoint folder written by vlmtool train."),
-    image: str | None = typer.Option(None, "--image", help="An image file to ask about."),
-    question: str | None = typer.Option(None, "--question", "-q", help="The question (with --image, or for every sample of --shards)."),
-    questions: str | None = typer.Option(None, "--questions", help="Batch mode: a JSONL file of {\"image\", \"question\"} rows."),
-    shards: list[str] | None = typer.Option(None, "--shards", help="Batch mode: image shards; --question is asked of every sample."),  # noqa: B008
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy decoding; above 0: sampling."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Sampling: nucleus mass."),
-    seed: int = typer.Option(0, "--seed", help="Sampling: seed of the draws."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Questions answered together."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the whole sequence at every step instead of using the KV cache (for checking)."),
-    blind: bool = typer.Option(False, "--blind", help="Withhold the image (the visual tokens) from the model."),
-    max_pixels: int = MAX_PIXELS,
-    allow_tower_change: bool = typer.Option(False, "--allow-tower-change", help="Encode with the checkpoint's tower even if its "
-                                            "weights file changed since the features were made (sha256 differs)."),
-    device: str = DEVICE,
-    precision: str = PRECISION,
-    decode: str = typer.Option("cpu", "--decode", help="cpu: open_clip's transform on the CPU; device: the image (decoded "
-                               "with PIL) is resized, cropped and normalized in torch on the model's device."),
+    checkpoint: str = param(I, "checkpoint"),
+    image: str | None = param(I, "image"),
+    question: str | None = param(I, "question"),
+    questions: str | None = param(I, "questions"),
+    shards: list[str] | None = param(I, "shards"),
+    max_new_tokens: int = param(I, "max_new_tokens"),
+    temperature: float = param(I, "temperature"),
+    top_p: float = param(I, "top_p"),
+    seed: int = param(I, "seed"),
+    batch_size: int = param(I, "batch_size"),
+    no_cache: bool = param(I, "no_cache"),
+    blind: bool = param(I, "blind"),
+    max_pixels: int = param(I, "max_pixels"),
+    allow_tower_change: bool = param(I, "allow_tower_change"),
+    device: str = param(I, "device"),
+    precision: str = param(I, "precision"),
+    decode: str = param(I, "decode"),
     as_json: bool = JSON,
 ) -> None:
     """Answer questions about images with a trained checkpoint (its own vision tower encodes them)."""
-    from vlmtool.vlm.infer import InferOptions, run_infer
+    from vlmtool.vlm.infer import run_infer
 
-    run_infer(options(InferOptions, locals()), as_json)
+    run_infer(options(I, locals()), as_json)

@@ -12,12 +12,12 @@ train_state.pt (optimizer, step) for resume.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtool.clip.model import load_clip
+from vlmtool.clip.options import ClipTrainOptions
 from vlmtool.clip.preprocess import ClipPrep, to_model_input
-from vlmtool.core.job import free, options_dict
+from vlmtool.core.job import options_dict
 from vlmtool.core.runtime import autocast, dist_info, resolve_device, resolve_precision, seed_everything
 from vlmtool.core.shards import atomic_path, expand_inputs, shard_refs, write_json
 from vlmtool.core.train import STATE_FILE, Batcher, Schedule, TrainRun, TrainStream, load_state, save_state, train_run
@@ -46,26 +46,6 @@ def save_model(out: Path, model, loaded, step: int, args: dict) -> None:
         save_file(state, str(tmp), metadata={"step": str(step)})
     write_json(out / "open_clip_config.json", oc)
     write_json(out / "config.json", {"arch": loaded.arch, "model_cfg": cfg, "step": step, "base": loaded.describe(), "args": args})
-
-
-@dataclass(frozen=True)
-class ClipTrainOptions:
-    """`vlmtool clip-train`'s options (see its --help)."""
-
-    model: str = "tiny-clip"
-    pretrained: str | None = None
-    steps: int = free(600)  # more steps continue a finished run
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: int = 50
-    seed: int = 0
-    workers: int = free(1)
-    save_every: int = free(200)
-    time_limit: float | None = free(None)
-    device: str = free("auto")
-    precision: str = free("auto")
-    progress: bool = free(True)
 
 
 def _loader(refs, prep: ClipPrep, opts: ClipTrainOptions, dist, skip: int) -> Batcher:

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlmtool.core.options import DEVICE, PROGRESS, option
 from vlmtool.errors import JobFailed, UsageError
 from vlmtool.evals.answerer import Answerer, Asker, load_answerer
 from vlmtool.evals.chair import read_synonyms
@@ -17,21 +18,25 @@ from vlmtool.evals.tasks import TASKS, EvalContext
 
 @dataclass(frozen=True)
 class EvalOptions:
+    """`vlmtool eval`'s options (see its --help); the subcommand gives the tasks."""
+
     tasks: tuple[str, ...] = tuple(TASKS)
-    settings: tuple[str, ...] = SETTINGS  # built-in POPE settings
-    questions: tuple[str, ...] = ()  # POPE JSONL files instead of built-in probes
-    image_root: str | None = None
-    objects_field: str = "objects"
-    vocabulary: str | None = None  # synonym file (CHAIR, and extra labels for negatives)
-    per_image: int = 3  # POPE: 3 yes + 3 no per image
-    limit: int = 1000  # images read from the inputs (0: all)
-    chair_images: int = 200  # images described for CHAIR (0: all)
-    seed: int = 0
-    batch_size: int = 16
-    max_new_tokens: int = 8  # a yes/no answer
-    describe_tokens: int = 96  # a detail description
-    device: str = "auto"
-    progress: bool = True
+    settings: tuple[str, ...] = option(SETTINGS, "Built-in POPE settings, comma-separated.")
+    questions: tuple[str, ...] = option((), "POPE JSONL file(s) ({question_id, image, text, label}), as published; results under "
+                                        "pope.<file stem>. Repeatable.", flags=("--questions", "-q"), metavar="FILE")
+    image_root: str | None = option(None, "Folder the --questions `image` names are files in.", metavar="DIR")
+    objects_field: str = option("objects", "The JSON field listing each sample's object labels.")
+    vocabulary: str | None = option(None, "Objects and synonyms, `label, synonym, ...` a line (CHAIR's synonyms.txt format).",
+                                    metavar="FILE")  # also extra labels for negatives
+    per_image: int = option(3, "POPE: yes probes (and as many no probes) per image, at most.", min=1)
+    limit: int = option(1000, "Read at most this many samples (0: all).", min=0)
+    chair_images: int = option(200, "CHAIR: describe at most this many images (0: all).", min=0)
+    seed: int = option(0, "Seed of the random negatives and swap partners.")
+    batch_size: int = option(16, "Questions per call to the model.", min=1)
+    max_new_tokens: int = option(8, "Tokens of a yes/no answer.", min=1)
+    describe_tokens: int = option(96, "Tokens of a CHAIR description.", min=1)
+    device: str = DEVICE()
+    progress: bool = PROGRESS()
 
 
 def resolve_answerer(model: str | Answerer, device: str = "auto") -> tuple[Answerer, str | None]:

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtool.core.executors import ExecutorOptions, record_stats, run_records, shard_records, uses_ray
-from vlmtool.core.job import Job, free, log
+from vlmtool.core.job import Job, log
+from vlmtool.core.options import MAX_IMAGE_BYTES, MAX_PIXELS, MAX_TEXT_BYTES, PROGRESS, option
 from vlmtool.core.records import ReadOptions, Reject, tar_records
-from vlmtool.core.samples import DEFAULT_MAX_PIXELS, IMAGE_EXTS, SampleError, decode_image
+from vlmtool.core.samples import IMAGE_EXTS, SampleError, decode_image
 from vlmtool.core.shards import ShardRef, atomic_path, dumps, expand_inputs, read_json, shard_refs, write_json
 from vlmtool.errors import JobFailed, UsageError
 from vlmtool.export.data import FORMATS, parse_size
@@ -40,14 +41,15 @@ MAX_LOGGED_REJECTS = 10_000  # per shard, in its completion record (the counts a
 class ExportOptions(ExecutorOptions):
     """`vlmtool export`'s options (see its --help)."""
 
-    to: str = "llava"
-    instructions: str = ""
-    max_shard_size: str = "500MB"
-    name: str = "vlmtool"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_image_bytes: int = ReadOptions.max_image_bytes
-    max_text_bytes: int = ReadOptions.max_text_bytes
-    progress: bool = free(True)
+    to: str = option("llava", "llava (JSON list + image folder), hf (datasets Parquet), sharegpt (LLaMA-Factory) or wds "
+                     "(webdataset shards).", flags=("--to", "-t"))  # the command requires it
+    instructions: str = ""  # the command's argument, resolved by run_export
+    max_shard_size: str = option("500MB", "hf: start a new Parquet file past this size (like datasets': 500MB, 1GB, 64MiB).")
+    name: str = option("vlmtool", "sharegpt: the dataset's name in dataset_info.json.")
+    max_pixels: int = MAX_PIXELS()
+    max_image_bytes: int = MAX_IMAGE_BYTES()
+    max_text_bytes: int = MAX_TEXT_BYTES()
+    progress: bool = PROGRESS()
 
     def check(self) -> None:
         if self.to not in FORMATS:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import orjson
 
+from vlmtool.core.options import DEVICE, MAX_PIXELS, PRECISION, option
 from vlmtool.core.samples import DEFAULT_MAX_PIXELS
 from vlmtool.errors import UsageError
 
@@ -253,23 +254,25 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
 class InferOptions:
     """`vlmtool infer`'s options (see its --help)."""
 
-    checkpoint: str
-    image: str | None = None
-    question: str | None = None
-    questions: str | None = None
-    shards: list[str] | None = None
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 8
-    no_cache: bool = False
-    blind: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    allow_tower_change: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    decode: str = "cpu"
+    checkpoint: str = option(MISSING, "A checkpoint folder written by vlmtool train.", flags=("--checkpoint", "-c"))
+    image: str | None = option(None, "An image file to ask about.")
+    question: str | None = option(None, "The question (with --image, or for every sample of --shards).", flags=("--question", "-q"))
+    questions: str | None = option(None, "Batch mode: a JSONL file of {\"image\", \"question\"} rows.")
+    shards: list[str] | None = option(None, "Batch mode: image shards; --question is asked of every sample.")
+    max_new_tokens: int = option(64, "Longest answer, in tokens.", min=1)
+    temperature: float = option(0.0, "0: greedy decoding; above 0: sampling.", min=0.0)
+    top_p: float = option(1.0, "Sampling: nucleus mass.", min=0.0, max=1.0)
+    seed: int = option(0, "Sampling: seed of the draws.")
+    batch_size: int = option(8, "Questions answered together.", flags=("--batch-size", "-b"), min=1)
+    no_cache: bool = option(False, "Recompute the whole sequence at every step instead of using the KV cache (for checking).")
+    blind: bool = option(False, "Withhold the image (the visual tokens) from the model.")
+    max_pixels: int = MAX_PIXELS()
+    allow_tower_change: bool = option(False, "Encode with the checkpoint's tower even if its weights file changed since the "
+                                      "features were made (sha256 differs).")
+    device: str = DEVICE()
+    precision: str = PRECISION()
+    decode: str = option("cpu", "cpu: open_clip's transform on the CPU; device: the image (decoded with PIL) is resized, cropped "
+                         "and normalized in torch on the model's device.")
 
 
 def _jobs(opts: InferOptions) -> Iterator[dict]:
