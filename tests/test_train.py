@@ -76,15 +76,30 @@ def test_stage1_trains_only_the_connector_and_stage2_the_lm(data, tmp_path):
     assert (tmp_path / "s2" / "loss.png").stat().st_size > 0
 
 
-def test_a_stopped_run_resumes_to_the_same_weights(data, tmp_path):
+class _Clock:
+    """A clock that moves 5 s a reading: the training time a run records is then a count of
+    readings, the same on any machine under any load."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 5.0
+        return self.now
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
+    import vlmtool.vlm.train as vlm_train
+
     feats, ins = data
     opts = {"stage": 2, "instructions": str(ins), "steps": 6, "text_mix": 0.3, "save_every": 100}
     run_train([str(feats)], str(tmp_path / "straight"), tiny_opts(**opts))
+    monkeypatch.setattr(vlm_train, "time", _Clock())  # the clock train_seconds is read from (start, then each save)
     first = run_train([str(feats)], str(tmp_path / "stopped"), tiny_opts(**opts, stop_at=3))
     assert first["steps"] == 3 and not first["complete"]
-    assert json.loads((tmp_path / "stopped" / "checkpoint.json").read_text())["extra"]["train_seconds"] > 0  # recorded
-    # the earlier runs' time is carried in the training state: set it to a known figure, so that
-    # what the resumed run adds is checked without comparing two elapsed times
+    assert json.loads((tmp_path / "stopped" / "checkpoint.json").read_text())["extra"]["train_seconds"] == 5.0  # one save
+    # the earlier runs' time is carried in the training state: set it to a known figure, and the
+    # resumed run adds its own (one save, 5 s of this clock) to it
     state_path = tmp_path / "stopped" / "train_state.pt"
     state = torch.load(state_path, weights_only=True)
     torch.save({**state, "train_seconds": 1000.0}, state_path)
@@ -93,7 +108,7 @@ def test_a_stopped_run_resumes_to_the_same_weights(data, tmp_path):
     # the training time eval's cost table reports counts both runs
     from vlmtool.evals.cost import model_cost
 
-    assert model_cost(tmp_path / "stopped")["train_seconds"] >= 1000.0  # the resumed run adds to what was carried
+    assert model_cost(tmp_path / "stopped")["train_seconds"] == 1005.0
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     steps = [r for r in (tmp_path / "stopped" / "train_log.jsonl").read_text().splitlines() if '"loss"' in r]
