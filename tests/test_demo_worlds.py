@@ -3,6 +3,9 @@ reported on a third (and the CLIP learns on a fourth), whatever --seed is."""
 
 import hashlib
 
+import pytest
+from conftest import run_cli
+
 
 
 def _pixel_hashes(folder) -> set[str]:
@@ -43,3 +46,23 @@ def test_the_four_worlds_share_no_image_across_seeds(tmp_path):
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert not hashes[a] & hashes[b], (a, b)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12_345, 89_999])
+def test_every_allowed_seed_keeps_the_four_world_seeds_apart(seed):
+    from vlmtool.demo import DemoOptions, world_seeds
+
+    seeds = world_seeds(DemoOptions(seed=seed))
+    assert len(set(seeds.values())) == 4 and max(seeds["train"], seeds["clip"]) < min(seeds["dev"], seeds["test"])
+
+
+@pytest.mark.parametrize("seed", [-1, 90_000, 10**9])
+def test_a_seed_that_would_reach_the_dev_or_test_world_is_refused_before_writing(seed, tmp_path):
+    from vlmtool.demo import DemoOptions, run_demo
+    from vlmtool.errors import UsageError
+
+    with pytest.raises(UsageError, match="--seed must be 0 to 89,999"):
+        run_demo(str(tmp_path / "demo"), DemoOptions(seed=seed))
+    assert not (tmp_path / "demo").exists()
+    p = run_cli("demo", "--out", tmp_path / "cli", "--seed", seed, check=False)
+    assert p.returncode == 2 and not (tmp_path / "cli").exists()

@@ -33,7 +33,7 @@ class DemoOptions:
     dev: int = option(200, "Size of the dev world (written for tuning: the only world a choice may be tuned on).", min=16)
     clip_samples: int = 2000  # the clean world the CLIP trains on (its captions name the objects alone)
     seed: int = option(0, "Seed of the train and clip worlds and of every training run (the dev and test worlds are the same "
-                       "for every seed).")
+                       "for every seed).", min=0, max=89_999)
     kind: str = option("scenes", "The worlds' objects: scenes (16 kinds in 4 scene types) or shapes (the 6 shapes).")
     clip_model: str = "tiny-rn-clip"
     clip_steps: int = option(1200, "Steps of CLIP training (the vision tower).", min=1)
@@ -55,11 +55,18 @@ def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr)
 
 
-# The dev and test worlds' seeds: far from any --seed's train and clip worlds (seed*10 + 0 or 1).
+# The dev and test worlds' seeds: above any --seed's train and clip worlds (seed*10 + 0 or 1, so
+# --seed stops at 89,999: 90,000 would put the clip world on the dev world).
 DEV_SEED, TEST_SEED = 900_001, 900_002
+MAX_SEED = (DEV_SEED - 2) // 10
 
 
 def world_seeds(opts: DemoOptions) -> dict[str, int]:
+    if not 0 <= opts.seed <= MAX_SEED:
+        from vlmtool.errors import UsageError
+
+        raise UsageError(f"--seed must be 0 to {MAX_SEED:,}: the train and clip worlds (10 x seed, +1) stay below "
+                         f"the dev and test worlds' seeds ({DEV_SEED:,}, {TEST_SEED:,})")
     return {"train": opts.seed * 10, "clip": opts.seed * 10 + 1, "dev": DEV_SEED, "test": TEST_SEED}
 
 
@@ -69,9 +76,10 @@ def run_demo(out: str, opts: DemoOptions = DemoOptions()) -> dict:
     from vlmtool.core.shards import write_json
 
     t0 = time.perf_counter()
+    seeds = world_seeds(opts)  # a --seed out of range is refused before anything is written
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
-    write_json(out_p / "demo.json", {"options": asdict(opts), "worlds": world_seeds(opts)})  # what bench/ablation.py reads
+    write_json(out_p / "demo.json", {"options": asdict(opts), "worlds": seeds})  # what bench/ablation.py reads
     steps: dict[str, dict] = {}
     world_dir, test_dir = _worlds(out_p, opts, steps)
     model_dir = _clip(out_p, opts, steps)
