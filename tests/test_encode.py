@@ -365,7 +365,16 @@ def test_sigkill_mid_shard_then_rerun_gives_the_same_bytes(tiny_tower, mixed_wor
     def partial():  # an output shard open under its temporary name: the job is inside a shard
         return list((job / "shards").glob(".*.tmp")) if (job / "shards").exists() else []
 
-    while not (len(list((job / "_done").glob("*.json"))) >= 2 and partial()) and time.time() < deadline:
+    def mid_shard():
+        return len(list((job / "_done").glob("*.json"))) >= 2 and partial()
+
+    while time.time() < deadline:  # stop the job, look, and kill it only if it is frozen inside a shard
+        if mid_shard():
+            os.killpg(proc.pid, signal.SIGSTOP)
+            time.sleep(0.2)  # a rename in flight completes before the job stops
+            if mid_shard():
+                break
+            os.killpg(proc.pid, signal.SIGCONT)  # the shard closed between the look and the stop: go on
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
