@@ -7,7 +7,6 @@ import pytest
 from conftest import run_cli
 
 
-
 def _pixel_hashes(folder) -> set[str]:
     """sha256 of each sample's decoded pixels (the same picture re-encoded is the same image)."""
     import io

@@ -24,6 +24,12 @@ from pathlib import Path
 from vlmtool.core.options import PROGRESS, option
 
 
+# The dev and test worlds' seeds: above any --seed's train and clip worlds (seed*10 + 0 or 1, so
+# --seed stops at 89,999: 90,000 would put the clip world on the dev world).
+DEV_SEED, TEST_SEED = 900_001, 900_002
+MAX_SEED = (DEV_SEED - 2) // 10
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """The demo's sizes: small enough for 2 CPU cores, large enough for the figures to mean something."""
@@ -33,7 +39,7 @@ class DemoOptions:
     dev: int = option(200, "Size of the dev world (written for tuning: the only world a choice may be tuned on).", min=16)
     clip_samples: int = 2000  # the clean world the CLIP trains on (its captions name the objects alone)
     seed: int = option(0, "Seed of the train and clip worlds and of every training run (the dev and test worlds are the same "
-                       "for every seed).", min=0, max=89_999)
+                       "for every seed).", min=0, max=MAX_SEED)
     kind: str = option("scenes", "The worlds' objects: scenes (16 kinds in 4 scene types) or shapes (the 6 shapes).")
     clip_model: str = "tiny-rn-clip"
     clip_steps: int = option(1200, "Steps of CLIP training (the vision tower).", min=1)
@@ -53,12 +59,6 @@ class DemoOptions:
 
 def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr)
-
-
-# The dev and test worlds' seeds: above any --seed's train and clip worlds (seed*10 + 0 or 1, so
-# --seed stops at 89,999: 90,000 would put the clip world on the dev world).
-DEV_SEED, TEST_SEED = 900_001, 900_002
-MAX_SEED = (DEV_SEED - 2) // 10
 
 
 def world_seeds(opts: DemoOptions) -> dict[str, int]:
