@@ -64,6 +64,29 @@ def test_shifted_targets_give_the_loss_of_aligned_labels(model, tok):
     assert int(new.n_label_tokens) == sum(sum(lab != IGNORE for lab in it["labels"][1:]) for it in its)
 
 
+@pytest.mark.parametrize("packed", [0, 64])
+def test_the_head_on_label_tokens_only_gives_the_full_loss_and_gradients(tok, packed):
+    """forward(logits=False), as the trainer calls it: the head runs on the label positions alone
+    (no logits for the prompt, the image slots or the padding), with the loss and every gradient
+    of the full [B, T, V] logits."""
+    torch.manual_seed(0)
+    m, _ = new_model(tiny_config(connector="mlp", d_vision=D_V), tok)
+    batch = collate_items(items(tok), tok.pad_id, pack=packed)
+    assert (batch["targets"] == IGNORE).float().mean() > 0.3  # most positions are no label: the head skips them
+    losses, grads, ns = [], [], []
+    for logits in (True, False):
+        m.zero_grad()
+        out = m(**batch, logits=logits)
+        out.loss.backward()
+        assert (out.logits is None) == (not logits)
+        losses.append(float(out.loss.detach()))
+        ns.append(int(out.n_label_tokens))
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
+    assert ns[0] == ns[1] == int((batch["targets"] != IGNORE).sum())
+    assert abs(losses[0] - losses[1]) < 1e-5  # the same terms, summed in another order
+    assert grads[0].shape == grads[1].shape and torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
 def test_packed_rows_give_the_unpacked_loss_and_gradients(tok):
     torch.manual_seed(0)
     m, _ = new_model(tiny_config(connector="mlp", d_vision=D_V), tok)
@@ -110,9 +133,12 @@ def test_pack_rows_is_first_fit_decreasing_and_pure():
     lengths = [69, 120, 40, 90, 30, 60, 10, 128, 200]
     rows = pack_rows(lengths, 128)
     assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in r) <= 128 or len(r) == 1 for r in rows)
+    assert all(sum(lengths[i] for i in r) <= 200 for r in rows)  # the longest item sets the rows' length
     assert rows == pack_rows(list(lengths), 128)
-    assert [8] in rows  # longer than a row: alone
+    assert [8] in rows  # the longest item fills its row alone
+    assert len(rows) == 4 and len(pack_rows(lengths[:-1], 128)) == 5  # rows fill to 200 when the batch is 200 wide
+    short = pack_rows(lengths[:-1], 128)
+    assert all(sum(lengths[i] for i in r) <= 128 for r in short)
 
 
 # ---------------------------------------------------------------------------------- the trainer

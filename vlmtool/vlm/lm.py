@@ -175,7 +175,15 @@ class BundledLM(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None, use_cache: bool = False,
                 block_hook: BlockHook | None = None) -> tuple[torch.Tensor, KVCache | None]:
-        """inputs_embeds [B, T, D] -> (logits [B, T, V], cache).
+        """inputs_embeds [B, T, D] -> (logits [B, T, V], cache); `hidden` says what the arguments mean."""
+        h, cache = self.hidden(inputs_embeds, attention_mask, position_ids, cache, use_cache, block_hook)
+        return self.head(h), cache  # [B, T, V]
+
+    def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None, cache: KVCache | None = None, use_cache: bool = False,
+               block_hook: BlockHook | None = None) -> tuple[torch.Tensor, KVCache | None]:
+        """inputs_embeds [B, T, D] -> (the final norm's output [B, T, D], which `head` turns into
+        the logits, cache): a caller that needs some positions' logits only applies the head to those.
 
         attention_mask [B, T_past + T] marks real tokens (1) and padding (0), or is a ready bool
         mask [B, 1, T, T_past + T] (True: may attend; packed rows' `segment_mask`); position_ids
@@ -202,7 +210,7 @@ class BundledLM(nn.Module):
             h = block(h, cos, sin, mask, cache, i)  # [B, T, D]
             if block_hook is not None:
                 h = block_hook(i, h)
-        return self.head(self.norm(h)), cache  # [B, T, V]
+        return self.norm(h), cache  # [B, T, D]
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -48,7 +48,7 @@ class Accumulator:
             sync = self.ddp.no_sync() if self.use_dist and i < len(parts) - 1 else nullcontext()
             with sync:
                 with autocast(self.dev, self.dtype):
-                    out = self.ddp(**batch)
+                    out = self.ddp(**batch, logits=False)  # the head on the label tokens only
                 scale = (n * self.world / total.clamp(min=1)).to(self.dev)  # this part's share of the global label tokens
                 summed = summed + out.loss.detach().float() * n.to(self.dev)
                 (out.loss * scale).backward()

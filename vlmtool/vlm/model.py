@@ -31,7 +31,7 @@ STAGES = {0: "language-model pretraining", 1: "alignment (connector only)", 2: "
 
 @dataclass
 class VLMOutput:
-    logits: torch.Tensor  # [B, T, V]
+    logits: torch.Tensor | None  # [B, T, V] (None: forward(logits=False))
     loss: torch.Tensor | None  # mean cross-entropy over the label tokens (0 when there are none; None without labels)
     n_label_tokens: torch.Tensor | int  # how many tokens the loss averages over (0-dim tensor; for weighting across ranks)
 
@@ -111,14 +111,19 @@ class VLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, visual: torch.Tensor | None = None,
                 visual_mask: torch.Tensor | None = None, pixels: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> VLMOutput:
+                targets: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None, logits: bool = True) -> VLMOutput:
         """input_ids [B, T]; labels [B, T] aligned with input_ids (-100 = not trained on; shifted
         here) or targets [B, T] already shifted (`shift_labels`: targets[:, t] is the token
         predicted at t; what `collate_items` makes); attention_mask [B, T] (1 real, 0 pad; not
         needed with right padding); segment_ids [B, T] for packed rows (1, 2, ... per sample,
         0 padding): positions restart at each sample and no token attends across samples;
         visual [B, T_v, D_v] + visual_mask [B, T_v] (mlp, xattn) or pixels [B, C, H, W] (native)
-        -> VLMOutput(logits [B, T, V], loss, n_label_tokens)."""
+        -> VLMOutput(logits [B, T, V], loss, n_label_tokens).
+
+        logits=False (training, with labels or targets): the bundled LM's head runs on the label
+        positions only and VLMOutput.logits is None. The loss is the same; the head's matmul
+        shrinks to the label tokens (no prompt, image or padding positions), which at vocab 4096
+        is a large part of a small LM's step. An hf LM computes every position's logits."""
         x = self.embed_inputs(input_ids, visual, visual_mask, pixels)  # [B, T, D_lm]
         if segment_ids is not None:
             from vlmtool.vlm.lm import segment_mask
@@ -126,15 +131,22 @@ class VLM(nn.Module):
             mask, pos = segment_mask(segment_ids), segment_positions(segment_ids)  # [B, 1, T, T], [B, T]
         else:
             mask, pos = attention_mask, positions(attention_mask) if attention_mask is not None else None
-        logits, _ = self.lm(x, attention_mask=mask, position_ids=pos, block_hook=self._hook(visual, visual_mask))
         if targets is None and labels is not None:
             targets = shift_labels(labels)
+        hook = self._hook(visual, visual_mask)
+        if targets is not None and not logits and hasattr(self.lm, "hidden"):
+            h, _ = self.lm.hidden(x, attention_mask=mask, position_ids=pos, block_hook=hook)  # [B, T, D]
+            keep = targets != IGNORE  # [B, T]
+            n = keep.sum()
+            total = F.cross_entropy(self.lm.head(h[keep]), targets[keep], reduction="sum")  # head on [N, D] only
+            return VLMOutput(None, total / n.clamp(min=1), n)
+        out, _ = self.lm(x, attention_mask=mask, position_ids=pos, block_hook=hook)
         if targets is None:
-            return VLMOutput(logits, None, 0)
+            return VLMOutput(out, None, 0)
         n = (targets != IGNORE).sum()  # a tensor: no device sync here
         # a view of the logits, not a copy: the targets are shifted instead (nanoVLM's layout)
-        total = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
-        return VLMOutput(logits, total / n.clamp(min=1), n)
+        total = F.cross_entropy(out.view(-1, out.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+        return VLMOutput(out, total / n.clamp(min=1), n)
 
     def freeze(self, stage: int) -> None:
         """Set requires_grad for a curriculum stage: 0 LM only (connector unused), 1 connector
