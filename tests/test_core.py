@@ -228,3 +228,30 @@ def test_threads_follow_what_the_process_is_given(tmp_path):
                           "tiny-clip", "--out", str(tmp_path / "e"), "--json", "--no-progress", "--workers", "0"],
                          env={**env, "VLMTOOL_THREADS": "1"}, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["threads"]["count"] == 1
+
+
+def test_train_loop_reports_the_loaders_start_apart_from_the_steps(monkeypatch):
+    """The wait for the first batch (loader workers, shards, the shuffle buffer) is reported as
+    `startup`, inside `seconds`, so that a short run's rate can be told from its steady rate.
+    A fake clock: the first batch takes 5 units, every later batch 1, every step 2."""
+    import vlmtool.core.train as ct
+
+    clock = [0.0]
+    monkeypatch.setattr(ct.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def next_batch():
+        clock[0] += 5.0 if not calls else 1.0
+        calls.append(1)
+        return len(calls)
+
+    def train_step(batch, lr, step):
+        clock[0] += 2.0
+        return {"loss": 1.0 / batch}
+
+    res = ct.train_loop(step=0, steps=4, next_batch=next_batch, train_step=train_step, schedule=ct.Schedule(1e-3, 4),
+                        save=lambda step: None, save_every=100, is_main=True, log_path=None, progress=False, batch_size=8)
+    assert res.startup == 5.0 and res.seconds == 5.0 + 2 + 3 * (1 + 2) and res.samples == 32
+    resumed = ct.train_loop(step=2, steps=4, next_batch=next_batch, train_step=train_step, schedule=ct.Schedule(1e-3, 4),
+                            save=lambda step: None, save_every=100, is_main=True, log_path=None, progress=False, batch_size=8)
+    assert resumed.startup == 1.0 and resumed.samples == 16  # a resumed run's first batch is its start

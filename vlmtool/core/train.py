@@ -255,6 +255,7 @@ class LoopResult:
     stopped_early: bool
     seconds: float
     samples: int
+    startup: float = 0.0  # seconds until the first batch arrived (the loader's start: workers, shards, shuffle buffer)
 
 
 def train_loop(*, step: int, steps: int, next_batch: Callable[[], Any], train_step: Callable[[Any, float, int], dict],
@@ -272,9 +273,12 @@ def train_loop(*, step: int, steps: int, next_batch: Callable[[], Any], train_st
     log = open(log_path, "ab") if (is_main and log_path is not None) else None
     stopped_early = False
     done = 0
+    startup = 0.0
     try:
         while step < steps:
             batch = next_batch()
+            if not done:
+                startup = time.perf_counter() - t0
             lr = schedule.at(step)
             metrics = train_step(batch, lr, step)
             step += 1
@@ -297,7 +301,7 @@ def train_loop(*, step: int, steps: int, next_batch: Callable[[], Any], train_st
         bar.close()
         if log is not None:
             log.close()
-    return LoopResult(step, losses, stopped_early, time.perf_counter() - t0, done * batch_size)
+    return LoopResult(step, losses, stopped_early, time.perf_counter() - t0, done * batch_size, startup)
 
 
 def trim_log(log_path: Path, step: int) -> None:
@@ -388,7 +392,8 @@ class TrainRun:
         return {**self.job.header(), "complete": res.step >= self.opts.steps, "steps": res.step, "target_steps": self.opts.steps,
                 "stopped_early": res.stopped_early, "loss_first": round(losses[0], 4) if losses else None,
                 "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4) if losses else None,
-                "epochs_seen": batches.epochs, "rejected": batches.rejected, "seconds": round(res.seconds, 2)}
+                "epochs_seen": batches.epochs, "rejected": batches.rejected, "seconds": round(res.seconds, 2),
+                "startup_seconds": round(res.startup, 2)}
 
     def plot(self, title: str, ylabel: str) -> Path | None:
         """loss.png from the train log on the main rank, when matplotlib is there (the plot extra):

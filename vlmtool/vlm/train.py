@@ -277,7 +277,7 @@ def val_loss(model, items: list[dict], pad_id: int, dev, max_len: int, batch_siz
     with torch.no_grad():
         for i in range(0, len(items), batch_size):
             batch = {k: v.to(dev) for k, v in collate_items(items[i : i + batch_size], pad_id, max_len).items()}
-            out = model(**batch)
+            out = model(**batch, logits=False)
             total += float(out.loss) * int(out.n_label_tokens)
             n += int(out.n_label_tokens)
     model.train()
@@ -433,4 +433,7 @@ def _summary(stage: Stage, prep: Prep, res, batches) -> dict:
         run.plot(f"vlmtool train stage {opts.stage}: {run.out.name}", "cross-entropy (assistant tokens)")
     return {**run.summary(res, batches), "stage": opts.stage, "connector": model.config.connector, "lm": model.config.lm,
             "lr": opts.peak_lr, **plan.counts, "val_samples": len(plan.val_keys), **vals,
-            "samples_per_s": round(res.samples / res.seconds, 2) if res.seconds > 0 else None, "checkpoint": str(run.out)}
+            "samples_per_s": round(res.samples / res.seconds, 2) if res.seconds > 0 else None,
+            # the rate once the loader has started (the first batch's wait is a fixed cost, not throughput)
+            "samples_per_s_after_startup": round(res.samples / (res.seconds - res.startup), 2) if res.seconds > res.startup else None,
+            "checkpoint": str(run.out)}
