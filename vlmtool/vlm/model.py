@@ -137,15 +137,15 @@ class VLM(nn.Module):
         if targets is not None and not logits and hasattr(self.lm, "hidden"):
             h, _ = self.lm.hidden(x, attention_mask=mask, position_ids=pos, block_hook=hook)  # [B, T, D]
             keep = targets != IGNORE  # [B, T]
-            n = keep.sum()
-            total = F.cross_entropy(self.lm.head(h[keep]), targets[keep], reduction="sum")  # head on [N, D] only
-            return VLMOutput(None, total / n.clamp(min=1), n)
-        out, _ = self.lm(x, attention_mask=mask, position_ids=pos, block_hook=hook)
-        if targets is None:
-            return VLMOutput(out, None, 0)
+            out, scores, wanted = None, self.lm.head(h[keep]), targets[keep]  # the head on [N, D] only
+        else:
+            out, _ = self.lm(x, attention_mask=mask, position_ids=pos, block_hook=hook)  # [B, T, V]
+            if targets is None:
+                return VLMOutput(out, None, 0)
+            # a view of the logits, not a copy: the targets are shifted instead (nanoVLM's layout)
+            scores, wanted = out.view(-1, out.shape[-1]), targets.reshape(-1)
         n = (targets != IGNORE).sum()  # a tensor: no device sync here
-        # a view of the logits, not a copy: the targets are shifted instead (nanoVLM's layout)
-        total = F.cross_entropy(out.view(-1, out.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+        total = F.cross_entropy(scores, wanted, ignore_index=IGNORE, reduction="sum")
         return VLMOutput(out, total / n.clamp(min=1), n)
 
     def freeze(self, stage: int) -> None:
