@@ -71,6 +71,16 @@ def test_forward_with_visual_slots_gives_a_loss_and_cached_generation_matches(ll
         assert all(len(t) == 10 for t in cached)
 
 
+def test_the_hf_lm_keeps_the_last_logits_as_transformers_does(llama):
+    model, tok = make(llama, "mlp")
+    ids = torch.tensor([tok.encode_chat(CHAT, n_visual=0).input_ids])
+    with torch.no_grad():
+        full, _ = model.lm(model.lm.embed(ids))
+        last, cache = model.lm(model.lm.embed(ids), use_cache=True, logits_to_keep=1)
+    assert model.lm._keep_arg == "logits_to_keep" and cache is not None
+    assert last.shape == (1, 1, full.shape[-1]) and torch.allclose(last, full[:, -1:], atol=1e-5)
+
+
 def test_xattn_at_init_leaves_the_hf_lm_exactly_unchanged(llama):
     model, tok = make(llama, "xattn")
     ids = torch.tensor([tok.encode_chat(CHAT, n_visual=0).input_ids])

@@ -90,6 +90,27 @@ def test_kv_cache_generation_returns_the_same_tokens_as_without(tok, connector, 
         assert alone[0] == cached[0]
 
 
+def test_logits_to_keep_is_the_tail_of_the_full_logits_and_generation_asks_for_one(tok, monkeypatch):
+    model = make(tok).eval()
+    ids = torch.tensor([tok.encode_chat([("What colour is the cube left of the ball?", None)]).input_ids])
+    with torch.no_grad():
+        full, _ = model.lm(model.lm.embed(ids))
+        last, _ = model.lm(model.lm.embed(ids), logits_to_keep=1)
+        two, _ = model.lm(model.lm.embed(ids), logits_to_keep=2)
+    assert last.shape == (1, 1, full.shape[-1]) and torch.allclose(last, full[:, -1:], atol=1e-6)
+    assert torch.allclose(two, full[:, -2:], atol=1e-6)
+    shapes, forward = [], model.lm.forward
+
+    def watched(*a, **k):
+        out = forward(*a, **k)
+        shapes.append(tuple(out[0].shape))
+        return out
+
+    monkeypatch.setattr(model.lm, "forward", watched)
+    model.generate(ids, max_new_tokens=3)
+    assert shapes and all(s[1] == 1 for s in shapes), shapes  # the prompt's prefill made one position's logits, not T
+
+
 def test_generation_stops_at_a_stop_token_and_seeds_repeat(tok):
     model = make(tok).eval()
     ids = torch.tensor([tok.encode_chat([("Hi", None)]).input_ids])

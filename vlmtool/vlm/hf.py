@@ -49,7 +49,10 @@ class HFCausalLM(nn.Module):
         self.max_seq = getattr(c, "max_position_embeddings", None) or 1 << 20
         self._hook = None
         # transformers 5 renamed the forward's `past_key_values` to `cache`
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # transformers >= 4.50 names it logits_to_keep, 4.45-4.49 num_logits_to_keep; a model with neither is sliced after
+        self._keep_arg = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None)
         layers = self._decoder_layers()
         self.supports_block_hooks = layers is not None
         for i, layer in enumerate(layers or []):
@@ -85,18 +88,21 @@ class HFCausalLM(nn.Module):
         return self.model.get_input_embeddings()(ids)
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False,
-                block_hook=None):
-        """inputs_embeds [B, T, D] -> (logits [B, T, V], cache: transformers' past_key_values)."""
+                block_hook=None, logits_to_keep: int = 0):
+        """inputs_embeds [B, T, D] -> (logits [B, T, V], or of the last `logits_to_keep` positions
+        when it is not 0; cache: transformers' past_key_values)."""
         self._hook = block_hook
+        keep = {self._keep_arg: logits_to_keep} if logits_to_keep and self._keep_arg else {}
         try:
             out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=use_cache, **{self._cache_arg: cache})
+                             use_cache=use_cache, **{self._cache_arg: cache}, **keep)
         finally:
             self._hook = None
+        logits = out.logits[:, -logits_to_keep:] if logits_to_keep else out.logits
         if not use_cache:
-            return out.logits, None
+            return logits, None
         new = getattr(out, "cache", None)
-        return out.logits, new if new is not None else out.past_key_values
+        return logits, new if new is not None else out.past_key_values
 
 
 def load_hf_lm(source: str | Path, weights: bool = True) -> HFCausalLM:

@@ -7,7 +7,8 @@ block i (so Flamingo's gated cross-attention can sit between blocks without the 
 
 Every LM the VLM drives (this one, or a transformers model wrapped by `vlm.hf`) has the same call:
 `lm(inputs_embeds, attention_mask=None, position_ids=None, cache=None, use_cache=False,
-block_hook=None) -> (logits, cache)` plus `embed(ids)`, `d_model`, `vocab_size`, `n_layers`.
+block_hook=None, logits_to_keep=0) -> (logits, cache)` plus `embed(ids)`, `d_model`, `vocab_size`,
+`n_layers`; `logits_to_keep=1` (generation) runs the head on the last position only.
 """
 
 from __future__ import annotations
@@ -174,10 +175,11 @@ class BundledLM(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None, use_cache: bool = False,
-                block_hook: BlockHook | None = None) -> tuple[torch.Tensor, KVCache | None]:
-        """inputs_embeds [B, T, D] -> (logits [B, T, V], cache); `hidden` says what the arguments mean."""
+                block_hook: BlockHook | None = None, logits_to_keep: int = 0) -> tuple[torch.Tensor, KVCache | None]:
+        """inputs_embeds [B, T, D] -> (logits [B, T, V], or of the last `logits_to_keep` positions
+        when it is not 0, as transformers' argument; cache); `hidden` says what the others mean."""
         h, cache = self.hidden(inputs_embeds, attention_mask, position_ids, cache, use_cache, block_hook)
-        return self.head(h), cache  # [B, T, V]
+        return self.head(h[:, -logits_to_keep:] if logits_to_keep else h), cache  # [B, T or logits_to_keep, V]
 
     def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                position_ids: torch.Tensor | None = None, cache: KVCache | None = None, use_cache: bool = False,

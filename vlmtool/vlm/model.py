@@ -209,10 +209,11 @@ class VLM(nn.Module):
         stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=dev)
         out, done, cache, step_x, step_pos = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool, device=dev), None, x, pos
         for _ in range(max(max_new_tokens, 0)):
-            if use_cache:
-                logits, cache = self.lm(step_x, attention_mask=mask, position_ids=step_pos, cache=cache, use_cache=True, block_hook=hook)
+            if use_cache:  # the head on the last position only: the prompt's other logits are never read
+                logits, cache = self.lm(step_x, attention_mask=mask, position_ids=step_pos, cache=cache, use_cache=True,
+                                        block_hook=hook, logits_to_keep=1)
             else:
-                logits, _ = self.lm(x, attention_mask=mask, position_ids=pos, block_hook=hook)
+                logits, _ = self.lm(x, attention_mask=mask, position_ids=pos, block_hook=hook, logits_to_keep=1)
             last = logits[:, -1].clone()  # [B, V]; placeholders are never generated
             last[:, [i for i in (self.config.image_token_id, self.config.image_newline_id) if i < last.shape[-1]]] = float("-inf")
             nxt = pick_token(last, temperature, top_p, gen)  # [B]
