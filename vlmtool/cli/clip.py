@@ -23,6 +23,7 @@ def clip_train_cmd(
     weight_decay: float = param(C, "weight_decay"),
     warmup: int = param(C, "warmup"),
     workers: int = param(C, "workers"),
+    cache_mb: int = param(C, "cache_mb"),
     save_every: int = param(C, "save_every"),
     time_limit: Optional[float] = param(C, "time_limit"),
     seed: int = param(C, "seed"),

@@ -22,6 +22,9 @@ class ClipTrainOptions:
     warmup: int = option(50, "Steps of linear learning-rate warmup.", min=0)
     seed: int = option(0, "Seed of initialisation and data order.")
     workers: int = WORKERS(1)
+    cache_mb: int = option(1024, "Keep up to this many MiB of prepared images (on each rank, shared by its loader workers) in memory after "
+                           "their first epoch, so later epochs skip decoding and resizing them; the same batches and "
+                           "weights (0: decode every epoch).", min=0, free=True)
     save_every: int = option(200, "Save the model and the training state every N steps (and at the end).", min=1, free=True)
     time_limit: float | None = option(None, "Stop (and save) after this many seconds.", min=1.0, free=True)
     device: str = DEVICE()

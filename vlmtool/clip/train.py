@@ -51,7 +51,9 @@ def save_model(out: Path, model, loaded, step: int, args: dict) -> None:
 def _loader(refs, prep: ClipPrep, opts: ClipTrainOptions, dist, skip: int) -> Batcher:
     from vlmtool.core.batches import loader
 
-    stream = TrainStream(refs, lambda s: prep.prepare(s), opts.seed, dist.rank, dist.world_size)
+    stream = TrainStream(refs, lambda s: prep.prepare(s), opts.seed, dist.rank, dist.world_size,
+                         cache_bytes=(opts.cache_mb << 20) // max(1, opts.workers),  # the rank's budget, shared by its workers
+                         item_bytes=lambda it: it[0].nbytes + len(it[1]))  # (uint8 pixels, caption)
     items = iter(loader(stream, opts.workers, prefetch=8, shards=len(refs[dist.rank :: dist.world_size])))
     return Batcher(items, opts.batch_size, skip=skip)
 

@@ -32,6 +32,7 @@ from vlmtool.core.shards import ShardRef, atomic_path, dumps
 from vlmtool.errors import UsageError
 
 STATE_FILE = "train_state.pt"
+REJECT_BYTES = 256  # what a cached Reject is counted as (its names and reason)
 LOG_FILE = "train_log.jsonl"
 
 
@@ -49,12 +50,23 @@ class TrainStream:
     rank's shards by worker id; each worker owns whole shards). Each epoch reshuffles the shard
     order; a buffer of `buffer` items shuffles samples. Yields `prepare(sample)` results,
     Rejects, and an EpochEnd after every pass. `read_shard(ref)` overrides how a shard becomes
-    items (default: the core record stream, then `prepare`)."""
+    items (default: the core record stream, then `prepare`).
+
+    `cache_bytes` > 0 keeps each shard's items (`item_bytes(item)` each, a Reject counted as
+    REJECT_BYTES) in memory after the shard's first whole pass, while they fit in that many
+    bytes in all: later epochs yield them again without reading or preparing the shard. The
+    stream is the same item for item, so training gives the same weights; a shard that does not
+    fit is read again each epoch. The items are shared between epochs: consumers must not
+    change them in place."""
 
     def __init__(self, shards: list[ShardRef], prepare: Callable, seed: int, rank: int, world: int, buffer: int = 1000,
-                 read: ReadOptions = ReadOptions(), read_shard: Callable[[ShardRef], Iterator] | None = None):
+                 read: ReadOptions = ReadOptions(), read_shard: Callable[[ShardRef], Iterator] | None = None,
+                 cache_bytes: int = 0, item_bytes: Callable[[Any], int] | None = None):
         self.shards, self.prepare, self.seed, self.rank, self.world = shards, prepare, seed, rank, world
         self.buffer, self.read, self.read_shard = buffer, read, read_shard
+        self.cache_bytes, self.item_bytes = cache_bytes, item_bytes
+        self.cache: dict[str, list] = {}  # ShardRef.url -> its items, in order (per worker process: each owns whole shards)
+        self.cached_bytes = 0
 
     def _items(self, ref: ShardRef) -> Iterator:
         if self.read_shard is not None:
@@ -69,6 +81,26 @@ class TrainStream:
             except SampleError as e:
                 yield Reject(ref.name, s.key, e.reason, e.detail)
 
+    def _cached(self, ref: ShardRef) -> Iterator:
+        """The shard's items: from the cache, or read (and kept when the whole shard fits)."""
+        hit = self.cache.get(ref.url)
+        if hit is not None:
+            yield from hit
+            return
+        kept: list | None = [] if self.cache_bytes > 0 and self.item_bytes is not None else None
+        size = 0
+        for item in self._items(ref):
+            if kept is not None:
+                size += REJECT_BYTES if isinstance(item, Reject) else self.item_bytes(item)
+                if self.cached_bytes + size > self.cache_bytes:
+                    kept = None  # over the budget: this shard streams, now and later
+                else:
+                    kept.append(item)
+            yield item
+        if kept is not None:  # read to its end (a consumer that stopped early never gets here)
+            self.cache[ref.url] = kept
+            self.cached_bytes += size
+
     def __iter__(self):
         wid, nw = loader_worker()
         rng = random.Random(hash((self.seed, self.rank, wid)))
@@ -82,7 +114,7 @@ class TrainStream:
             if not mine:  # more workers than this rank's shards: the others carry on
                 return
             for ref in mine:
-                for item in self._items(ref):
+                for item in self._cached(ref):
                     if isinstance(item, Reject):
                         yield item
                         continue
