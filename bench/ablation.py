@@ -108,6 +108,8 @@ def main() -> None:
         sys.exit(f"{demo}: not a finished demo folder (no stage2): run `vlmtool demo -o {demo}` first")
     saved = json.loads((demo / "demo.json").read_text())["options"] if (demo / "demo.json").exists() else {}
     known = {f.name for f in fields(DemoOptions)}
+    if saved and "tune_batch" not in saved:  # a demo folder from before stage 2 had its own batch took --batch-size's
+        saved["tune_batch"] = saved.get("batch_size", 32)
     opts = DemoOptions(**{**{k: v for k, v in saved.items() if k in known}, "progress": False})  # the demo's own recipe
     out, steps = demo / "ablation", {}
     out.mkdir(exist_ok=True)

@@ -9,7 +9,7 @@ def test_the_whole_pipeline_runs_reports_and_resumes(tmp_path):
     from vlmtool.demo import DemoOptions, run_demo
 
     opts = DemoOptions(samples=64, test=16, dev=16, clip_samples=128, clip_steps=3, clip_batch=32, lm_steps=2, align_steps=2,
-                       tune_steps=3, d_model=32, n_layers=1, batch_size=4, progress=False)
+                       tune_steps=3, tune_batch=4, d_model=32, n_layers=1, batch_size=4, progress=False)
     out = run_demo(str(tmp_path / "demo"), opts)
     for setting in ("random", "popular", "adversarial"):
         for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):

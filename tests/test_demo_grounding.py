@@ -15,7 +15,7 @@ import sys
 import pytest
 
 REDUCED = dict(samples=800, test=120, dev=16, clip_samples=1000, clip_steps=400, clip_batch=64, lm_steps=100, align_steps=50,
-               tune_steps=900, d_model=128, n_layers=4, batch_size=32, progress=False)
+               tune_steps=900, tune_batch=32, d_model=128, n_layers=4, batch_size=32, progress=False)
 # Measured on this reduced demo (seed 0, one torch thread, in its own process, 2-core Intel Xeon;
 # docs/benchmarks.md): POPE accuracy over blind by 0.14-0.18 (default AVX-512 kernels) and 0.17-0.35
 # (ATEN_CPU_CAPABILITY=avx2), swap both_correct 0.34 and 0.42; after grouped-query attention moved

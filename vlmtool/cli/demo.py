@@ -18,6 +18,7 @@ def demo_cmd(
     kind: str = param(D, "kind"),
     clip_steps: int = param(D, "clip_steps"),
     tune_steps: int = param(D, "tune_steps"),
+    tune_batch: int = param(D, "tune_batch"),
     as_json: bool = JSON,
     progress: bool = param(D, "progress"),
 ) -> None:
