@@ -108,7 +108,7 @@ def main() -> None:
         sys.exit(f"{demo}: not a finished demo folder (no stage2): run `vlmtool demo -o {demo}` first")
     saved = json.loads((demo / "demo.json").read_text())["options"] if (demo / "demo.json").exists() else {}
     known = {f.name for f in fields(DemoOptions)}
-    if saved and "tune_batch" not in saved:  # a demo folder from before stage 2 had its own batch took --batch-size's
+    if saved and "tune_batch" not in saved:  # a demo from before --tune-batch: its stage 2 took stages 0 and 1's batch
         saved["tune_batch"] = saved.get("batch_size", 32)
     opts = DemoOptions(**{**{k: v for k, v in saved.items() if k in known}, "progress": False})  # the demo's own recipe
     out, steps = demo / "ablation", {}
