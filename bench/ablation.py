@@ -109,7 +109,7 @@ def main() -> None:
     saved = json.loads((demo / "demo.json").read_text())["options"] if (demo / "demo.json").exists() else {}
     known = {f.name for f in fields(DemoOptions)}
     if saved and "tune_batch" not in saved:  # a demo from before --tune-batch: its stage 2 took stages 0 and 1's batch
-        saved["tune_batch"] = saved.get("batch_size", 32)
+        saved["tune_batch"] = saved.get("batch_size", DemoOptions.batch_size)
     opts = DemoOptions(**{**{k: v for k, v in saved.items() if k in known}, "progress": False})  # the demo's own recipe
     out, steps = demo / "ablation", {}
     out.mkdir(exist_ok=True)
