@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 
@@ -17,14 +16,9 @@ def world(root: str, samples: int, sizes: str, shard_size: int = 1000, **kw) -> 
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from vlmtool.core.runtime import cpu_model
+
+    cpu = cpu_model()
     gpu = ""
     try:
         import torch

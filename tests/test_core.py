@@ -255,3 +255,25 @@ def test_train_loop_reports_the_loaders_start_apart_from_the_steps(monkeypatch):
     resumed = ct.train_loop(step=2, steps=4, next_batch=next_batch, train_step=train_step, schedule=ct.Schedule(1e-3, 4),
                             save=lambda step: None, save_every=100, is_main=True, log_path=None, progress=False, batch_size=8)
     assert resumed.startup == 1.0 and resumed.samples == 16  # a resumed run's first batch is its start
+
+
+def test_the_float_path_names_the_cpu_the_kernels_and_the_threads(tmp_path):
+    """What a learned figure depends on beyond its seed: forcing other kernels (ATEN_CPU_CAPABILITY)
+    or threads in a fresh process shows in float_path(), and the CPU's name comes from cpuinfo."""
+    import json
+    import subprocess
+    import sys
+
+    from vlmtool.core.runtime import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2\n")
+    assert cpu_model(str(info)) == "AMD EPYC 7B13"
+    assert cpu_model(str(tmp_path / "missing"))  # no cpuinfo: what platform says, never empty
+    code = "import json; from vlmtool.core.runtime import float_path; print(json.dumps(float_path()))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "VLMTOOL_THREADS", "ATEN_CPU_CAPABILITY")}
+    forced = json.loads(subprocess.run([sys.executable, "-c", "import torch; torch.set_num_threads(1); " + code],
+                                       env={**env, "ATEN_CPU_CAPABILITY": "default"}, capture_output=True, text=True, check=True).stdout)
+    assert forced["kernels"] == "DEFAULT" and forced["threads"] == 1 and forced["torch"] and forced["cpu"]
+    native = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert native["cpu"] == cpu_model() and native["threads"] >= 1

@@ -18,6 +18,7 @@ def test_the_whole_pipeline_runs_reports_and_resumes(tmp_path):
     assert 0.0 <= out["swap"]["both_correct"] <= 1.0 and out["swap"]["pairs"] > 0
     assert out["worlds"]["test"]["seed"] == 900_002 and out["worlds"]["train"]["seed"] == 0
     assert set(out["negatives_overlap"]) == {"random~popular", "random~adversarial", "popular~adversarial"}
+    assert out["float_path"]["kernels"] and out["float_path"]["threads"] >= 1  # which float path the figures came from
     assert {"chair_i", "chair_s"} <= set(out["chair"])
     assert (tmp_path / "demo" / "stage2").is_dir() and out["checkpoint"] == str(tmp_path / "demo" / "stage2")
     steps = out["steps"]

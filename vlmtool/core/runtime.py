@@ -172,6 +172,33 @@ def idle_cpus(cpus: set[int] | None = None, window: float = 0.25) -> float | Non
     return idle
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name ("model name" in /proc/cpuinfo; elsewhere what platform says)."""
+    import platform
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def float_path() -> dict:
+    """What decides a CPU run's floating-point results beyond its seed: the CPU, the kernels torch
+    dispatches to (its CPU capability: AVX-512 where the CPU has it, else AVX2, or what
+    ATEN_CPU_CAPABILITY forces), the torch threads and torch's version. Two runs of one seed agree
+    bit for bit only where these agree, and a small model need not learn the same thing on two: the
+    demo's seed 1 scored POPE F1 0.84-0.93 on a 2-core Intel Xeon (AVX-512) and 0.47-0.49 on a 2-core
+    AMD EPYC (AVX2 only) (docs/benchmarks.md)."""
+    import torch
+
+    return {"cpu": cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
 def threads_chosen() -> dict | None:
     """The torch threads this process chose and why ({"count", "reason"}), once chosen."""
     if _THREADS.get("threads") is None:
