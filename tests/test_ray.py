@@ -60,27 +60,17 @@ def totals(folder: Path) -> dict:
     return {k: v for k, v in t.items() if not (isinstance(v, str) and str(folder) in v)}
 
 
-def same_record(x, y) -> bool:
-    """Equal, but for floats within 1e-6: a score is a float32 dot product, and a process that
-    splits the matmul over another number of threads may round its last bit otherwise (seen on a
-    2-core AMD EPYC, 6e-8 apart, where an Intel Xeon gave the same bytes)."""
-    if isinstance(x, float) and isinstance(y, float):
-        return abs(x - y) <= 1e-6
-    if isinstance(x, dict) and isinstance(y, dict):
-        return x.keys() == y.keys() and all(same_record(x[k], y[k]) for k in x)
-    if isinstance(x, list) and isinstance(y, list):
-        return len(x) == len(y) and all(same_record(u, v) for u, v in zip(x, y))
-    return x == y
-
-
 def same_bytes(name: str, x: bytes, y: bytes) -> bool:
-    """A file's bytes equal; a JSONL file's records equal as same_record says (scores to 1e-6)."""
+    """A file's bytes equal; a JSONL file's records equal but for floats within 1e-6: a score is a
+    float32 dot product, and a process that splits the matmul over another number of threads may
+    round its last bit otherwise (seen on a 2-core AMD EPYC, 6e-8 apart, where an Intel Xeon gave
+    the same bytes)."""
     if x == y:
         return True
     if not name.endswith(".jsonl"):
         return False
     xs, ys = x.splitlines(), y.splitlines()
-    return len(xs) == len(ys) and all(same_record(orjson.loads(u), orjson.loads(v)) for u, v in zip(xs, ys))
+    return len(xs) == len(ys) and all(orjson.loads(u) == pytest.approx(orjson.loads(v), abs=1e-6) for u, v in zip(xs, ys))
 
 
 def same_job(a: Path, b: Path) -> None:
