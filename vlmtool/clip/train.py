@@ -48,12 +48,29 @@ def save_model(out: Path, model, loaded, step: int, args: dict) -> None:
     write_json(out / "config.json", {"arch": loaded.arch, "model_cfg": cfg, "step": step, "base": loaded.describe(), "args": args})
 
 
+def _prepare(prep: ClipPrep, s):
+    """A sample -> (uint8 pixels [S, S, 3], the caption's token ids [context_length]). Tokenized once
+    a sample, so the stream's cache keeps the ids beside the pixels and later passes skip open_clip's
+    tokenizer (pure Python: 10-18 ms for 64 captions, of a 150-ms step on 2 cores)."""
+    px, caption = prep.prepare(s)
+    return px, prep.tokenizer([caption])[0].numpy()
+
+
+def _collate(items: list):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack([it[0] for it in items])), torch.from_numpy(np.stack([it[1] for it in items]))
+
+
 def _loader(refs, prep: ClipPrep, opts: ClipTrainOptions, dist, skip: int) -> Batcher:
+    from functools import partial
+
     from vlmtool.core.batches import loader
 
-    stream = TrainStream(refs, lambda s: prep.prepare(s), opts.seed, dist.rank, dist.world_size,
+    stream = TrainStream(refs, partial(_prepare, prep), opts.seed, dist.rank, dist.world_size,
                          cache_bytes=(opts.cache_mb << 20) // max(1, opts.workers),  # the rank's budget, shared by its workers
-                         item_bytes=lambda it: it[0].nbytes + len(it[1]))  # (uint8 pixels, caption)
+                         item_bytes=lambda it: it[0].nbytes + it[1].nbytes)  # (uint8 pixels, token ids)
     items = iter(loader(stream, opts.workers, prefetch=8, shards=len(refs[dist.rank :: dist.world_size])))
     return Batcher(items, opts.batch_size, skip=skip)
 
@@ -81,7 +98,11 @@ def _train(run: TrainRun, loaded, refs) -> dict:
     opts, dev, dist, net = run.opts, run.dev, run.dist, loaded.model
     net.train()
     dtype = resolve_precision(opts.precision, dev)
-    opt = torch.optim.AdamW(_param_groups(net, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
+    # one fused kernel for the update rather than a chain of foreach ops: the text tower's token
+    # table (49,408 x width) is most of a small CLIP's weights, and on a 2-core CPU the foreach
+    # update of tiny-rn-clip's 4.6 M weights took 26-36 ms a step against 4-6 ms fused
+    opt = torch.optim.AdamW(_param_groups(net, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98), eps=1e-6,
+                            fused=dev.type in ("cpu", "cuda") or None)
     run.resume(opt)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and dev.type == "cuda")
     ddp = torch.nn.parallel.DistributedDataParallel(net) if run.use_dist else net
@@ -90,7 +111,7 @@ def _train(run: TrainRun, loaded, refs) -> dict:
     batches = _loader(refs, prep, opts, dist, run.consumed)
 
     def train_step(items, lr, _step):
-        images, tokens = prep.collate(items)
+        images, tokens = _collate(items)
         x = to_model_input(images, loaded.preprocess, dev)
         for g in opt.param_groups:
             g["lr"] = lr

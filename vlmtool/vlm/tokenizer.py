@@ -99,7 +99,7 @@ class ChatTokenizer:
         if spans:
             _check_prefix(full, text)
         ids, offsets = self._tokenize(text)
-        labels = [t if any(s <= o[0] < e for s, e in spans) else IGNORE for t, o in zip(ids, offsets)]
+        labels = _labels(ids, offsets, spans)
         return self._expand_image(ids, labels, n_visual, sorted(set(newline_after)))
 
     def _expand_image(self, ids, labels, n_visual, newline_after) -> ChatEncoding:
@@ -121,6 +121,20 @@ class ChatTokenizer:
                 slots.append(self.newline_id)
         return ChatEncoding(ids[:p] + slots + ids[p + 1:], labels[:p] + [IGNORE] * len(slots) + labels[p + 1:],
                             vis_pos, nl_pos)
+
+
+def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Each token's id where its first character lies inside an assistant span (start <= offset <
+    end), else IGNORE. The spans come in text order and do not overlap: a binary search a token
+    (a scan of every span for every token cost a third of a stage-2 item's preparation)."""
+    from bisect import bisect_right
+
+    starts = [s for s, _ in spans]
+    out = []
+    for t, (o, _) in zip(ids, offsets):
+        j = bisect_right(starts, o) - 1
+        out.append(t if j >= 0 and o < spans[j][1] else IGNORE)
+    return out
 
 
 def _check_prefix(head: str, text: str) -> None:
