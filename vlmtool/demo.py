@@ -51,14 +51,14 @@ class DemoOptions:
     layer: int = -1  # the tower block whose tokens the LM reads
     lm_steps: int = 100  # stage 0
     align_steps: int = 100  # stage 1
-    # 3,200 steps of 16 rather than 1,600 of 32: the same conversations, twice the updates. On the dev
-    # world the six seed x float-path runs' F1 spread from 0.79-0.92 to 0.86-0.91 (four runs up, the
-    # two best down); 2,400 steps of 32 was better still, at 1.5x the time; a higher lr and a larger
-    # train world were worse (docs/benchmarks.md)
-    tune_steps: int = option(3200, "Steps of stage-2 instruction tuning.", min=1)
+    # 4,000 steps of 16: more updates raised the worst runs each time they were tried (dev world:
+    # 1,600 of 32 -> 3,200 of 16 on a 2-core Intel Xeon; 3,200 -> 4,000 of 16 on a 2-core AMD EPYC,
+    # where seeds 1 and 2 went from dev F1 0.79-0.82 and 0.85-0.87 to 0.90-0.91 and 0.89-0.90); a
+    # higher lr and a larger train world were worse (docs/benchmarks.md)
+    tune_steps: int = option(4000, "Steps of stage-2 instruction tuning.", min=1)
     tune_batch: int = option(16, "Conversations in each stage-2 step (stages 0 and 1 take 32 samples a step).", min=1)
     tune_lr: float = 1e-3
-    pack: int = 128  # stage 2 packs conversations into rows of this many tokens (0: one a row, padded)
+    pack: int = 128  # every stage packs its items into rows of this many tokens (0: one a row, padded)
     d_model: int = 128
     n_layers: int = 4
     batch_size: int = 32
@@ -225,18 +225,22 @@ def stage_plan(out_p: Path, instructions: Path, opts: DemoOptions, connector: st
     """The demo's three training stages as (stage, folder, TrainOptions fields, what): the bundled
     LM pretrained on the text, the connector aligned on captions, then instruction tuning on synth's
     data with the LM unfrozen. bench/ablation.py reuses it for the other connectors and data."""
+    # workers=0: the items are prepared in the training process between steps. On 2 cores a loader
+    # process competes with the two torch threads, and stage 2 waited 20 ms a step on it, where
+    # preparing a step's 16 items takes 7 ms (docs/benchmarks.md)
     common = dict(batch_size=opts.batch_size, d_model=opts.d_model, n_layers=opts.n_layers, n_heads=4, vocab_size=2048,
-                  max_seq=512, workers=1, progress=opts.progress, connector=connector, seed=opts.seed)
+                  max_seq=512, workers=0, progress=opts.progress, connector=connector, seed=opts.seed)
     from vlmtool.vlm.connectors import CONNECTORS
 
     s0, s1, s2 = stage0 or out_p / f"{prefix}0", out_p / f"{prefix}1", out_p / f"{prefix}2"
     pack = opts.pack if CONNECTORS[connector].packs else 0  # a connector that cannot pack trains one conversation a row
-    stages = [(1, s1, dict(steps=opts.align_steps, init=str(s0)), "alignment: only the connector trains, on captions"),
+    stages = [(1, s1, dict(steps=opts.align_steps, init=str(s0), pack=pack), "alignment: only the connector trains, on captions"),
               (2, s2, dict(steps=opts.tune_steps, init=str(s1), instructions=str(instructions), lr=opts.tune_lr, text_mix=0.1,
                            pack=pack, batch_size=opts.tune_batch),
                "instruction tuning on synth's data, the LM unfrozen")]
-    if stage0 is None:
-        stages.insert(0, (0, s0, dict(steps=opts.lm_steps, instructions=str(instructions)), "language-model pretraining on the text"))
+    if stage0 is None:  # text only: packs with any connector (the same loss as padded rows, at half the time)
+        stages.insert(0, (0, s0, dict(steps=opts.lm_steps, instructions=str(instructions), pack=opts.pack),
+                          "language-model pretraining on the text"))
     return [(stage, folder, {**common, **kw, "save_every": kw["steps"]}, what) for stage, folder, kw, what in stages]
 
 
