@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,14 +131,27 @@ def describe_objects(objects: list[dict] | None) -> str:
     return "; ".join(object_name(o) + (f" at {o['bbox']}" if o["bbox"] is not None else "") for o in objects)
 
 
-def absent_object(key: str, present: list[str], candidates: list[str], mode: str, tables: ObjectTables) -> str | None:
+def absent_object(key: str, present: list[str], candidates: list[str], mode: str, tables: ObjectTables,
+                  surplus: Mapping[str, int] | None = None) -> str | None:
     """An object the image does not hold, chosen as POPE does (Li et al. 2023, "Evaluating Object
     Hallucination in Large Vision-Language Models", section 3.2): random, popular (the most
     frequent in the data), or adversarial (the one that co-occurs most often with an object
-    that is there). Deterministic in the sample key."""
+    that is there). Deterministic in the sample key.
+
+    With `surplus` (each object's yes answers minus its no answers asked so far), the choice
+    balances them: within the mode's kind (adversarial: a present object's top partner;
+    popular: the more popular half of the absent objects; random: any) the object whose yeses
+    lead most. Popular negatives drawn alone would teach "a frequent object: no", a prior a
+    blind model reads off POPE's popular setting."""
     absent = [v for v in candidates if v not in set(present)]
     if not absent:
         return None
+
+    def pick(cands: list[str], salt: str) -> str:
+        if surplus is None:
+            return cands[int(unit(key, salt) * len(cands))]
+        return max(cands, key=lambda c: (surplus.get(c, 0), unit(key, salt, c)))
+
     if mode == "adversarial":
         partners = set()
         for p in present:
@@ -146,8 +160,10 @@ def absent_object(key: str, present: list[str], candidates: list[str], mode: str
             if seen:
                 partners.add(min(seen, key=lambda x: (-row[x], x)))
         if partners:
-            cands = sorted(partners)
-            return cands[int(unit(key, "adv") * len(cands))]
+            return pick(sorted(partners), "adv")
     if mode in ("popular", "adversarial") and any(tables.popularity.get(v, 0) for v in absent):
-        return max(absent, key=lambda v: (tables.popularity.get(v, 0), v))
-    return absent[int(unit(key, "neg") * len(absent))]
+        if surplus is None:
+            return max(absent, key=lambda v: (tables.popularity.get(v, 0), v))
+        ranked = sorted(absent, key=lambda v: (-tables.popularity.get(v, 0), v))
+        return pick(ranked[:(len(ranked) + 1) // 2], "pop")
+    return pick(absent, "neg")

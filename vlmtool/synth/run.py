@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from vlmtool.core.job import redact
@@ -23,7 +23,7 @@ from vlmtool.synth.objects import (
 )
 from vlmtool.synth.options import NEGATIVE_MODES, SynthOptions
 from vlmtool.synth.tasks import Request, article, presence_probes, probe_question, request_key, tasks_for
-from vlmtool.synth.teachers import Result
+from vlmtool.synth.teachers import Result, presence_answers
 from vlmtool.synth.validate import Rejected, mentioned, normalize, validate
 
 
@@ -46,10 +46,11 @@ class Plan:
         self.vocabulary = sorted(set(self.tables.vocabulary) | set(self.file_vocabulary or []))
 
     def negative(self, s: Sample, present: list[str] | None, salt: str = "", mode: str | None = None,
-                 exclude: tuple[str, ...] = ()) -> tuple[str | None, str | None]:
+                 exclude: tuple[str, ...] = (), surplus: Counter | None = None) -> tuple[str | None, str | None]:
         """(the object a negative question asks about, None) or (None, why none is asked). A
         `salt` draws another one for the same sample (a conversation's balancing probe); `mode`
-        overrides --negatives; `exclude` are objects already asked about."""
+        overrides --negatives; `exclude` are objects already asked about; `surplus` (each
+        object's yeses minus noes so far in the shard, with --balance) steers the draw."""
         if present is None and not self.file_vocabulary:
             return None, "no_object_metadata"  # nothing says what is absent: asking would guess
         candidates = self.file_vocabulary or self.tables.vocabulary
@@ -57,20 +58,22 @@ class Plan:
             named = mentioned(s.caption or "", candidates)
             candidates = [c for c in candidates if c not in named]
         candidates = [c for c in candidates if c not in exclude]
-        absent = absent_object(s.key + salt, present or [], candidates, mode or self.opts.negatives, self.tables)
+        absent = absent_object(s.key + salt, present or [], candidates, mode or self.opts.negatives, self.tables, surplus)
         return (absent, None) if absent else (None, "no_absent_object")
 
-    def probe_absents(self, s: Sample, present: list[str] | None, other: bool = False) -> tuple[str, ...]:
+    def probe_absents(self, s: Sample, present: list[str] | None, other: tuple[str, ...] | None = None,
+                      surplus: Counter | None = None) -> tuple[str, ...]:
         """A conversation's absent objects, one per POPE setting: --negatives' choice first (the
         conversation's `absent`), then the other settings' choices, each a different object.
-        `other`: the probes task's, chosen past the conversation's where enough objects are absent."""
-        taken = self.probe_absents(s, present) if other else ()
+        `other` (the conversation's): the probes task's, chosen past those where enough objects
+        are absent."""
+        taken = other or ()
         out: list[str] = []
         for mode in (self.opts.negatives, *(m for m in NEGATIVE_MODES if m != self.opts.negatives)):
-            salt = ":conversation" + ("" if not out else f":{mode}") + (":probes" if other else "")
-            absent, _ = self.negative(s, present, salt=salt, mode=mode, exclude=(*taken, *out))
-            if absent is None and other:  # few objects absent: the conversation's may be asked again
-                absent, _ = self.negative(s, present, salt=salt, mode=mode, exclude=tuple(out))
+            salt = ":conversation" + ("" if not out else f":{mode}") + (":probes" if other is not None else "")
+            absent, _ = self.negative(s, present, salt=salt, mode=mode, exclude=(*taken, *out), surplus=surplus)
+            if absent is None and other is not None:  # few objects absent: the conversation's may be asked again
+                absent, _ = self.negative(s, present, salt=salt, mode=mode, exclude=tuple(out), surplus=surplus)
             if absent:
                 out.append(absent)
         return tuple(out)
@@ -127,7 +130,7 @@ class Seen:
 
 def new_state() -> dict:
     return {"samples": 0, "rejected": Counter(), "rejects": [], "skipped": 0, "outstanding": 0, "produced": False,
-            "results": Counter(), "negatives_skipped": Counter(), "t0": time.perf_counter()}
+            "results": Counter(), "negatives_skipped": Counter(), "surplus": defaultdict(Counter), "t0": time.perf_counter()}
 
 
 class Run:
@@ -173,32 +176,51 @@ class Run:
         present = [o["label"] for o in objects] if objects is not None else None
         img_tokens = self._image_tokens(s)
         system = self.plan.prompts["system"]
+        # --balance: each task's yes answers minus its no answers about each object so far in this
+        # shard (counted as requests are made, in the shard's order: a rerun draws the same objects)
+        surplus = state["surplus"] if self.opts.balance else None
+
+        def tally(task: str) -> Counter | None:
+            return None if surplus is None else surplus[task]
+
+        conversation: list[tuple[str, ...]] = []  # the conversation's absent objects, drawn once
+
+        def conversation_absents() -> tuple[str, ...]:
+            if not conversation:
+                conversation.append(self.plan.probe_absents(s, present, surplus=tally("conversation")))
+            return conversation[0]
+
         for task in tasks_for(s.key, self.plan.weights, self.opts.per_sample):
             question = absent = None
             absents: tuple[str, ...] = ()
             if task == "negative":
-                absent, why = self.plan.negative(s, present)
+                absent, why = self.plan.negative(s, present, surplus=tally("negative"))
                 if absent is None:
                     state["negatives_skipped"][why] += 1
                     continue
                 question = f"Is there {article(absent)} in the image?"
             elif task == "probes":
-                absents = self.plan.probe_absents(s, present, other=True) if present else ()
+                absents = self.plan.probe_absents(s, present, other=conversation_absents(),
+                                                  surplus=tally("probes")) if present else ()
                 if not absents:
                     state["negatives_skipped"]["no_object_metadata" if present is None else "no_absent_object"] += 1
                     continue
                 absent = absents[0]
                 question = "\n".join(probe_question(o) for o, _ in presence_probes(present, absents, first=True))
             elif task == "conversation" and getattr(self.teacher, "balances_probes", False):
-                absents = self.plan.probe_absents(s, present)  # its noes to the conversation's yeses
+                absents = conversation_absents()  # its noes to the conversation's yeses
                 absent = absents[0] if absents else None
             prompt = self.plan.prompts[task].format(caption=s.caption, objects=describe_objects(objects), question=question or "")
             key = request_key(s.key, ref.url, task, system + "\n" + prompt, self.teacher.name, self.teacher.model)
+            req = Request(key, s.key, ref.name, ref.url, task, prompt, system, s.image_bytes, s.image_ext, s.caption,
+                          objects, s.width, s.height, question, absent, img_tokens, absents)
+            if surplus is not None:
+                for label, yes in presence_answers(self.teacher, req):
+                    surplus[task][label] += 1 if yes else -1
             if self.seen.status.get(key) in ("ok", "rejected"):
                 state["skipped"] += 1
                 continue
-            yield (order, Request(key, s.key, ref.name, ref.url, task, prompt, system, s.image_bytes, s.image_ext, s.caption,
-                                  objects, s.width, s.height, question, absent, img_tokens, absents), present)
+            yield (order, req, present)
 
     async def run(self, shards: list[ShardRef]) -> None:
         queue: asyncio.Queue = asyncio.Queue(maxsize=self.opts.concurrency * 2)

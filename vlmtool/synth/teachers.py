@@ -116,6 +116,14 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
+def presence_answers(teacher, req: Request) -> list[tuple[str, bool]]:
+    """The (object, answer is yes) presence questions a request's pair will hold, as far as the
+    job knows before sending it: all of the captions teacher's, another teacher's negative."""
+    if hasattr(teacher, "presence"):
+        return teacher.presence(req)
+    return [(req.absent, False)] if req.task == "negative" and req.absent else []
+
+
 class CaptionsTeacher:
     """Pairs written from the caption and the ground-truth objects (no model, no network).
     It reads only the request's checked objects (labels, colours, four-number boxes) and the
@@ -131,6 +139,16 @@ class CaptionsTeacher:
 
     async def generate(self, req: Request) -> Result:
         return Result(turns=self.turns(req), finish_reason="stop")
+
+    @staticmethod
+    def presence(req: Request) -> list[tuple[str, bool]]:
+        """The (object, answer is yes) presence questions `turns(req)` asks."""
+        labels = [o["label"] for o in req.objects or [] if o["bbox"] is not None]
+        if req.task == "negative":
+            return [(req.absent, False), *((label, True) for label in labels[:1])]
+        if not labels or req.task not in ("probes", "conversation"):
+            return []
+        return presence_probes(labels, req.absents or ((req.absent,) if req.absent else ()), first=req.task == "probes")
 
     def turns(self, req: Request) -> list[dict]:
         objs = [o for o in req.objects or [] if o["bbox"] is not None]
