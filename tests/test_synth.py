@@ -652,7 +652,7 @@ def _presence_leads(out):
 
 def test_balance_asks_about_each_object_as_often_yes_as_no_and_a_rerun_draws_the_same(tmp_path):
     """POPE's popular negatives drawn alone teach "a frequent object: no", a prior a blind model
-    reads off POPE's popular setting. --balance (the default) draws each negative, within its
+    reads off POPE's popular setting. --balance draws each negative, within its
     kind, where that object's yeses lead most, per task and shard: no object's yes and no
     answers differ by more than a few. A rerun after a crash replays the draws (the counts are
     made in the shard's order), so it writes the same pairs."""

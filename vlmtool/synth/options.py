@@ -31,8 +31,9 @@ class SynthOptions(ExecutorOptions):
     per_sample: int = option(1, "With task weights: how many tasks each sample gets.", min=1)
     format: str = option("llava", "llava (conversations with from human/gpt) or messages (chat messages).")
     negatives: str = option("adversarial", "Absent objects to ask about (POPE): adversarial (co-occurring in the data), popular, random.")
-    balance: bool = option(True, "Balance each object's yes and no answers (within a shard): negatives are drawn, within "
-                           "--negatives' kind, where that object's yeses lead most, so the question alone tells nothing.",
+    balance: bool = option(False, "Balance each object's yes and no answers (within a shard): negatives are drawn, within "
+                           "--negatives' kind, where that object's yeses lead most, so the question alone tells nothing "
+                           "(default: POPE's draw, which asks most about frequent objects).",
                            flags=("--balance/--no-balance",))
     objects_field: str = option("objects", "The json field listing a sample's objects (labels, or dicts with "
                                 "name/label/shape/category and bbox).")
