@@ -124,7 +124,7 @@ def change_curve(path: str | Path, size: int = 64, max_rate: float = 8.0, thresh
                 continue
             last_t = t
             h = max(1, round(size * frame.height / max(frame.width, 1)))
-            small = frame.reformat(width=size, height=h, format="gray").to_ndarray().astype(np.float32)
+            small = frame.reformat(width=size, height=h, format="gray", threads=1).to_ndarray().astype(np.float32)  # as decode_frames
             change.append(0.0 if prev is None else float((np.abs(small - prev) > threshold).mean()))
             times.append(t)
             prev = small

@@ -191,7 +191,9 @@ def decode_frames(path: str, times: list[float], cap: int = MAX_FRAMES) -> list[
                     break
             if last is None:
                 raise ValueError(f"no frame decodes at or before {t:.3f}s")
-            out.append((float(last.time or 0.0), last.to_image().convert("RGB")))
+            # threads=1: swscale's slice threads (its default, one per CPU) hung a DataLoader
+            # worker forked from a threaded parent, waiting on threads the fork does not copy
+            out.append((float(last.time or 0.0), last.to_image(threads=1).convert("RGB")))
     return out
 
 
