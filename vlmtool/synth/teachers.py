@@ -142,7 +142,8 @@ class CaptionsTeacher:
 
     @staticmethod
     def presence(req: Request) -> list[tuple[str, bool]]:
-        """The (object, answer is yes) presence questions `turns(req)` asks."""
+        """The (object, answer is yes) presence questions `turns(req)` asks: what it writes and
+        what --balance counts come from here."""
         labels = [o["label"] for o in req.objects or [] if o["bbox"] is not None]
         if req.task == "negative":
             return [(req.absent, False), *((label, True) for label in labels[:1])]
@@ -166,31 +167,31 @@ class CaptionsTeacher:
             question = "Describe the image in detail." if req.task == "detail" else "What does the image show?"
             return [{"question": question, "answer": _sentence(caption)}]
         if req.task == "probes":
-            return self.short_probes(objs, req.absents)
+            return self.short_probes(self.presence(req))
         if req.task == "conversation":
-            return self._conversation(objs, names, listing, req.absents or ((req.absent,) if req.absent else ()))
+            return self._conversation(objs, names, listing, self.presence(req))
         if req.task == "detail":
             return self._detail(objs, names, listing, req.width, req.height)
         return self._reasoning(objs, names)
 
     @staticmethod
-    def probes(objs: list[dict], absents: tuple[str, ...]) -> list[dict]:
-        """The conversation's presence probes (tasks.presence_probes), answered from the truth."""
+    def probes(asked: list[tuple[str, bool]]) -> list[dict]:
+        """The conversation's presence probes (`presence`), answered from the truth."""
         return [{"question": probe_question(label),
                  "answer": f"Yes, there is {article(label)} in the image." if yes else f"No, there is no {label} in the image."}
-                for label, yes in presence_probes([o["label"] for o in objs], absents)]
+                for label, yes in asked]
 
     @staticmethod
-    def short_probes(objs: list[dict], absents: tuple[str, ...]) -> list[dict]:
+    def short_probes(asked: list[tuple[str, bool]]) -> list[dict]:
         """The probes task: other objects than the conversation's, answered in a word, as
         LLaVA-1.5's short-answer data does (and POPE's parser reads)."""
         return [{"question": probe_question(label), "answer": "Yes." if yes else "No."}
-                for label, yes in presence_probes([o["label"] for o in objs], absents, first=True)]
+                for label, yes in asked]
 
     @staticmethod
-    def _conversation(objs: list[dict], names: list[str], listing: str, absents: tuple[str, ...] = ()) -> list[dict]:
+    def _conversation(objs: list[dict], names: list[str], listing: str, asked: list[tuple[str, bool]]) -> list[dict]:
         n = len(objs)
-        turns = CaptionsTeacher.probes(objs, absents)
+        turns = CaptionsTeacher.probes(asked)
         turns.append({"question": "What objects can you see in the image?", "answer": f"I can see {n} object{'s' if n > 1 else ''}: {listing}."})
         if n > 1:
             turns.append({"question": f"Where is the {names[0]} relative to the {names[1]}?",
