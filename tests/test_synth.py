@@ -637,52 +637,65 @@ def test_the_probes_task_asks_balanced_presence_questions_and_a_wrong_answer_is_
     assert validate(ok, "probes", present, ["heart", "oval", "star"], absents=("star",)) == ok
 
 
-def _presence_leads(out):
-    """(task, object) -> yes answers minus no answers of the presence questions in instructions.jsonl."""
+def _presence_asked(out):
+    """(task, sample key) -> [(object, answer is yes)] of the presence questions in instructions.jsonl."""
     asked = re.compile(r"(?:<image>\n)?Is there an? (.+) in the image\?")
-    lead = Counter()
+    out_ = {}
     for row in _lines(out / "instructions.jsonl"):
         conv = row["conversations"]
-        for q, a in zip(conv[::2], conv[1::2]):
-            m = asked.fullmatch(q["value"])
-            if m:
-                lead[row["task"], m.group(1)] += 1 if a["value"].startswith("Yes") else -1
+        out_[row["task"], row["key"]] = [(m.group(1), a["value"].startswith("Yes")) for q, a in zip(conv[::2], conv[1::2])
+                                         if (m := asked.fullmatch(q["value"]))]
+    return out_
+
+
+def _presence_leads(asked):
+    """(task, object) -> yes answers minus no answers."""
+    lead = Counter()
+    for (task, _), pairs in asked.items():
+        for label, yes in pairs:
+            lead[task, label] += 1 if yes else -1
     return lead
 
 
 def test_balance_asks_about_each_object_as_often_yes_as_no_and_a_rerun_draws_the_same(tmp_path):
     """POPE's popular negatives drawn alone teach "a frequent object: no", a prior a blind model
-    reads off POPE's popular setting. --balance draws each negative, within its
-    kind, where that object's yeses lead most, per task and shard: no object's yes and no
-    answers differ by more than a few. A rerun after a crash replays the draws (the counts are
-    made in the shard's order), so it writes the same pairs."""
+    reads off POPE's popular setting. --balance present chooses which objects that are there
+    are asked (those whose noes lead) and keeps POPE's negatives; --balance all also passes
+    over a negative whose noes lead, per task and shard: no object's yes and no answers then
+    differ by more than a few. A rerun after a crash replays the draws (the counts are made in
+    the shard's order), so it writes the same pairs."""
     make_world(tmp_path / "w", samples=160, shard_size=80, seed=31)
     opts = dict(progress=False, tasks="conversation=1000,negative=1000,probes=1000", per_sample=3)
-    leads = {}
-    for balance in (True, False):
-        run_synth([str(tmp_path / "w")], str(tmp_path / f"o{balance}"), SynthOptions(balance=balance, **opts))
-        leads[balance] = _presence_leads(tmp_path / f"o{balance}")
+    asked, leads = {}, {}
+    for balance in ("none", "present", "all"):
+        run_synth([str(tmp_path / "w")], str(tmp_path / balance), SynthOptions(balance=balance, **opts))
+        asked[balance] = _presence_asked(tmp_path / balance)
+        leads[balance] = _presence_leads(asked[balance])
     per_object = {b: Counter() for b in leads}
     for b, lead in leads.items():
         for (_, label), v in lead.items():
             per_object[b][label] += v
-    assert len(per_object[True]) >= 16 and sum(per_object[True].values()) == 0
-    # measured (seeds 31, 32): the largest lead of one object in one task 8 and 6 balanced, 62 and
-    # 52 not; summed over the tasks (the negative task's yes is the first object, not drawn),
-    # |lead| summed over the objects 74 and 39 balanced, 174 and 203 not
-    task_max = {b: max(abs(v) for (task, _), v in lead.items() if task != "negative") for b, lead in leads.items()}
-    assert task_max[True] <= 12 and task_max[False] >= 30, task_max
+    assert len(per_object["all"]) >= 16 and all(sum(c.values()) == 0 for c in per_object.values())
+    # present: the same negatives as POPE's draw, other objects asked with yes
+    noes = {b: {k: sorted(o for o, yes in v if not yes) for k, v in a.items()} for b, a in asked.items()}
+    assert noes["present"] == noes["none"] != noes["all"]
+    assert asked["present"] != asked["none"]
+    # measured (seeds 31, 32): the largest lead of one object in one task 9 and 5 with all, 50 and
+    # 42 with present, 62 and 52 with none; |lead| summed over the objects 50 and 30, 144 and 176,
+    # 178 and 198
+    task_max = {b: max(abs(v) for v in lead.values()) for b, lead in leads.items()}
     spread = {b: sum(abs(v) for v in c.values()) for b, c in per_object.items()}
-    assert spread[True] < 0.6 * spread[False], spread
+    assert task_max["all"] <= 12 and task_max["none"] >= 30, task_max
+    assert spread["all"] < 0.6 * spread["present"] and spread["present"] < spread["none"], spread
     # a crash halfway through the first shard: its first results kept, no shard finished -> the same pairs
-    out = tmp_path / "oTrue"
+    out = tmp_path / "all"
     first = sorted(x for x in (out / "instructions.jsonl").read_bytes().splitlines())
     for p in (out / "log").glob("*.jsonl"):
         lines = p.read_bytes().splitlines(keepends=True)
         p.write_bytes(b"".join(lines[: len(lines) // 4 + 1]))
     for p in [*(out / "_done").glob("*.json"), out / "instructions.jsonl", out / "manifest.json"]:
         p.unlink()
-    s = run_synth([str(tmp_path / "w")], str(out), SynthOptions(balance=True, **opts))
+    s = run_synth([str(tmp_path / "w")], str(out), SynthOptions(balance="all", **opts))
     ids = [orjson.loads(x)["id"] for p in (out / "log").glob("*.jsonl") for x in p.read_bytes().splitlines()]
     assert len(ids) == len(set(ids)) == s["requests"]  # the kept half was asked again by no request
     assert sorted((out / "instructions.jsonl").read_bytes().splitlines()) == first

@@ -18,7 +18,7 @@ def synth_cmd(
     per_sample: int = param(S, "per_sample"),
     format: str = param(S, "format"),
     negatives: str = param(S, "negatives"),
-    balance: bool = param(S, "balance"),
+    balance: str = param(S, "balance"),
     objects_field: str = param(S, "objects_field"),
     vocabulary: str | None = param(S, "vocabulary"),
     image_preset: str = param(S, "image_preset"),

@@ -138,32 +138,43 @@ def absent_object(key: str, present: list[str], candidates: list[str], mode: str
     frequent in the data), or adversarial (the one that co-occurs most often with an object
     that is there). Deterministic in the sample key.
 
-    With `surplus` (each object's yes answers minus its no answers asked so far), the choice
-    balances them: within the mode's kind (adversarial: a present object's top partner;
-    popular: the more popular half of the absent objects; random: any) the object whose yeses
-    lead most. Popular negatives drawn alone would teach "a frequent object: no", a prior a
-    blind model reads off POPE's popular setting."""
+    With `surplus` (each object's yes answers minus its no answers asked so far), the draw
+    keeps POPE's order of hardness but passes over an object whose noes already lead: the first
+    object of the mode's order (adversarial: the present objects' top partners, strongest first,
+    then the popular order; popular: by popularity; random: drawn) whose yeses do not trail,
+    else the one whose yeses lead most. Popular negatives drawn alone would teach "a frequent
+    object: no", a prior a blind model reads off POPE's popular setting."""
     absent = [v for v in candidates if v not in set(present)]
     if not absent:
         return None
-
-    def pick(cands: list[str], salt: str) -> str:
-        if surplus is None:
-            return cands[int(unit(key, salt) * len(cands))]
-        return max(cands, key=lambda c: (surplus.get(c, 0), unit(key, salt, c)))
-
+    popular = sorted(absent, key=lambda v: (-tables.popularity.get(v, 0), v[::-1]))  # most frequent first
+    has_popular = any(tables.popularity.get(v, 0) for v in absent)
     if mode == "adversarial":
-        partners = set()
+        strength: dict[str, int] = {}
         for p in present:
             row = tables.cooccurrence.get(p, {})
             seen = [x for x in absent if row.get(x, 0) > 0]
             if seen:
-                partners.add(min(seen, key=lambda x: (-row[x], x)))
-        if partners:
-            return pick(sorted(partners), "adv")
-    if mode in ("popular", "adversarial") and any(tables.popularity.get(v, 0) for v in absent):
+                top = min(seen, key=lambda x: (-row[x], x))
+                strength[top] = max(strength.get(top, 0), row[top])
+        if strength:
+            partners = sorted(strength)
+            if surplus is None:
+                return partners[int(unit(key, "adv") * len(partners))]
+            order = sorted(partners, key=lambda x: (-strength[x], unit(key, "adv", x)))
+            return _first_not_trailing(order + [v for v in popular if v not in strength], surplus)
+    if mode in ("popular", "adversarial") and has_popular:
         if surplus is None:
             return max(absent, key=lambda v: (tables.popularity.get(v, 0), v))
-        ranked = sorted(absent, key=lambda v: (-tables.popularity.get(v, 0), v))
-        return pick(ranked[:(len(ranked) + 1) // 2], "pop")
-    return pick(absent, "neg")
+        return _first_not_trailing(popular, surplus)
+    if surplus is None:
+        return absent[int(unit(key, "neg") * len(absent))]
+    return _first_not_trailing(sorted(absent, key=lambda v: unit(key, "neg", v)), surplus)
+
+
+def _first_not_trailing(order: list[str], surplus: Mapping[str, int]) -> str:
+    """The first object of `order` whose yeses do not trail its noes, else the one whose yeses lead most."""
+    for v in order:
+        if surplus.get(v, 0) >= 0:
+            return v
+    return max(order, key=lambda v: surplus.get(v, 0))

@@ -13,6 +13,7 @@ from vlmtool.errors import UsageError
 
 FORMATS = ("llava", "messages")
 NEGATIVE_MODES = ("adversarial", "popular", "random")
+BALANCE_MODES = ("none", "present", "all")
 TEACHERS = ("captions", "openai")
 
 
@@ -31,10 +32,10 @@ class SynthOptions(ExecutorOptions):
     per_sample: int = option(1, "With task weights: how many tasks each sample gets.", min=1)
     format: str = option("llava", "llava (conversations with from human/gpt) or messages (chat messages).")
     negatives: str = option("adversarial", "Absent objects to ask about (POPE): adversarial (co-occurring in the data), popular, random.")
-    balance: bool = option(False, "Balance each object's yes and no answers (within a shard): negatives are drawn, within "
-                           "--negatives' kind, where that object's yeses lead most, so the question alone tells nothing "
-                           "(default: POPE's draw, which asks most about frequent objects).",
-                           flags=("--balance/--no-balance",))
+    balance: str = option("none", "Balance each object's yes and no answers (within a shard) so the question alone tells "
+                          "nothing: none (POPE's draw, which asks most about frequent objects, with noes), present (of the "
+                          "objects that are there, those whose noes lead are asked; negatives stay POPE's draw) or all (and "
+                          "each negative is drawn, within --negatives' kind, where that object's yeses lead).")
     objects_field: str = option("objects", "The json field listing a sample's objects (labels, or dicts with "
                                 "name/label/shape/category and bbox).")
     vocabulary: str | None = option(None, "Object names, one a line: the absent objects negative questions ask about (default: the "
@@ -72,6 +73,7 @@ class SynthOptions(ExecutorOptions):
             _one_of("--teacher", self.teacher, TEACHERS + ("local:DIR",))
         _one_of("--format", self.format, FORMATS)
         _one_of("--negatives", self.negatives, NEGATIVE_MODES)
+        _one_of("--balance", self.balance, BALANCE_MODES)
         if self.teacher == "openai" and (not self.base_url or not self.model):
             raise UsageError("--teacher openai needs --base-url (e.g. http://localhost:8000/v1) and --model")
         for name in ("per_sample", "concurrency", "max_tokens", "max_pixels", "max_image_bytes", "max_text_bytes", "max_reply_bytes"):

@@ -22,7 +22,7 @@ from vlmtool.synth.objects import (
     sample_objects,
 )
 from vlmtool.synth.options import NEGATIVE_MODES, SynthOptions
-from vlmtool.synth.tasks import Request, article, presence_probes, probe_question, request_key, tasks_for
+from vlmtool.synth.tasks import MAX_PROBES, Request, article, presence_probes, probe_question, request_key, tasks_for, unit
 from vlmtool.synth.teachers import Result, presence_answers
 from vlmtool.synth.validate import Rejected, mentioned, normalize, validate
 
@@ -178,17 +178,30 @@ class Run:
         system = self.plan.prompts["system"]
         # --balance: each task's yes answers minus its no answers about each object so far in this
         # shard (counted as requests are made, in the shard's order: a rerun draws the same objects)
-        surplus = state["surplus"] if self.opts.balance else None
+        surplus = state["surplus"] if self.opts.balance != "none" else None
+        drawn = self.opts.balance == "all"  # negatives drawn where yeses lead (else POPE's draw)
 
         def tally(task: str) -> Counter | None:
-            return None if surplus is None else surplus[task]
+            return surplus[task] if drawn else None
 
         conversation: list[tuple[str, ...]] = []  # the conversation's absent objects, drawn once
+        asked: dict[str, tuple[str, ...]] = {}  # each task's order of the objects that are there, drawn once
 
         def conversation_absents() -> tuple[str, ...]:
             if not conversation:
                 conversation.append(self.plan.probe_absents(s, present, surplus=tally("conversation")))
             return conversation[0]
+
+        def present_order(task: str) -> tuple[str, ...]:
+            """The objects that are there, those whose noes lead in `task` first (the probes task
+            puts the conversation's yeses last, so the two ask about other objects where they can)."""
+            if surplus is None or not present:
+                return ()
+            if task not in asked:
+                avoid = set(present_order("conversation")[:MAX_PROBES]) if task == "probes" else set()
+                asked[task] = tuple(sorted(dict.fromkeys(present),
+                                           key=lambda o: (o in avoid, surplus[task][o], unit(s.key, task, o))))
+            return asked[task]
 
         for task in tasks_for(s.key, self.plan.weights, self.opts.per_sample):
             question = absent = None
@@ -206,14 +219,16 @@ class Run:
                     state["negatives_skipped"]["no_object_metadata" if present is None else "no_absent_object"] += 1
                     continue
                 absent = absents[0]
-                question = "\n".join(probe_question(o) for o, _ in presence_probes(present, absents, first=True))
+                there = list(present_order(task) or present)
+                question = "\n".join(probe_question(o) for o, _ in presence_probes(there, absents, first=True))
             elif task == "conversation" and getattr(self.teacher, "balances_probes", False):
                 absents = conversation_absents()  # its noes to the conversation's yeses
                 absent = absents[0] if absents else None
             prompt = self.plan.prompts[task].format(caption=s.caption, objects=describe_objects(objects), question=question or "")
             key = request_key(s.key, ref.url, task, system + "\n" + prompt, self.teacher.name, self.teacher.model)
             req = Request(key, s.key, ref.name, ref.url, task, prompt, system, s.image_bytes, s.image_ext, s.caption,
-                          objects, s.width, s.height, question, absent, img_tokens, absents)
+                          objects, s.width, s.height, question, absent, img_tokens, absents,
+                          present_order(task) if task in ("negative", "probes", "conversation") else ())
             if surplus is not None:
                 for label, yes in presence_answers(self.teacher, req):
                     surplus[task][label] += 1 if yes else -1

@@ -121,6 +121,9 @@ class Request:
     # the conversation of a teacher that balances probes: absent objects to ask about, one per
     # POPE setting (the job's --negatives mode first: `absent`; then the others), all distinct
     absents: tuple[str, ...] = ()
+    # with --balance present or all: the objects that are there in the order their yeses are
+    # asked (those whose noes lead first); empty: the teacher's own order
+    present_order: tuple[str, ...] = ()
 
 
 def request_key(sample_key: str, shard_url: str, task: str, prompt: str, teacher: str, model: str) -> str:

@@ -144,12 +144,22 @@ class CaptionsTeacher:
     def presence(req: Request) -> list[tuple[str, bool]]:
         """The (object, answer is yes) presence questions `turns(req)` asks: what it writes and
         what --balance counts come from here."""
-        labels = [o["label"] for o in req.objects or [] if o["bbox"] is not None]
+        labels = [o["label"] for o in CaptionsTeacher._asked_order(req)]
         if req.task == "negative":
             return [(req.absent, False), *((label, True) for label in labels[:1])]
         if not labels or req.task not in ("probes", "conversation"):
             return []
-        return presence_probes(labels, req.absents or ((req.absent,) if req.absent else ()), first=req.task == "probes")
+        return presence_probes(labels, req.absents or ((req.absent,) if req.absent else ()),
+                               first=req.task == "probes" or bool(req.present_order))
+
+    @staticmethod
+    def _asked_order(req: Request) -> list[dict]:
+        """The objects with boxes, in the order the job chose to ask about them (--balance), or their own."""
+        objs = [o for o in req.objects or [] if o["bbox"] is not None]
+        if not req.present_order:
+            return objs
+        rank = {label: i for i, label in enumerate(req.present_order)}
+        return sorted(objs, key=lambda o: rank.get(o["label"], len(rank)))
 
     def turns(self, req: Request) -> list[dict]:
         objs = [o for o in req.objects or [] if o["bbox"] is not None]
@@ -160,8 +170,9 @@ class CaptionsTeacher:
             shows = f" The image shows {listing}." if listing else (f" It shows: {caption}" if caption else "")
             turns = [{"question": req.question, "answer": f"No, there is no {req.absent} in the image.{shows}"}]
             if objs:  # and the yes that balances it (worded apart from the conversation's yes, which may ask the same)
-                turns.append({"question": f"Is there {article(objs[0]['label'])} in the image?",
-                              "answer": f"Yes, the image does show {article(names[0])}."})
+                yes = self._asked_order(req)[0]
+                turns.append({"question": f"Is there {article(yes['label'])} in the image?",
+                              "answer": f"Yes, the image does show {article(object_name(yes))}."})
             return turns
         if not objs:  # no boxes: stay with what the caption says
             question = "Describe the image in detail." if req.task == "detail" else "What does the image show?"
