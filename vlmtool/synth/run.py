@@ -79,6 +79,49 @@ class Plan:
         return tuple(out)
 
 
+@dataclass
+class Draws:
+    """One sample's draws, each made once: the conversation's absent objects and each task's order
+    of the objects that are there. With --balance, `surplus` (each task's yes answers minus its
+    no answers about each object so far in the shard, counted as requests are made in the
+    shard's order, so a rerun draws the same objects) orders the objects that are there (those
+    whose noes lead first) and, with `drawn` (--balance all), steers the negatives."""
+
+    plan: Plan
+    s: Sample
+    present: list[str] | None
+    surplus: defaultdict | None
+    drawn: bool
+    conversation: tuple[str, ...] | None = None
+    asked: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def tally(self, task: str) -> Counter | None:
+        return self.surplus[task] if self.drawn and self.surplus is not None else None
+
+    def conversation_absents(self) -> tuple[str, ...]:
+        if self.conversation is None:
+            self.conversation = self.plan.probe_absents(self.s, self.present, surplus=self.tally("conversation"))
+        return self.conversation
+
+    def present_order(self, task: str) -> tuple[str, ...]:
+        """The objects that are there, those whose noes lead in `task` first (the probes task puts
+        the conversation's yeses last, so the two ask about other objects where they can); ()
+        without --balance."""
+        if self.surplus is None or not self.present:
+            return ()
+        if task not in self.asked:
+            avoid = set(self.present_order("conversation")[:MAX_PROBES]) if task == "probes" else set()
+            lead = self.surplus[task]
+            self.asked[task] = tuple(sorted(dict.fromkeys(self.present),
+                                            key=lambda o: (o in avoid, lead[o], unit(self.s.key, task, o))))
+        return self.asked[task]
+
+    def count(self, task: str, answers: list[tuple[str, bool]]) -> None:
+        if self.surplus is not None:
+            for label, yes in answers:
+                self.surplus[task][label] += 1 if yes else -1
+
+
 def _decoded(ref: ShardRef, s: Sample | Reject) -> Sample | Reject:
     """The sample, if its image decodes (a teacher must not be sent a corrupt or truncated one)."""
     if isinstance(s, Reject):
@@ -176,62 +219,35 @@ class Run:
         present = [o["label"] for o in objects] if objects is not None else None
         img_tokens = self._image_tokens(s)
         system = self.plan.prompts["system"]
-        # --balance: each task's yes answers minus its no answers about each object so far in this
-        # shard (counted as requests are made, in the shard's order: a rerun draws the same objects)
-        surplus = state["surplus"] if self.opts.balance != "none" else None
-        drawn = self.opts.balance == "all"  # negatives drawn where yeses lead (else POPE's draw)
-
-        def tally(task: str) -> Counter | None:
-            return surplus[task] if drawn else None
-
-        conversation: list[tuple[str, ...]] = []  # the conversation's absent objects, drawn once
-        asked: dict[str, tuple[str, ...]] = {}  # each task's order of the objects that are there, drawn once
-
-        def conversation_absents() -> tuple[str, ...]:
-            if not conversation:
-                conversation.append(self.plan.probe_absents(s, present, surplus=tally("conversation")))
-            return conversation[0]
-
-        def present_order(task: str) -> tuple[str, ...]:
-            """The objects that are there, those whose noes lead in `task` first (the probes task
-            puts the conversation's yeses last, so the two ask about other objects where they can)."""
-            if surplus is None or not present:
-                return ()
-            if task not in asked:
-                avoid = set(present_order("conversation")[:MAX_PROBES]) if task == "probes" else set()
-                asked[task] = tuple(sorted(dict.fromkeys(present),
-                                           key=lambda o: (o in avoid, surplus[task][o], unit(s.key, task, o))))
-            return asked[task]
-
+        # --balance: each task's yes answers minus its no answers about each object so far in this shard
+        draws = Draws(self.plan, s, present, state["surplus"] if self.opts.balance != "none" else None, self.opts.balance == "all")
         for task in tasks_for(s.key, self.plan.weights, self.opts.per_sample):
             question = absent = None
             absents: tuple[str, ...] = ()
             if task == "negative":
-                absent, why = self.plan.negative(s, present, surplus=tally("negative"))
+                absent, why = self.plan.negative(s, present, surplus=draws.tally("negative"))
                 if absent is None:
                     state["negatives_skipped"][why] += 1
                     continue
                 question = f"Is there {article(absent)} in the image?"
             elif task == "probes":
-                absents = self.plan.probe_absents(s, present, other=conversation_absents(),
-                                                  surplus=tally("probes")) if present else ()
+                absents = self.plan.probe_absents(s, present, other=draws.conversation_absents(),
+                                                  surplus=draws.tally("probes")) if present else ()
                 if not absents:
                     state["negatives_skipped"]["no_object_metadata" if present is None else "no_absent_object"] += 1
                     continue
                 absent = absents[0]
-                there = list(present_order(task) or present)
+                there = list(draws.present_order(task) or present)
                 question = "\n".join(probe_question(o) for o, _ in presence_probes(there, absents, first=True))
             elif task == "conversation" and getattr(self.teacher, "balances_probes", False):
-                absents = conversation_absents()  # its noes to the conversation's yeses
+                absents = draws.conversation_absents()  # its noes to the conversation's yeses
                 absent = absents[0] if absents else None
             prompt = self.plan.prompts[task].format(caption=s.caption, objects=describe_objects(objects), question=question or "")
             key = request_key(s.key, ref.url, task, system + "\n" + prompt, self.teacher.name, self.teacher.model)
             req = Request(key, s.key, ref.name, ref.url, task, prompt, system, s.image_bytes, s.image_ext, s.caption,
                           objects, s.width, s.height, question, absent, img_tokens, absents,
-                          present_order(task) if task in ("negative", "probes", "conversation") else ())
-            if surplus is not None:
-                for label, yes in presence_answers(self.teacher, req):
-                    surplus[task][label] += 1 if yes else -1
+                          draws.present_order(task) if task in ("negative", "probes", "conversation") else ())
+            draws.count(task, presence_answers(self.teacher, req))
             if self.seen.status.get(key) in ("ok", "rejected"):
                 state["skipped"] += 1
                 continue
