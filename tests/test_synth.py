@@ -97,6 +97,13 @@ def test_vocabulary_popularity_and_cooccurrence_come_from_the_data(tmp_path):
     assert absent_object("k", ["dog"], t.vocabulary, "adversarial", t) == "frisbee"
     assert absent_object("k", ["dog", "frisbee"], t.vocabulary, "popular", t) == "tree"
     assert absent_object("k", ["cat"], ["sofa"], "random", ObjectTables()) == "sofa"
+    # a tie in popularity goes to the larger name, with and without --balance's surplus (one order),
+    # and the balanced draw passes over a leading no to the next in that order
+    tie = ObjectTables({"car": 2, "cat": 2, "bus": 1, "dog": 1})
+    assert absent_object("k", ["dog"], ["bus", "car", "cat"], "popular", tie) == "cat"
+    assert absent_object("k", ["dog"], ["bus", "car", "cat"], "popular", tie, surplus={}) == "cat"
+    assert absent_object("k", ["dog"], ["bus", "car", "cat"], "popular", tie, surplus={"cat": -1}) == "car"
+    assert absent_object("k", ["dog"], ["bus", "car", "cat"], "popular", tie, surplus={"cat": -1, "car": -2}) == "bus"
     s = run_synth([str(photos)], str(tmp_path / "o"), SynthOptions(progress=False, tasks="negative", negatives="adversarial"))
     rows = _lines(tmp_path / "o" / "instructions.jsonl")
     asked = {r["key"]: r["conversations"][0]["value"] for r in rows}

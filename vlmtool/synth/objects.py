@@ -147,8 +147,9 @@ def absent_object(key: str, present: list[str], candidates: list[str], mode: str
     absent = [v for v in candidates if v not in set(present)]
     if not absent:
         return None
-    popular = sorted(absent, key=lambda v: (-tables.popularity.get(v, 0), v[::-1]))  # most frequent first
-    has_popular = any(tables.popularity.get(v, 0) for v in absent)
+    def by_popularity() -> list[str]:  # most frequent first, ties to the larger name: POPE's draw is its head
+        return sorted(absent, key=lambda v: (tables.popularity.get(v, 0), v), reverse=True)
+
     if mode == "adversarial":
         strength: dict[str, int] = {}
         for p in present:
@@ -162,11 +163,10 @@ def absent_object(key: str, present: list[str], candidates: list[str], mode: str
             if surplus is None:
                 return partners[int(unit(key, "adv") * len(partners))]
             order = sorted(partners, key=lambda x: (-strength[x], unit(key, "adv", x)))
-            return _first_not_trailing(order + [v for v in popular if v not in strength], surplus)
-    if mode in ("popular", "adversarial") and has_popular:
-        if surplus is None:
-            return max(absent, key=lambda v: (tables.popularity.get(v, 0), v))
-        return _first_not_trailing(popular, surplus)
+            return _first_not_trailing(order + [v for v in by_popularity() if v not in strength], surplus)
+    if mode in ("popular", "adversarial") and any(tables.popularity.get(v, 0) for v in absent):
+        popular = by_popularity()
+        return popular[0] if surplus is None else _first_not_trailing(popular, surplus)
     if surplus is None:
         return absent[int(unit(key, "neg") * len(absent))]
     return _first_not_trailing(sorted(absent, key=lambda v: unit(key, "neg", v)), surplus)
