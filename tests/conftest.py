@@ -11,15 +11,39 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 
 
+# The suite runs on every core under pytest-xdist (pyproject's addopts: -n logical, --dist
+# loadscope: a module's tests on one worker, so a module's fixtures are made once). The longest
+# test goes first, so that it runs beside the others rather than after them; what several modules
+# share and is costly to make is made once per run, by whichever worker asks first (shared_once).
+_LONGEST_FIRST = ("test_a_reduced_demo_looks_and_a_blinded_copy_does_not",)
+
+
 def pytest_collection_modifyitems(config, items):
     """Fast by default: tests marked slow run in CI (CI=true, as .ci/run sets), with
     VLMTOOL_SLOW=1, or when a -m expression is given (`-m slow` runs only them)."""
+    items.sort(key=lambda item: item.name not in _LONGEST_FIRST)  # stable: the rest keep their order
     if os.environ.get("CI") or os.environ.get("VLMTOOL_SLOW") or config.getoption("markexpr"):
         return
     skip = pytest.mark.skip(reason="slow: runs in CI (CI=true) or with VLMTOOL_SLOW=1 / -m slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def shared_once(tmp_path_factory, name: str, make):
+    """`make(folder)`'s JSON result, made once per test run: under pytest-xdist in the run's
+    common temporary folder, by the first worker to ask while the others wait on a file lock;
+    without xdist in this session's own folder."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: <run>/popen-gwN
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.json"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(make(folder)))
+    return folder, json.loads(done.read_text())
 
 
 def run_cli(*args, input=None, env=None, check=True, timeout=300):
@@ -56,10 +80,13 @@ def trained_clip(tmp_path_factory):
     from vlmtool.clip.train import ClipTrainOptions, run_clip_train
     from vlmtool.world import make_world
 
-    root = tmp_path_factory.mktemp("clip")
-    make_world(root / "train", samples=2000, shard_size=250, seed=1, sizes="small")
-    summary = run_clip_train([str(root / "train")], str(root / "model"),
-                             ClipTrainOptions(model="tiny-clip", steps=150, batch_size=128, workers=1, seed=0, save_every=1000, progress=False))
+    def make(root):
+        make_world(root / "train", samples=2000, shard_size=250, seed=1, sizes="small")
+        return run_clip_train([str(root / "train")], str(root / "model"),
+                              ClipTrainOptions(model="tiny-clip", steps=150, batch_size=128, workers=1, seed=0, save_every=1000,
+                                               progress=False))
+
+    root, summary = shared_once(tmp_path_factory, "clip", make)
     assert summary["steps"] == 150
     return root / "model", summary
 
