@@ -108,7 +108,9 @@ def test_a_stopped_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
     # the training time eval's cost table reports counts both runs
     from vlmtool.evals.cost import model_cost
 
-    assert model_cost(tmp_path / "stopped")["train_seconds"] == 1005.0
+    assert model_cost(tmp_path / "stopped")["train_seconds"] == 1005.0 == again["train_seconds"]
+    done = run_train([str(feats)], str(tmp_path / "stopped"), tiny_opts(**opts))  # nothing left to train: the same total
+    assert done["complete"] and done["train_seconds"] == 1005.0
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     steps = [r for r in (tmp_path / "stopped" / "train_log.jsonl").read_text().splitlines() if '"loss"' in r]

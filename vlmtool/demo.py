@@ -258,7 +258,9 @@ def run_stages(feats: Path, plan: list[tuple[int, Path, dict, str]], steps: dict
     for stage, folder, kw, what in plan:
         _log(f"{label} stage {stage}: {what}")
         t = run_train([str(feats)], str(folder), TrainOptions(stage=stage, **kw))
-        steps[f"{label}-{stage}"] = {k: t.get(k) for k in ("steps", "loss_first", "loss_last", "val_loss", "val_text_loss", "seconds")}
+        # seconds: this run's; train_seconds: the checkpoint's, every run's (a stage found trained: 0 and its total)
+        keys = ("steps", "loss_first", "loss_last", "val_loss", "val_text_loss", "seconds", "train_seconds")
+        steps[f"{label}-{stage}"] = {k: t.get(k) for k in keys}
     return plan[-1][1]
 
 

@@ -408,14 +408,16 @@ def _train(stage: Stage) -> dict:
     train_step = make_train_step(ddp, opt, params, run.dev, dtype, run.use_dist, run.dist.world_size, stage.tok.pad_id,
                                  model.lm.max_seq, opts.pack)
     t_start, before = time.perf_counter(), float(run.state.get("train_seconds", 0.0)) if run.state is not None else 0.0
+    total = [before]  # the training time the checkpoint holds: every run's, this one's to its last save
 
     def save(at: int, consumed: int) -> None:
-        _save(stage, opt, at, consumed, before + time.perf_counter() - t_start, precision_name(dtype))
+        total[0] = before + time.perf_counter() - t_start
+        _save(stage, opt, at, consumed, total[0], precision_name(dtype))
 
     res = run.fit(batches, train_step, Schedule(opts.peak_lr, opts.steps, opts.warmup), save, f"train stage {opts.stage}",
                   stop=min(opts.steps, opts.stop_at) if opts.stop_at else opts.steps)
     return {**_summary(stage, prep, res, batches), "trainable_tensors": len(params), "precision": precision_name(dtype),
-            "oom_backoffs": train_step.backoff.count}
+            "oom_backoffs": train_step.backoff.count, "train_seconds": round(total[0], 2)}
 
 
 def _summary(stage: Stage, prep: Prep, res, batches) -> dict:
